@@ -1,0 +1,1 @@
+"""Drill-Down Lab: the library behind the app (configs, model, data, training, jobs); never imports streamlit."""

@@ -1,0 +1,213 @@
+"""The command line: python -m drill presets | summary | train | consistency | bench."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from drill.analysis import LAST_K, TARGET_ACC, analyse
+from drill.config import ConfigError, RunConfig
+from drill.data import DataUnavailable
+from drill.presets import BY_NAME, PRESETS, get_preset
+from drill.summary import summarize
+
+
+class UsageError(Exception):
+    """A bad argument: printed as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(message)
+
+
+def load_config(args) -> RunConfig:
+    """The config named by --preset or --config, with --epochs/--seed/--subset applied."""
+    if args.config:
+        try:
+            text = Path(args.config).read_text()
+        except OSError as error:
+            raise UsageError(f"cannot read --config {args.config}: {error.strerror}") from None
+        cfg = RunConfig.from_json(text)
+    else:
+        cfg = get_preset(args.preset).config
+    changes = {k: getattr(args, k) for k in ("epochs", "seed", "subset") if getattr(args, k, None) is not None}
+    return cfg.replace(train=changes) if changes else cfg
+
+
+def cmd_presets(args) -> None:
+    rows = [{"name": p.name, "title": p.title, "params": summarize(p.config.model).total_params, "target": p.target}
+            for p in PRESETS]  # fmt: skip
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    print(f"{'name':<12} {'params':>8}  title")
+    for row in rows:
+        print(f"{row['name']:<12} {row['params']:>8,}  {row['title']}")
+
+
+def cmd_summary(args) -> None:
+    summary = summarize(load_config(args).model)
+    if args.json:
+        layers = [{"name": r.name, "type": r.kind, "output_shape": list(r.output_shape), "params": r.params,
+                   "rf": r.rf, "jump": r.jump, "start": r.start} for r in summary.rows]  # fmt: skip
+        print(json.dumps({"layers": layers, "total_params": summary.total_params}, indent=2))
+        return
+    print(f"{'layer':<18} {'type':<18} {'output':<14} {'params':>8} {'RF':>4} {'jump':>5}")
+    for r in summary.rows:
+        shape = "x".join(map(str, r.output_shape))
+        print(f"{r.name:<18} {r.kind:<18} {shape:<14} {r.params:>8,} {r.rf:>4} {r.jump:>5}")
+    print(f"total params {summary.total_params:,}; mult-adds per image {summary.mult_adds:,}; "
+          f"estimated memory per image {summary.memory_mb:.2f} MB")  # fmt: skip
+
+
+def run_one(cfg: RunConfig, quiet: bool = False):
+    """Train one config with a tqdm bar per epoch and a line per epoch; returns the RunResult."""
+    from tqdm import tqdm
+
+    from drill.data import load_mnist
+    from drill.train import train
+
+    data = load_mnist()
+    bar = None
+
+    def report(event, payload):
+        nonlocal bar
+        if quiet:
+            return
+        if event == "batch":
+            if bar is None:
+                bar = tqdm(total=payload["batches"], desc=f"epoch {payload['epoch']}", leave=False, file=sys.stderr)
+            bar.update(1)
+            bar.set_postfix(loss=f"{payload['loss']:.4f}", refresh=False)
+        elif event == "epoch":
+            if bar is not None:
+                bar.close()
+                bar = None
+            print(f"epoch {payload['epoch']:>2}  train {payload['train_acc']:6.2f}%  test {payload['test_acc']:6.2f}%  "
+                  f"loss {payload['test_loss']:.4f}  lr {payload['lr']:.4g}  {payload['seconds']:.1f}s", flush=True)  # fmt: skip
+
+    result = train(cfg, data, report)
+    if bar is not None:
+        bar.close()
+    return result
+
+
+def cmd_train(args) -> int:
+    from drill.train import run_summary
+
+    cfg = load_config(args)
+    result = run_one(cfg)
+    verdict = analyse(result.epochs, result.params, k=args.last_k)
+    if args.out:
+        Path(args.out).write_text(json.dumps(run_summary(result), indent=2))
+    print(f"{result.status}{': ' + result.reason if result.reason else ''} in {result.seconds:.0f}s")
+    if result.epochs:
+        print(f"params {result.params:,}; best test {verdict.best_test:.2f}%; last test {verdict.last_test:.2f}%; "
+              f">= {TARGET_ACC}% in each of the last {args.last_k}: {'yes' if verdict.consistent else 'no'}")  # fmt: skip
+    return 0 if result.status == "finished" else 1
+
+
+def cmd_consistency(args) -> int:
+    """Train one config over several seeds and tabulate the last K epochs of each."""
+    from drill.train import run_summary
+
+    base = load_config(args)
+    runs, started = [], time.perf_counter()
+    for seed in args.seeds:
+        print(f"seed {seed}", flush=True)
+        runs.append(run_one(base.replace(train={"seed": seed}), quiet=args.quiet))
+    elapsed = time.perf_counter() - started
+    k = args.last_k
+    print(f"\n| seed | params | {' | '.join(f'epoch {len(runs[0].epochs) - k + i + 1}' for i in range(k))} | pass |")
+    print("|---:|---:|" + "---:|" * k + ":---:|")
+    passed = 0
+    for seed, result in zip(args.seeds, runs):
+        verdict = analyse(result.epochs, result.params, k=k)
+        passed += verdict.consistent
+        accs = " | ".join(f"{a:.2f}" for a in verdict.last_k) or " | ".join("-" * k)
+        print(f"| {seed} | {result.params:,} | {accs} | {'yes' if verdict.consistent else 'no'} |")
+    last = [r.epochs[-1]["test_acc"] for r in runs if r.epochs]
+    mean_last = statistics.mean(last) if last else float("nan")
+    print(f"\n{passed} of {len(runs)} seeds hold >= {TARGET_ACC}% in each of the last {k} epochs; "
+          f"mean last-epoch test accuracy {mean_last:.2f}%; {elapsed / 60:.1f} min in all")  # fmt: skip
+    if args.out:
+        Path(args.out).write_text(json.dumps({"runs": [run_summary(r) for r in runs], "last_k": k,
+                                              "minutes": round(elapsed / 60, 1)}, indent=2))  # fmt: skip
+    return 0 if passed == len(runs) else 1
+
+
+def cmd_bench(args) -> int:
+    """One full epoch of a preset through the seeds' pipeline and through drill's, in one run."""
+    from drill.bench import drill_epoch, seeds_epoch
+    from drill.data import data_dir, load_mnist
+
+    cfg = load_config(args)
+    data = load_mnist()
+    seeds_s = seeds_epoch(cfg, data, data_dir() / "torchvision-idx", workers=args.workers)
+    print(f"seeds' pipeline (torchvision + PIL + DataLoader, {args.workers} workers): {seeds_s:.1f} s/epoch", flush=True)
+    drill_times = [drill_epoch(cfg, data) for _ in range(args.repeats)]
+    drill_s = statistics.median(drill_times)
+    print(f"drill's pipeline: {drill_s:.1f} s/epoch (median of {args.repeats}: "
+          f"{', '.join(f'{t:.1f}' for t in drill_times)})")  # fmt: skip
+    print(f"speed-up: {seeds_s / drill_s:.1f}x")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m drill", description="Drill-Down Lab: the MNIST drill-down from the command line.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def with_config(p, training=False):
+        source = p.add_mutually_exclusive_group(required=True)
+        source.add_argument("--preset", choices=list(BY_NAME), help="a preset by name")
+        source.add_argument("--config", metavar="FILE.json", help="a config saved as JSON")
+        if training:
+            p.add_argument("--epochs", type=int, help="override the number of epochs")
+            p.add_argument("--subset", type=int, help="train on the first N images, stratified")
+            p.add_argument("--last-k", type=int, default=LAST_K, help="epochs that must all reach the target")
+
+    p = sub.add_parser("presets", help="list the presets")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_presets)
+    p = sub.add_parser("summary", help="the layer table of a config")
+    with_config(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_summary)
+    p = sub.add_parser("train", help="train a config")
+    with_config(p, training=True)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--out", metavar="RUN.json", help="write the config and every epoch here")
+    p.set_defaults(func=cmd_train)
+    p = sub.add_parser("consistency", help="train a config over several seeds and check the last K epochs")
+    with_config(p, training=True)
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    p.add_argument("--out", metavar="RUNS.json")
+    p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    p.set_defaults(func=cmd_consistency)
+    p = sub.add_parser("bench", help="one epoch: the seeds' pipeline vs drill's, side by side")
+    p.add_argument("--preset", choices=list(BY_NAME), default="final")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers for the seeds' pipeline")
+    p.add_argument("--repeats", type=int, default=3, help="drill epochs to take the median of")
+    p.set_defaults(func=cmd_bench, config=None)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args) or 0
+    except (UsageError, ConfigError) as error:
+        print(f"drill: error: {error}", file=sys.stderr)
+        return 2
+    except DataUnavailable as error:
+        print(f"drill: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""Altair chart builders. Data goes in long form (one row per epoch, value and split) so one chart colours by split."""
+
+from __future__ import annotations
+
+import altair as alt
+import pandas as pd
+
+from drill.analysis import PARAM_BUDGET, TARGET_ACC
+
+SPLIT_COLORS = alt.Scale(domain=["train", "test", "batch"], range=["#1f77b4", "#d62728", "#9ecae1"])
+LOOSE_BUDGET = 20_000  # the drill-down's first, looser budget (99.4% under 20k parameters)
+
+
+def epochs_long(epochs: list[dict], metric: str) -> pd.DataFrame:
+    """Epoch records -> rows of (epoch, split, value) for train_<metric> and test_<metric>."""
+    rows = [{"epoch": e["epoch"], "split": split, "value": e[f"{split}_{metric}"]}
+            for e in epochs for split in ("train", "test")]  # fmt: skip
+    return pd.DataFrame(rows, columns=["epoch", "split", "value"])
+
+
+def _x_epoch(epochs_total: int | None) -> alt.X:
+    scale = alt.Scale(domain=[0, epochs_total]) if epochs_total else alt.Undefined
+    return alt.X("epoch:Q", title="epoch", scale=scale, axis=alt.Axis(tickMinStep=1))
+
+
+def accuracy_chart(epochs: list[dict], epochs_total: int | None = None, target: float = TARGET_ACC) -> alt.Chart:
+    """Train and test accuracy per epoch, with the target line."""
+    data = epochs_long(epochs, "acc")
+    low = min([97.0, *data["value"].tolist()]) if len(data) else 97.0
+    y = alt.Y("value:Q", title="accuracy (%)", scale=alt.Scale(domain=[max(low - 0.5, 0), 100], clamp=True))
+    lines = alt.Chart(data).mark_line(point=True).encode(
+        _x_epoch(epochs_total), y, color=alt.Color("split:N", scale=SPLIT_COLORS, title=None),
+        tooltip=["epoch:Q", "split:N", alt.Tooltip("value:Q", format=".2f")],
+    )  # fmt: skip
+    rule = alt.Chart(pd.DataFrame({"target": [target]})).mark_rule(strokeDash=[4, 4], color="green").encode(y="target:Q")
+    return (lines + rule).properties(height=280, title=f"Accuracy (target {target}%)")
+
+
+def loss_chart(epochs: list[dict], batch_losses=(), epochs_total: int | None = None) -> alt.Chart:
+    """Train/test loss per epoch over the batch-level training loss."""
+    data = epochs_long(epochs, "loss")
+    batches = pd.DataFrame(list(batch_losses), columns=["epoch", "value"]).assign(split="batch")
+    color = alt.Color("split:N", scale=SPLIT_COLORS, title=None)
+    y = alt.Y("value:Q", title="loss", scale=alt.Scale(type="log"))
+    batch_line = alt.Chart(batches).mark_line(strokeWidth=1, opacity=0.6).encode(_x_epoch(epochs_total), y, color)
+    epoch_lines = alt.Chart(data).mark_line(point=True).encode(_x_epoch(epochs_total), y, color,
+                                                                tooltip=["epoch:Q", "split:N", "value:Q"])  # fmt: skip
+    return (batch_line + epoch_lines).properties(height=280, title="Loss")
+
+
+def lr_chart(rates: list[float], batches_per_epoch: int) -> alt.Chart:
+    """The learning rate over the run's optimizer steps, x in epochs."""
+    data = pd.DataFrame({"epoch": [i / batches_per_epoch for i in range(len(rates))], "lr": rates})
+    if len(data) > 1500:  # a smooth curve needs far fewer points than a 15-epoch run has steps
+        data = data.iloc[:: len(data) // 1500 + 1]
+    return alt.Chart(data).mark_line().encode(
+        alt.X("epoch:Q"), alt.Y("lr:Q", title="learning rate")
+    ).properties(height=160, title="LR schedule")  # fmt: skip
+
+
+def compare_chart(runs: list[tuple[str, list[dict]]], metric: str = "test_acc", target: float = TARGET_ACC) -> alt.Chart:
+    """One metric per epoch for several runs, overlaid."""
+    rows = [{"run": label, "epoch": e["epoch"], "value": e[metric]} for label, epochs in runs for e in epochs]
+    data = pd.DataFrame(rows, columns=["run", "epoch", "value"])
+    title = metric.replace("_", " ").replace("acc", "accuracy (%)")
+    lines = alt.Chart(data).mark_line(point=True).encode(
+        alt.X("epoch:Q", axis=alt.Axis(tickMinStep=1)), alt.Y("value:Q", title=title, scale=alt.Scale(zero=False)),
+        color=alt.Color("run:N", title="run"), tooltip=["run:N", "epoch:Q", alt.Tooltip("value:Q", format=".3f")],
+    )  # fmt: skip
+    if metric.endswith("acc"):
+        rule = alt.Chart(pd.DataFrame({"t": [target]})).mark_rule(strokeDash=[4, 4], color="green").encode(y="t:Q")
+        return (lines + rule).properties(height=320)
+    return lines.properties(height=320)
+
+
+def budget_chart(params: int) -> alt.Chart:
+    """A horizontal gauge of the parameter count with the 8,000 and 20,000 budgets marked."""
+    top = max(params, LOOSE_BUDGET) * 1.15
+    color = "#2ca02c" if params < PARAM_BUDGET else ("#ff7f0e" if params < LOOSE_BUDGET else "#d62728")
+    bar = alt.Chart(pd.DataFrame({"params": [params], "label": ["parameters"]})).mark_bar(color=color, size=26).encode(
+        alt.X("params:Q", scale=alt.Scale(domain=[0, top]), title=None), alt.Y("label:N", title=None, axis=None),
+        tooltip=[alt.Tooltip("params:Q", format=",")],
+    )  # fmt: skip
+    marks = pd.DataFrame({"params": [PARAM_BUDGET, LOOSE_BUDGET], "name": ["8k budget", "20k"]})
+    rules = alt.Chart(marks).mark_rule(color="black", strokeDash=[3, 3]).encode(x="params:Q")
+    text = alt.Chart(marks).mark_text(align="left", dx=3, dy=-18).encode(x="params:Q", text="name:N")
+    return (bar + rules + text).properties(height=70)
+
+
+def confusion_chart(matrix: list[list[int]]) -> alt.Chart:
+    """A 10x10 heatmap of true vs predicted digits, counts written in the cells."""
+    rows = [{"true": t, "predicted": p, "count": int(matrix[t][p])} for t in range(10) for p in range(10)]
+    data = pd.DataFrame(rows)
+    base = alt.Chart(data).encode(alt.X("predicted:O"), alt.Y("true:O"))
+    cells = base.mark_rect().encode(
+        color=alt.Color("count:Q", scale=alt.Scale(type="symlog", scheme="blues"), legend=None),
+        tooltip=["true:O", "predicted:O", "count:Q"],
+    )  # fmt: skip
+    text = base.mark_text(fontSize=10).encode(
+        text="count:Q", color=alt.condition(alt.datum.count > 200, alt.value("white"), alt.value("black"))
+    )  # fmt: skip
+    return (cells + text).properties(width=360, height=360, title="Confusion matrix (test set)")
+
+
+def probability_chart(probabilities: list[float]) -> alt.Chart:
+    """The predicted probability of each digit."""
+    data = pd.DataFrame({"digit": list(range(10)), "probability": probabilities})
+    return alt.Chart(data).mark_bar().encode(
+        alt.X("digit:O"), alt.Y("probability:Q", scale=alt.Scale(domain=[0, 1])),
+        tooltip=["digit:O", alt.Tooltip("probability:Q", format=".3f")],
+    ).properties(height=200)  # fmt: skip

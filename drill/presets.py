@@ -1,0 +1,100 @@
+"""The drill-down's steps, as the seed write-ups tell them: each with its Target, what changed and the band reported."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from drill.config import AugmentConfig, ModelConfig, RunConfig, TrainConfig
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One step of the lesson."""
+
+    name: str  # short id used in URLs and on the command line
+    title: str
+    target: str  # the step's Target, as a student would write it
+    change: str  # what changes from the previous step
+    config: RunConfig
+    seed_band: str  # what the seed write-ups report for this step
+    step: int  # position in the lesson; 0 for presets outside it
+
+
+_SGD = TrainConfig(epochs=15, batch_size=128, optimizer="sgd", lr=0.01, momentum=0.9)
+_LEAN = ModelConfig(layers="8,12,M,12,16,M", head="fc")
+_BN = ModelConfig(layers=_LEAN.layers, head="fc", batch_norm="before_relu")
+_REGULARISED = ModelConfig(layers=_LEAN.layers, head="fc", batch_norm="before_relu", dropout=0.05)
+_ROTATE = AugmentConfig(rotation=7.0)
+_FINAL = ModelConfig(layers="10,10,16,M,T10,10,16,16", head="gap_conv", batch_norm="before_relu", dropout=0.05)
+_ONECYCLE = TrainConfig(epochs=15, batch_size=128, optimizer="sgd", lr=0.01, momentum=0.9, schedule="onecycle",
+                        max_lr=0.1, pct_start=0.2)  # fmt: skip
+
+PRESETS: tuple[Preset, ...] = (
+    Preset(
+        "skeleton",
+        "1. The heavy skeleton",
+        "Get the set-up right: data, transforms, a working train/test loop and a network that learns.",
+        "Wide convolutions and a fully connected head; no batch norm, dropout, augmentation or schedule.",
+        RunConfig(ModelConfig(layers="32p,64p,M,128,M", head="fc", bias=True), AugmentConfig(), _SGD),
+        "147k-6.4M parameters, 99.0-99.3% test; train accuracy far above test (99.8-99.9%)",
+        1,
+    ),
+    Preset(
+        "lean",
+        "2. A lean skeleton",
+        "Strip the network to fit the 8,000-parameter budget and see what it costs.",
+        "Channels cut to 8-16, two max-pools; still a fully connected head.",
+        RunConfig(_LEAN, AugmentConfig(), _SGD),
+        "4.6k-7.7k parameters, 98.2-98.3% test",
+        2,
+    ),
+    Preset(
+        "batchnorm",
+        "3. + Batch norm",
+        "Lift accuracy with the same few parameters: normalise every conv's output.",
+        "Batch norm after every convolution, before its ReLU.",
+        RunConfig(_BN, AugmentConfig(), _SGD),
+        "about 99.2% test, and the model overfits (train 99.5-99.6%)",
+        3,
+    ),
+    Preset(
+        "regularised",
+        "4. + Dropout and augmentation",
+        "Close the train/test gap: regularise with dropout and random rotation.",
+        "Dropout 0.05 after every conv block; training images rotated by up to +-7 degrees.",
+        RunConfig(_REGULARISED, _ROTATE, _SGD),
+        "99.2-99.4% test, reached once, not consistently; the train/test gap closes",
+        4,
+    ),
+    Preset(
+        "final",
+        "5. + GAP, 1x1 transitions and OneCycleLR",
+        "Under 8,000 parameters, >= 99.4% test in each of the last epochs, within 15 epochs.",
+        "Deeper stack with a 1x1 transition after the max-pool, a GAP + 1x1 conv head instead of the FC layer, "
+        "and a OneCycleLR schedule peaking at 0.1.",
+        RunConfig(_FINAL, _ROTATE, _ONECYCLE),
+        "6,750-8,172 parameters; 99.4-99.57% in the last epochs with OneCycleLR",
+        5,
+    ),
+    Preset(
+        "quick",
+        "Quick demo",
+        "See a curve within seconds: the final network on 6,000 images for 3 epochs.",
+        "The final step's network, trained on a stratified 10% of the training set.",
+        RunConfig(_FINAL, _ROTATE, dataclasses.replace(_ONECYCLE, epochs=3, subset=6000)),
+        "a demo, not a step: about 97-98% after 3 short epochs",
+        0,
+    ),
+)
+
+BY_NAME = {preset.name: preset for preset in PRESETS}
+LESSON = tuple(preset for preset in PRESETS if preset.step)
+
+
+def get_preset(name: str) -> Preset:
+    """The preset with this name; KeyError lists the names there are."""
+    try:
+        return BY_NAME[name]
+    except KeyError:
+        raise KeyError(f"no preset {name!r}; the presets are: {', '.join(BY_NAME)}") from None

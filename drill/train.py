@@ -1,0 +1,247 @@
+"""The training loop. Nothing here knows about the UI: it reports through a callback and stops on an Event."""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from drill.augment import augment_batch
+from drill.config import NUM_CLASSES, RunConfig, TrainConfig
+from drill.data import MNIST_MEAN, MNIST_STD, Mnist
+from drill.model import build_model, count_params, set_generator
+
+log = logging.getLogger(__name__)
+
+Callback = Callable[[str, dict], None]
+EVAL_BATCH = 2000
+
+
+@dataclass
+class RunResult:
+    """What a run produced: its status, every epoch's metrics and the trained model."""
+
+    config: RunConfig
+    status: str  # "finished", "stopped" or "failed"
+    reason: str  # why it stopped or failed; "" when it finished
+    params: int
+    epochs: list[dict] = field(default_factory=list)  # one dict per epoch, see EPOCH_KEYS
+    seconds: float = 0.0
+    model: nn.Module | None = None
+
+
+EPOCH_KEYS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds")
+
+
+def stratified_subset(labels: torch.Tensor, size: int) -> torch.Tensor:
+    """Indices of the first images of each class, `size` in all with classes as even as possible, in dataset order."""
+    per_class = [size // NUM_CLASSES + (1 if c < size % NUM_CLASSES else 0) for c in range(NUM_CLASSES)]
+    chosen = [torch.nonzero(labels == c).flatten()[:n] for c, n in enumerate(per_class)]
+    return torch.sort(torch.cat(chosen)).values
+
+
+def to_input(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [N, 28, 28] -> float [N, 1, 28, 28] in [0, 1]."""
+    return images.unsqueeze(1).float().div_(255.0)
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """Standardise [0, 1] pixels with MNIST's mean and std, as the seeds' Normalize((0.1307,), (0.3081,)) does."""
+    return (x - MNIST_MEAN) / MNIST_STD
+
+
+def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The optimizer the config names."""
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+class Schedule:
+    """The LR schedule, stepped per batch or per epoch as each scheduler expects."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, cfg: TrainConfig, batches_per_epoch: int):
+        total = cfg.epochs * batches_per_epoch
+        sched = torch.optim.lr_scheduler
+        self.per_batch = cfg.schedule in ("onecycle", "cosine")
+        self.optimizer = optimizer
+        self.scheduler = {
+            "none": None,
+            "step": lambda: sched.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma),
+            "onecycle": lambda: sched.OneCycleLR(optimizer, max_lr=cfg.max_lr, total_steps=total, pct_start=cfg.pct_start),
+            "plateau": lambda: sched.ReduceLROnPlateau(optimizer, mode="min", factor=cfg.gamma, patience=1),
+            "cosine": lambda: sched.CosineAnnealingLR(optimizer, T_max=total),
+        }[cfg.schedule]
+        self.scheduler = self.scheduler() if self.scheduler else None
+
+    @property
+    def lr(self) -> float:
+        """The learning rate in force now."""
+        return self.optimizer.param_groups[0]["lr"]
+
+    def after_batch(self) -> None:
+        """Advance a per-batch schedule."""
+        if self.scheduler is not None and self.per_batch:
+            self.scheduler.step()
+
+    def after_epoch(self, test_loss: float) -> None:
+        """Advance a per-epoch schedule (ReduceLROnPlateau watches the test loss)."""
+        if self.scheduler is None or self.per_batch:
+            return
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.scheduler.step(test_loss)
+        else:
+            self.scheduler.step()
+
+
+def lr_curve(cfg: TrainConfig, batches_per_epoch: int) -> list[float]:
+    """The learning rate at every optimizer step of a run (for the schedule plot); plateau is drawn as flat."""
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.lr)
+    schedule = Schedule(optimizer, cfg, batches_per_epoch)
+    rates = []
+    for _ in range(cfg.epochs):
+        for _ in range(batches_per_epoch):
+            rates.append(schedule.lr)
+            optimizer.step()
+            schedule.after_batch()
+        schedule.after_epoch(test_loss=1.0)
+    return rates
+
+
+def batches_per_epoch(cfg: TrainConfig, train_size: int) -> int:
+    """Optimizer steps in one epoch (the last, partial batch included)."""
+    images = cfg.subset or train_size
+    return math.ceil(images / cfg.batch_size)
+
+
+def loss_fn(scores: torch.Tensor, labels: torch.Tensor, log_softmax: bool, reduction: str = "mean") -> torch.Tensor:
+    """NLL on log-probabilities, or cross-entropy on logits."""
+    return (F.nll_loss if log_softmax else F.cross_entropy)(scores, labels, reduction=reduction)
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    """(mean loss, accuracy in %) of the model on uint8 images."""
+    model.eval()
+    total_loss, correct = 0.0, 0
+    for begin in range(0, len(images), EVAL_BATCH):
+        scores = model(normalize(to_input(images[begin : begin + EVAL_BATCH])))
+        target = labels[begin : begin + EVAL_BATCH]
+        total_loss += loss_fn(scores, target, model.cfg.log_softmax, reduction="sum").item()
+        correct += (scores.argmax(1) == target).sum().item()
+    return total_loss / len(images), 100.0 * correct / len(images)
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Class probabilities [N, 10] for uint8 images."""
+    model.eval()
+    parts = []
+    for begin in range(0, len(images), EVAL_BATCH):
+        scores = model(normalize(to_input(images[begin : begin + EVAL_BATCH])))
+        parts.append(scores.exp() if model.cfg.log_softmax else scores.softmax(1))
+    return torch.cat(parts)
+
+
+def train(
+    cfg: RunConfig,
+    data: Mnist,
+    callback: Callback | None = None,
+    stop: threading.Event | None = None,
+    threads: int | None = None,
+) -> RunResult:
+    """Train a model for cfg on data; report through callback(event, payload); stop within a batch of `stop` being set.
+
+    Events: "start" {params, epochs, batches, images}; "batch" {epoch, batch, batches, loss, lr, images_per_s};
+    "epoch" {EPOCH_KEYS}; "end" {status, reason}.
+    """
+    report = callback or (lambda event, payload: None)
+    stop = stop or threading.Event()
+    threads = cfg.train.threads or threads
+    if threads:
+        # set_num_threads applies to the calling thread's OpenMP pool, so concurrent runs each keep their own.
+        torch.set_num_threads(threads)
+    generator = torch.Generator().manual_seed(cfg.train.seed)
+    model = build_model(cfg.model, seed=cfg.train.seed)
+    set_generator(model, generator)
+    result = RunResult(cfg, "failed", "", count_params(model), model=model)
+    started = time.perf_counter()
+    try:
+        _run(cfg, data, model, generator, report, stop, result)
+    except Exception as error:  # a run must end with a reason the student can read, whatever went wrong
+        log.exception("run failed")
+        result.status, result.reason = "failed", f"{type(error).__name__}: {error}"
+    result.seconds = time.perf_counter() - started
+    model.eval()
+    report("end", {"status": result.status, "reason": result.reason})
+    return result
+
+
+def _run(cfg, data, model, generator, report, stop, result) -> None:
+    """The epochs of one run; fills result in place."""
+    tc = cfg.train
+    if tc.subset:
+        index = stratified_subset(data.train_labels, tc.subset)
+        images, labels = data.train_images[index], data.train_labels[index]
+    else:
+        images, labels = data.train_images, data.train_labels
+    batches = batches_per_epoch(tc, len(data.train_images))
+    optimizer = make_optimizer(model.parameters(), tc)
+    schedule = Schedule(optimizer, tc, batches)
+    report("start", {"params": result.params, "epochs": tc.epochs, "batches": batches, "images": len(images)})
+    for epoch in range(1, tc.epochs + 1):
+        model.train()
+        epoch_start = time.perf_counter()
+        lr = schedule.lr
+        order = torch.randperm(len(images), generator=generator)
+        loss_sum, correct, seen = 0.0, 0, 0
+        for batch in range(batches):
+            if stop.is_set():
+                result.status, result.reason = "stopped", f"stopped during epoch {epoch}"
+                return
+            index = order[batch * tc.batch_size : (batch + 1) * tc.batch_size]
+            x = augment_batch(to_input(images[index]), cfg.augment, generator)
+            target = labels[index]
+            scores = model(normalize(x))
+            loss = loss_fn(scores, target, cfg.model.log_softmax)
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                result.status = "failed"
+                result.reason = (
+                    f"the loss became {loss_value} in epoch {epoch}, batch {batch + 1}: the learning rate "
+                    f"({schedule.lr:.3g}) is too high for this model; try a lower one, e.g. {schedule.lr / 10:.3g}"
+                )
+                return
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.after_batch()
+            loss_sum += loss_value * len(index)
+            correct += (scores.argmax(1) == target).sum().item()
+            seen += len(index)
+            elapsed = time.perf_counter() - epoch_start
+            report("batch", {"epoch": epoch, "batch": batch + 1, "batches": batches, "loss": loss_value,
+                             "lr": schedule.lr, "images_per_s": seen / max(elapsed, 1e-9)})  # fmt: skip
+        train_seconds = time.perf_counter() - epoch_start
+        test_loss, test_acc = evaluate(model, data.test_images, data.test_labels)
+        stats = {"epoch": epoch, "train_loss": loss_sum / seen, "train_acc": 100.0 * correct / seen,
+                 "test_loss": test_loss, "test_acc": test_acc, "lr": lr, "seconds": train_seconds}  # fmt: skip
+        result.epochs.append(stats)
+        report("epoch", dict(stats))
+        schedule.after_epoch(test_loss)
+    result.status = "finished"
+
+
+def run_summary(result: RunResult) -> dict[str, Any]:
+    """A JSON-ready record of a run: config, status, params and every epoch."""
+    return {"config": result.config.to_dict(), "status": result.status, "reason": result.reason,
+            "params": result.params, "seconds": round(result.seconds, 2), "epochs": result.epochs}  # fmt: skip

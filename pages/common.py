@@ -1,0 +1,75 @@
+"""What every page shares: the job manager, the student's id and the current config (kept in the URL)."""
+
+from __future__ import annotations
+
+import uuid
+
+import streamlit as st
+
+from drill.config import ConfigError, RunConfig
+from drill.jobs import JobManager
+from drill.presets import PRESETS, get_preset
+
+DEFAULT_PRESET = "quick"
+
+
+@st.cache_resource
+def manager() -> JobManager:
+    """The process-wide job manager, shared by every session."""
+    return JobManager()
+
+
+def owner() -> str:
+    """This session's id, which owns its runs."""
+    if "owner" not in st.session_state:
+        st.session_state.owner = uuid.uuid4().hex
+    return st.session_state.owner
+
+
+def init_config() -> None:
+    """On a session's first run, take the config from the URL (or the default preset); a bad link falls back."""
+    if "config" in st.session_state:
+        return
+    params = st.query_params.to_dict()
+    cfg = get_preset(DEFAULT_PRESET).config
+    if params:
+        try:
+            cfg = RunConfig.from_query(params)
+        except ConfigError as error:
+            st.session_state.link_error = str(error)
+    st.session_state.config = cfg
+    st.session_state.config_version = 0
+    _sync_url(cfg)
+
+
+def config() -> RunConfig:
+    """The current config."""
+    return st.session_state.config
+
+
+def version() -> int:
+    """Bumped whenever the config is replaced from outside the widgets, so keyed widgets re-read it."""
+    return st.session_state.get("config_version", 0)
+
+
+def set_config(cfg: RunConfig, from_widgets: bool = True) -> None:
+    """Make cfg current and put it in the URL; from_widgets=False also resets the widgets to it."""
+    st.session_state.config = cfg
+    if not from_widgets:
+        st.session_state.config_version = version() + 1
+    _sync_url(cfg)
+
+
+def _sync_url(cfg: RunConfig) -> None:
+    params = cfg.to_query_params()
+    if params != st.query_params.to_dict():
+        st.query_params.clear()
+        st.query_params.update(params)
+
+
+def matching_preset(cfg: RunConfig) -> str | None:
+    """The name of the preset this config is (seed and threads aside), if any."""
+    for preset in PRESETS:
+        if preset.config.replace(train={"seed": cfg.train.seed, "threads": cfg.train.threads}) == cfg:
+            return preset.name
+    return None
