@@ -17,20 +17,26 @@ pages = [
 ]
 page = st.navigation(pages)
 
+
+def load_preset(name: str) -> None:
+    """Make a preset current (resetting every widget to it) and redraw."""
+    st.session_state.preset_name = name
+    common.set_config(get_preset(name).config, from_widgets=False)
+    st.rerun()
+
+
 with st.sidebar:
     st.markdown("### Current model")
     names = [p.name for p in PRESETS]
     base = st.session_state.setdefault("preset_name", common.matching_preset(common.config()) or common.DEFAULT_PRESET)
     choice = st.selectbox("Preset", names, index=names.index(base), format_func=lambda n: BY_NAME[n].title,
                           key=f"preset_{common.version()}")  # fmt: skip
-    edited = common.matching_preset(common.config()) != base
-    if choice != base or st.button("Reset to preset", disabled=not edited, use_container_width=True):
-        st.session_state.preset_name = choice
-        common.set_config(get_preset(choice).config, from_widgets=False)
-        st.rerun()
-    if edited:
-        st.caption(f"Edited since *{BY_NAME[base].title}* was loaded.")
+    if choice != base:
+        load_preset(choice)
+    # Filled after the page has run, so "edited" reflects the change the student just made on it.
+    preset_status = st.container()
     st.caption("The URL holds this model and its settings: share it to open the same lab.")
+
 
 @st.fragment(run_every=2.0)
 def heartbeat() -> None:
@@ -45,6 +51,15 @@ def heartbeat() -> None:
 heartbeat()
 
 if "link_error" in st.session_state:
-    st.warning(f"The link's settings could not be loaded, so the default model is shown. {st.session_state.pop('link_error')}")
+    error = st.session_state.pop("link_error")
+    st.warning(f"The link's settings could not be loaded, so the default model is shown. {error}")
 
 page.run()
+
+with preset_status:
+    base = st.session_state.preset_name
+    edited = common.matching_preset(common.config()) != base
+    if st.button("Reset to preset", disabled=not edited, width="stretch"):
+        load_preset(base)
+    if edited:
+        st.caption(f"Edited since *{BY_NAME[base].title}* was loaded.")

@@ -1,4 +1,4 @@
-"""The command line: python -m drill presets | summary | train | consistency | bench."""
+"""The command line: python -m drill data | presets | summary | train | consistency | bench."""
 
 from __future__ import annotations
 
@@ -32,6 +32,8 @@ def load_config(args) -> RunConfig:
             text = Path(args.config).read_text()
         except OSError as error:
             raise UsageError(f"cannot read --config {args.config}: {error.strerror}") from None
+        except UnicodeDecodeError:
+            raise UsageError(f"cannot read --config {args.config}: it is not a UTF-8 text (JSON) file") from None
         cfg = RunConfig.from_json(text)
     else:
         cfg = get_preset(args.preset).config
@@ -158,6 +160,17 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_data(args) -> int:
+    """Fetch, verify and cache real MNIST (the first time), then say where it is."""
+    from drill.data import data_dir, load_mnist
+
+    started = time.perf_counter()
+    data = load_mnist()
+    print(f"MNIST ready in {data_dir()}: {len(data.train_images):,} training and {len(data.test_images):,} test "
+          f"images ({time.perf_counter() - started:.1f} s)")  # fmt: skip
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m drill", description="Drill-Down Lab: the MNIST drill-down from the command line.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -171,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--subset", type=int, help="train on the first N images, stratified")
             p.add_argument("--last-k", type=int, default=LAST_K, help="epochs that must all reach the target")
 
+    p = sub.add_parser("data", help="fetch, verify and cache real MNIST")
+    p.set_defaults(func=cmd_data)
     p = sub.add_parser("presets", help="list the presets")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_presets)

@@ -109,3 +109,30 @@ def probability_chart(probabilities: list[float]) -> alt.Chart:
         alt.X("digit:O"), alt.Y("probability:Q", scale=alt.Scale(domain=[0, 1])),
         tooltip=["digit:O", alt.Tooltip("probability:Q", format=".3f")],
     ).properties(height=200)  # fmt: skip
+
+
+def per_class_chart(accuracies: list[float]) -> alt.Chart:
+    """Test accuracy of each true digit; the axis starts just below the weakest digit so the differences show."""
+    data = pd.DataFrame({"digit": list(range(len(accuracies))), "accuracy": [float(a) for a in accuracies]})
+    low = max(0.0, float(min(accuracies, default=100.0)) - 1.0)
+    return alt.Chart(data).mark_bar().encode(
+        alt.X("digit:O"), alt.Y("accuracy:Q", title="accuracy (%)", scale=alt.Scale(domain=[low, 100], clamp=True)),
+        tooltip=["digit:O", alt.Tooltip("accuracy:Q", format=".2f")],
+    ).properties(height=360, title="Accuracy per digit (test set)")  # fmt: skip
+
+
+DRAW_PARAM = "ink"  # the drawing grid's selection: the cells painted so far
+
+
+def drawing_chart(cells: int = 16, side_px: int = 300) -> alt.Chart:
+    """A grid to paint a digit on, with no canvas component: each cell pressed or dragged over toggles its ink.
+
+    The painted cells live in the chart's point selection (read back through st.altair_chart(on_select="rerun")).
+    """
+    grid = pd.DataFrame([{"row": r, "col": c} for r in range(cells) for c in range(cells)])
+    ink = alt.selection_point(name=DRAW_PARAM, fields=["row", "col"], toggle="true", clear=False, empty=False,
+                              on="mousedown, mouseover[event.buttons > 0]")  # fmt: skip
+    return alt.Chart(grid).mark_rect(stroke="#dddddd", strokeWidth=0.5, cursor="crosshair").encode(
+        alt.X("col:O", axis=None), alt.Y("row:O", axis=None),
+        color=alt.condition(ink, alt.value("black"), alt.value("white")), tooltip=alt.value(None),
+    ).add_params(ink).properties(width=side_px, height=side_px)  # fmt: skip

@@ -31,7 +31,10 @@ class ConfigError(ValueError):
         self.field = field_name
         self.value = value
         self.allowed = allowed
-        super().__init__(f"{field_name} = {value!r} is not allowed: {allowed}")
+        shown = repr(value)
+        if len(shown) > 80:  # a pasted stack or a 400-digit number must not flood the page
+            shown = f"{shown[:60]}... ({len(value) if isinstance(value, str) else len(shown)} characters)"
+        super().__init__(f"{field_name} = {shown} is not allowed: {allowed}")
 
 
 def _num(key: str, default, lo, hi, help: str, *, integer: bool = False):
@@ -178,7 +181,9 @@ def _check_field(name: str, value: Any, meta) -> None:
         lo, hi = meta["range"]
         kind = "a whole number" if meta["integer"] else "a number"
         valid_type = isinstance(value, int) if meta["integer"] else isinstance(value, (int, float))
-        if isinstance(value, bool) or not valid_type or not math.isfinite(value) or not lo <= value <= hi:
+        # Only floats can be NaN or infinite; an int too large for a float would overflow math.isfinite.
+        non_finite = isinstance(value, float) and not math.isfinite(value)
+        if isinstance(value, bool) or not valid_type or non_finite or not lo <= value <= hi:
             raise ConfigError(name, value, f"{kind} from {lo} to {hi}")
 
 
@@ -334,7 +339,7 @@ class RunConfig:
             raise ConfigError("config", _short(data), "a JSON object with the sections " + ", ".join(_SECTIONS))
         unknown = set(data) - set(_SECTIONS)
         if unknown:
-            raise ConfigError(sorted(unknown)[0], "...", "only the sections " + ", ".join(_SECTIONS))
+            raise ConfigError(sorted(map(str, unknown))[0], "...", "only the sections " + ", ".join(_SECTIONS))
         return cls(**{name: section_from_dict(name, data.get(name, {})) for name in _SECTIONS})
 
     @classmethod
@@ -351,8 +356,10 @@ class RunConfig:
         """Rebuild from a URL query string (or its parsed key -> value dict); absent keys keep their defaults."""
         if isinstance(query, str):
             pairs = parse_qsl(query.lstrip("?"), keep_blank_values=True)
-            if len({k for k, _ in pairs}) != len(pairs):
-                raise ConfigError("link", _short(query), "each setting at most once")
+            keys = [k for k, _ in pairs]
+            repeated = next((k for k in keys if keys.count(k) > 1), None)
+            if repeated is not None:
+                raise ConfigError("link", _short(query), f"each setting at most once ({repeated!r} is given twice)")
             query = dict(pairs)
         by_key = {}
         for name, section in _SECTIONS.items():

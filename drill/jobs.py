@@ -94,8 +94,8 @@ class Job:
         """A consistent copy of this job's state."""
         with self.lock:
             return Snapshot(self.id, self.owner, self.label, self.config, self.status, self.reason, self.params,
-                            tuple(self.epochs), tuple(self.batch_losses), dict(self.progress), queue_position,
-                            self.created, self.seconds)  # fmt: skip
+                            tuple(dict(e) for e in self.epochs), tuple(self.batch_losses), dict(self.progress),
+                            queue_position, self.created, self.seconds)  # fmt: skip
 
 
 def default_max_running() -> int:
@@ -141,7 +141,8 @@ class JobManager:
         config = RunConfig.from_dict(record["config"])
         with self._lock:
             job = Job(f"run-{next(self._ids)}", owner, label, config, status=record.get("status", "finished"),
-                      reason=record.get("reason", ""), params=record.get("params"), epochs=list(record["epochs"]),
+                      reason=record.get("reason", ""), params=record.get("params"),
+                      epochs=[dict(e) for e in record["epochs"]],
                       seconds=record.get("seconds", 0.0))  # fmt: skip
             self._jobs[job.id] = job
         return job

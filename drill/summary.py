@@ -40,7 +40,8 @@ class Summary:
     @property
     def head_rf(self) -> int:
         """Receptive field of the last layer that still has a spatial map (what the head sees)."""
-        return max(row.rf for row in self.rows)
+        # The last feature layer: the head's GAP or fully connected layer always "sees" the whole map.
+        return next(row.rf for row in reversed(self.rows) if not row.name.startswith("head."))
 
 
 # torchinfo keeps a module-global cache of forward passes and hooks the model it runs; one summary at a time keeps

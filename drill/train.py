@@ -42,8 +42,19 @@ EPOCH_KEYS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr",
 
 def stratified_subset(labels: torch.Tensor, size: int) -> torch.Tensor:
     """Indices of the first images of each class, `size` in all with classes as even as possible, in dataset order."""
-    per_class = [size // NUM_CLASSES + (1 if c < size % NUM_CLASSES else 0) for c in range(NUM_CLASSES)]
-    chosen = [torch.nonzero(labels == c).flatten()[:n] for c, n in enumerate(per_class)]
+    by_class = [torch.nonzero(labels == c).flatten() for c in range(NUM_CLASSES)]
+    per_class = [0] * NUM_CLASSES
+    remaining = min(size, sum(len(indices) for indices in by_class))
+    # Share what is left among the classes with images to spare; a class that runs out (MNIST has only 5,421
+    # fives) leaves its share to the others, so a large subset still holds `size` images.
+    while remaining:
+        open_classes = [c for c in range(NUM_CLASSES) if per_class[c] < len(by_class[c])]
+        share, extra = divmod(remaining, len(open_classes))
+        for place, c in enumerate(open_classes):
+            take = min(len(by_class[c]) - per_class[c], share + (1 if place < extra else 0))
+            per_class[c] += take
+            remaining -= take
+    chosen = [indices[:n] for indices, n in zip(by_class, per_class, strict=True)]
     return torch.sort(torch.cat(chosen)).values
 
 
@@ -113,7 +124,8 @@ def lr_curve(cfg: TrainConfig, batches_per_epoch: int) -> list[float]:
             rates.append(schedule.lr)
             optimizer.step()
             schedule.after_batch()
-        schedule.after_epoch(test_loss=1.0)
+        if cfg.schedule != "plateau":  # it reacts to test losses no plot can know (a flat 1.0 would decay it)
+            schedule.after_epoch(test_loss=1.0)
     return rates
 
 

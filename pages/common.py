@@ -6,7 +6,7 @@ import uuid
 
 import streamlit as st
 
-from drill.config import ConfigError, RunConfig
+from drill.config import ConfigError, RunConfig, field_help, field_range
 from drill.jobs import JobManager
 from drill.presets import PRESETS, get_preset
 
@@ -27,8 +27,12 @@ def owner() -> str:
 
 
 def init_config() -> None:
-    """On a session's first run, take the config from the URL (or the default preset); a bad link falls back."""
+    """On a session's first run, take the config from the URL (or the default preset); a bad link falls back.
+
+    On later runs, put the config back into the URL: moving between pages clears the query string.
+    """
     if "config" in st.session_state:
+        _sync_url(st.session_state.config)
         return
     params = st.query_params.to_dict()
     cfg = get_preset(DEFAULT_PRESET).config
@@ -73,3 +77,28 @@ def matching_preset(cfg: RunConfig) -> str | None:
         if preset.config.replace(train={"seed": cfg.train.seed, "threads": cfg.train.threads}) == cfg:
             return preset.name
     return None
+
+
+def field_slider(section, name: str, label: str, value, step) -> float | int:
+    """A slider over a config field's declared range, keyed to the config version, with the field's help text."""
+    low, high = field_range(section, name)
+    cast = int if isinstance(value, int) and not isinstance(value, bool) and isinstance(step, int) else float
+    return st.slider(label, cast(low), cast(high), cast(value), cast(step), key=f"{section.SECTION}.{name}_{version()}",
+                     help=field_help(section, name))  # fmt: skip
+
+
+def field_number(section, name: str, label: str, value, step, fmt: str | None = None) -> float | int:
+    """A number box over a config field's declared range (for values a slider can't place well, like 0.0005)."""
+    low, high = field_range(section, name)
+    cast = int if isinstance(step, int) else float
+    return st.number_input(label, cast(low), cast(high), cast(value), cast(step), format=fmt,
+                           key=f"{section.SECTION}.{name}_{version()}", help=field_help(section, name))  # fmt: skip
+
+
+def field_widgets(section, current, controls) -> dict:
+    """One widget per (field, label, step, "slider"/"number") control, reading and returning the section's values."""
+    make = {"slider": field_slider, "number": field_number}
+    values = {}
+    for name, label, step, kind in controls:
+        values[name] = make[kind](section, name, label, getattr(current, name), step)
+    return values

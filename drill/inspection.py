@@ -1,0 +1,273 @@
+"""Looking inside a trained model: its test-set mistakes, confusion matrix, feature maps, and a student's own digit.
+
+Everything here works on an inference copy of the model (eval mode, its own weights), so inspecting a run can never
+change the model a run produced, whatever thread reads it.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import threading
+import weakref
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
+from torch import nn
+
+from drill.config import IMAGE_SIZE, NUM_CLASSES
+from drill.model import Net
+from drill.train import normalize, predict, to_input
+
+MAX_UPLOAD_BYTES = 2 * 2**20
+MAX_UPLOAD_SIDE = 2000
+UPLOAD_FORMATS = ("PNG", "JPEG")
+DIGIT_BOX = 20  # MNIST fits each digit into 20x20, keeping its aspect ratio, then centres it by mass in 28x28
+INK_THRESHOLD = 0.15  # after normalising to [0, 1]: fainter than this is paper, noise or shadow, not ink
+RESAMPLE = Image.Resampling.LANCZOS
+BACKGROUND = 64  # grey of the gaps between feature-map tiles
+
+
+class UploadError(ValueError):
+    """An uploaded file that cannot be turned into a digit; the message says why and what would work."""
+
+
+# -- the test-set report ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EvalReport:
+    """A model's predictions over the test set and what they add up to."""
+
+    probabilities: np.ndarray  # [N, 10] float32
+    predicted: np.ndarray  # [N] int64
+    labels: np.ndarray  # [N] int64
+    confusion: np.ndarray  # [10, 10] int64; row = true digit, column = predicted digit
+
+    @property
+    def accuracy(self) -> float:
+        """Test accuracy in %."""
+        return 100.0 * float(np.trace(self.confusion)) / float(self.confusion.sum())
+
+    @property
+    def per_class(self) -> np.ndarray:
+        """Accuracy in % for each true digit."""
+        totals = self.confusion.sum(axis=1)
+        return 100.0 * np.diag(self.confusion) / np.maximum(totals, 1)
+
+
+@dataclass(frozen=True)
+class Mistake:
+    """One misclassified test image."""
+
+    index: int  # position in the test set
+    true: int
+    predicted: int
+    confidence: float  # probability the model gave its (wrong) answer
+
+
+_COPIES: weakref.WeakKeyDictionary[nn.Module, Net] = weakref.WeakKeyDictionary()
+_REPORTS: weakref.WeakKeyDictionary[nn.Module, EvalReport] = weakref.WeakKeyDictionary()
+_LOCK = threading.Lock()
+_HOOKS = threading.Lock()  # a memoised copy is shared: one hooked forward pass at a time, or captures would mix
+
+
+def inference_copy(model: Net) -> Net:
+    """An eval-mode copy of a trained model with its own weights (memoised for as long as the model lives)."""
+    with _LOCK:
+        copy = _COPIES.get(model)
+        if copy is None:
+            copy = Net(model.cfg)
+            copy.load_state_dict(model.state_dict())
+            copy.eval()
+            _COPIES[model] = copy
+        return copy
+
+
+def confusion_matrix(labels: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """Counts of (true, predicted) pairs as a 10x10 matrix."""
+    flat = np.bincount(labels * NUM_CLASSES + predicted, minlength=NUM_CLASSES * NUM_CLASSES)
+    return flat.reshape(NUM_CLASSES, NUM_CLASSES)
+
+
+def report_for(model: Net, images: torch.Tensor, labels: torch.Tensor) -> EvalReport:
+    """Predictions over the test set (memoised per model, so pass the same test set every time)."""
+    with _LOCK:
+        report = _REPORTS.get(model)
+    if report is not None:
+        return report
+    probabilities = predict(inference_copy(model), images).numpy().astype(np.float32)
+    predicted = probabilities.argmax(axis=1)
+    truth = labels.numpy().astype(np.int64)
+    report = EvalReport(probabilities, predicted, truth, confusion_matrix(truth, predicted))
+    with _LOCK:
+        _REPORTS[model] = report
+    return report
+
+
+def mistakes(report: EvalReport, limit: int = 24, true_digit: int | None = None) -> list[Mistake]:
+    """The misclassified test images, most confident mistakes first (optionally of one true digit only)."""
+    wrong = np.nonzero(report.predicted != report.labels)[0]
+    if true_digit is not None:
+        wrong = wrong[report.labels[wrong] == true_digit]
+    confidence = report.probabilities[wrong, report.predicted[wrong]]
+    order = np.argsort(-confidence, kind="stable")[:limit]
+    return [Mistake(int(wrong[i]), int(report.labels[wrong[i]]), int(report.predicted[wrong[i]]), float(confidence[i]))
+            for i in order]  # fmt: skip
+
+
+# -- feature maps ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FeatureMaps:
+    """The output of one conv block for one image."""
+
+    name: str  # block name in the model, e.g. "conv1" or "trans1"
+    maps: np.ndarray  # [channels, height, width] float32
+
+
+def feature_maps(model: Net, image: np.ndarray | torch.Tensor) -> list[FeatureMaps]:
+    """Each conv block's output channels for one uint8 28x28 digit, captured by forward hooks on an inference copy."""
+    copy = inference_copy(model)
+    captured: dict[str, torch.Tensor] = {}
+    x = normalize(to_input(torch.as_tensor(np.asarray(image, dtype=np.uint8)).unsqueeze(0)))
+    with _HOOKS:
+        hooks = [block.register_forward_hook(lambda _m, _i, out, name=name: captured.__setitem__(name, out))
+                 for name, block in copy.features.named_children() if name.startswith(("conv", "trans"))]  # fmt: skip
+        try:
+            with torch.inference_mode():
+                copy(x)
+        finally:
+            for hook in hooks:
+                hook.remove()
+    return [FeatureMaps(name, out[0].float().numpy().copy()) for name, out in captured.items()]
+
+
+def tile_maps(maps: np.ndarray, columns: int = 8, tile_px: int = 72, gap: int = 2) -> np.ndarray:
+    """Channels [C, H, W] as one uint8 grid image: each channel stretched to its own min..max, bright = strong."""
+    channels, height, width = maps.shape
+    scale = max(1, tile_px // max(height, width))
+    columns = min(columns, channels)
+    rows = math.ceil(channels / columns)
+    grid = np.full((rows * (height * scale + gap) - gap, columns * (width * scale + gap) - gap), BACKGROUND, np.uint8)
+    for channel in range(channels):
+        values = maps[channel]
+        low, high = float(values.min()), float(values.max())
+        # A channel that is flat for this image (often a dead ReLU) is drawn black rather than noise-stretched.
+        scaled = (values - low) / (high - low) if high - low > 1e-6 else np.zeros_like(values)
+        tile = np.kron(np.round(scaled * 255).astype(np.uint8), np.ones((scale, scale), np.uint8))
+        top, left = (channel // columns) * (height * scale + gap), (channel % columns) * (width * scale + gap)
+        grid[top : top + height * scale, left : left + width * scale] = tile
+    return grid
+
+
+def enlarge(image: np.ndarray, factor: int = 3) -> np.ndarray:
+    """A small image blown up with hard pixel edges (browsers would blur it when scaling)."""
+    return np.kron(np.asarray(image, dtype=np.uint8), np.ones((factor, factor), np.uint8))
+
+
+def predict_digit(model: Net, image: np.ndarray) -> np.ndarray:
+    """Class probabilities [10] for one uint8 28x28 digit."""
+    return predict(inference_copy(model), torch.as_tensor(np.asarray(image, dtype=np.uint8)).unsqueeze(0))[0].numpy()
+
+
+# -- a student's own digit -------------------------------------------------------------------------------------
+def painted_digit(cells: list[dict], grid: int = 16, cell_px: int = 10) -> np.ndarray:
+    """Cells painted on the drawing grid ({"row", "col"} dicts) -> a uint8 28x28 digit, via a soft pen stroke."""
+    canvas = np.zeros((grid, grid), np.float32)
+    for cell in cells:
+        # The cells come back from the browser: anything that is not a cell on the grid is ignored.
+        row, col = (cell.get(key) if isinstance(cell, dict) else None for key in ("row", "col"))
+        if isinstance(row, (int, float)) and isinstance(col, (int, float)) and 0 <= row < grid and 0 <= col < grid:
+            canvas[int(row), int(col)] = 1.0
+    if not canvas.any():
+        raise UploadError("Nothing is drawn yet: press on the grid and drag to paint a digit.")
+    # Blocky cells blurred into a rounded stroke look more like MNIST's pen strokes than hard squares do.
+    big = Image.fromarray(np.kron(canvas, np.ones((cell_px, cell_px), np.float32)) * 255).convert("L")
+    soft = big.filter(ImageFilter.GaussianBlur(radius=cell_px * 0.6))
+    return mnist_like(np.asarray(soft, dtype=np.float64) / 255.0)
+
+
+def prepare_upload(raw: bytes) -> np.ndarray:
+    """An uploaded PNG/JPEG of a handwritten digit -> a uint8 28x28 image prepared the way MNIST's digits were."""
+    gray = _decode(raw)
+    return mnist_like(gray)
+
+
+def _decode(raw: bytes) -> np.ndarray:
+    """Decode an upload into grayscale floats in [0, 1] (H, W), checking size before any pixel is decoded."""
+    if not raw:
+        raise UploadError("The file is empty.")
+    if len(raw) > MAX_UPLOAD_BYTES:
+        raise UploadError(
+            f"The file is {len(raw) / 2**20:.1f} MB; upload an image of at most {MAX_UPLOAD_BYTES // 2**20} MB."
+        )
+    try:
+        # open() reads only the header; pixels are decoded by load(), after the size checks below.
+        image = Image.open(io.BytesIO(raw), formats=UPLOAD_FORMATS)
+    except Image.DecompressionBombError:
+        raise UploadError(
+            f"The image is far too large; use one of at most {MAX_UPLOAD_SIDE}x{MAX_UPLOAD_SIDE} pixels."
+        ) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        raise UploadError("The file is not a PNG or JPEG image that can be read.") from None
+    with image:
+        width, height = image.size
+        if width < 1 or height < 1:
+            raise UploadError(f"The image is {width}x{height} pixels: it has nothing in it.")
+        if width > MAX_UPLOAD_SIDE or height > MAX_UPLOAD_SIDE:
+            raise UploadError(f"The image is {width}x{height} pixels; use one of at most {MAX_UPLOAD_SIDE} pixels "
+                              "a side (a digit needs only a few hundred).")  # fmt: skip
+        if getattr(image, "n_frames", 1) > 1:
+            raise UploadError("The image is animated; upload a single still image of one digit.")
+        try:
+            image.load()
+            image = ImageOps.exif_transpose(image)  # phone photos are often stored sideways with a rotate tag
+            return _to_gray(image)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+            raise UploadError(f"The image could not be decoded ({error}); is the file complete?") from None
+
+
+def _to_gray(image: Image.Image) -> np.ndarray:
+    """Any PIL mode -> grayscale floats in [0, 1]; transparent pixels count as white paper."""
+    has_alpha = image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info
+    if has_alpha:
+        white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(white, image.convert("RGBA"))
+    if image.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
+        # High-bit-depth grey: keep every level; the range is normalised from the pixels themselves later.
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") else max(float(values.max()), 1.0)
+        return np.clip(values / top, 0.0, 1.0)
+    return np.asarray(image.convert("L"), dtype=np.float64) / 255.0
+
+
+def mnist_like(gray: np.ndarray) -> np.ndarray:
+    """Grayscale [0, 1] (any size, any polarity) -> uint8 28x28: white digit on black, fitted to 20x20, mass-centred."""
+    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    if np.median(border) > 0.5:
+        gray = 1.0 - gray  # dark ink on light paper: MNIST is the other way round
+        border = 1.0 - border
+    # Lift the paper's own grey (and any shading) to black, then stretch the ink to full white as MNIST's is.
+    ink = np.clip(gray - np.median(border), 0.0, None)
+    peak = float(ink.max())
+    if peak < 0.1:
+        raise UploadError("No digit found: the image is (nearly) one flat colour. Write a dark digit on light paper "
+                          "or a light digit on a dark background.")  # fmt: skip
+    ink = ink / peak
+    ink[ink < INK_THRESHOLD] = 0.0
+    rows, cols = np.nonzero(ink)
+    ink = ink[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    height, width = ink.shape
+    fit = DIGIT_BOX / max(height, width)
+    size = (max(1, round(width * fit)), max(1, round(height * fit)))
+    box = np.asarray(Image.fromarray(ink.astype(np.float32)).resize(size, RESAMPLE))
+    box = np.clip(box, 0.0, 1.0)
+    canvas = np.zeros((IMAGE_SIZE, IMAGE_SIZE), np.float64)
+    mass = box.sum()
+    centre_row = (box.sum(axis=1) @ np.arange(box.shape[0])) / mass
+    centre_col = (box.sum(axis=0) @ np.arange(box.shape[1])) / mass
+    middle = IMAGE_SIZE / 2  # measured on MNIST's test set: the mean centre of mass is at (14.0, 14.0)
+    top = int(np.clip(round(middle - centre_row), 0, IMAGE_SIZE - box.shape[0]))
+    left = int(np.clip(round(middle - centre_col), 0, IMAGE_SIZE - box.shape[1]))
+    canvas[top : top + box.shape[0], left : left + box.shape[1]] = box
+    return np.round(canvas * 255).astype(np.uint8)

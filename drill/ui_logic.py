@@ -1,0 +1,196 @@
+"""What the pages show, worked out without streamlit: labels, the layer-stack table, run status and previews."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+import torch
+
+from drill.analysis import LAST_K, Verdict
+from drill.augment import preview
+from drill.config import MAX_CHANNELS, TRAIN_SIZE, AugmentConfig, ConfigError, TrainConfig, parse_layers
+from drill.summary import Summary
+from drill.train import batches_per_epoch, lr_curve
+
+BN_LABELS = {"off": "Off", "before_relu": "Before ReLU", "after_relu": "After ReLU"}
+HEAD_LABELS = {
+    "fc": "Flatten → fully connected",
+    "gap_conv": "GAP → 1x1 conv",
+    "gap_linear": "GAP → linear",
+    "conv_gap": "1x1 conv → GAP",
+}
+DROPOUT_KIND_LABELS = {"element": "Element (Dropout)", "channel": "Channel (Dropout2d)"}
+OPTIMIZER_LABELS = {"sgd": "SGD + momentum", "adam": "Adam", "adamw": "AdamW"}
+SCHEDULE_LABELS = {
+    "none": "Constant",
+    "step": "StepLR",
+    "onecycle": "OneCycleLR",
+    "plateau": "ReduceLROnPlateau",
+    "cosine": "Cosine annealing",
+}
+# Which TrainConfig fields each schedule reads; the others are hidden so students only see knobs that matter.
+SCHEDULE_FIELDS = {"none": (), "step": ("step_size", "gamma"), "onecycle": ("max_lr", "pct_start"),
+                   "plateau": ("gamma",), "cosine": ()}  # fmt: skip
+# Controls as (field, label, step, widget): one declaration per knob, so the Train page stays a short loop.
+SCHEDULE_CONTROLS = (
+    ("step_size", "Step every (epochs)", 1, "slider"),
+    ("gamma", "Decay factor (gamma)", 0.01, "slider"),
+    ("max_lr", "Peak LR (max_lr)", 0.01, "number"),
+    ("pct_start", "Warm-up fraction", 0.05, "slider"),
+)
+AUGMENT_CONTROLS = (
+    ("rotation", "Rotation (± degrees)", 0.5, "slider"),
+    ("translate", "Shift (± fraction of the side)", 0.01, "slider"),
+    ("scale", "Zoom (1 ± this)", 0.01, "slider"),
+    ("shear", "Shear (± degrees)", 0.5, "slider"),
+    ("fill", "Fill moved-in area (0 black, 1 white)", 0.05, "slider"),
+    ("brightness", "Brightness (1 ± this)", 0.05, "slider"),
+    ("contrast", "Contrast (1 ± this)", 0.05, "slider"),
+    ("erase_prob", "Cutout probability", 0.05, "slider"),
+    ("erase_size", "Cutout size (fraction of the side)", 0.05, "slider"),
+)
+
+# The layer-stack editor's "kind" column, and the compact token each kind becomes.
+CONV, TRANSITION, POOL = "conv 3x3", "transition 1x1", "max-pool 2x2"
+LAYER_KINDS = (CONV, TRANSITION, POOL)
+
+# Test digits shown in the augmentation preview: the first 0, 1, ..., 7 of the test set, always the same ones.
+PREVIEW_DIGITS = 8
+PREVIEW_COPIES = 3
+PREVIEW_SEED = 0
+LR_POINTS_PER_EPOCH = 40  # the LR plot samples each epoch this often: the curve's shape, at a fraction of the cost
+
+
+def stack_rows(spec: str) -> list[dict]:
+    """The compact stack as editor rows: kind, channels (None for a pool) and padding."""
+    rows = []
+    for layer in parse_layers(spec):
+        if layer.kind == "pool":
+            rows.append({"kind": POOL, "channels": None, "padding": False})
+        else:
+            kind = TRANSITION if layer.kernel == 1 else CONV
+            rows.append({"kind": kind, "channels": layer.channels, "padding": bool(layer.padding)})
+    return rows
+
+
+def rows_to_stack(rows: list[dict]) -> str:
+    """Editor rows back to the compact stack; a row with no kind or no channels raises ConfigError naming it."""
+    tokens = []
+    for position, row in enumerate(rows, start=1):
+        kind, channels = row.get("kind"), row.get("channels")
+        if kind == POOL:
+            tokens.append("M")
+            continue
+        if kind not in (CONV, TRANSITION):
+            raise ConfigError("model.layers", f"row {position}", "a kind for every row: " + ", ".join(LAYER_KINDS))
+        if channels is None or (isinstance(channels, float) and math.isnan(channels)) or channels != int(channels):
+            raise ConfigError("model.layers", f"row {position}", f"a whole number of channels from 1 to {MAX_CHANNELS}")
+        prefix = "T" if kind == TRANSITION else ""
+        suffix = "p" if kind == CONV and _checked(row.get("padding")) else ""
+        tokens.append(f"{prefix}{int(channels)}{suffix}")
+    return ",".join(tokens)
+
+
+def _checked(value) -> bool:
+    """A checkbox cell's value as a bool; an empty (None/NaN) cell is unchecked."""
+    return isinstance(value, (bool, np.bool_)) and bool(value)
+
+
+def canonical_stack(spec: str) -> str | None:
+    """The stack in its canonical spelling ("8, 16p" -> "8,16p"), or None if it does not parse."""
+    try:
+        return ",".join(layer.token for layer in parse_layers(spec))
+    except ConfigError:
+        return None
+
+
+def layer_table(summary: Summary) -> list[dict]:
+    """The torchinfo rows as the Build page's table: layer, type, output shape, params and receptive field."""
+    return [{"layer": row.name, "type": row.kind, "output shape": " x ".join(map(str, row.output_shape)),
+             "params": row.params, "RF": f"{row.rf}x{row.rf}"} for row in summary.rows]  # fmt: skip
+
+
+def rf_note(rf: int, image: int = 28) -> str:
+    """Whether the last feature map's values see the whole digit, in words."""
+    if rf >= image:
+        return f"Each value of the last feature map sees {rf}x{rf} input pixels: the whole {image}x{image} image."
+    return (
+        f"Each value of the last feature map sees a {rf}x{rf} patch of the {image}x{image} image: the head combines "
+        "the patches, but no single feature sees the whole digit. Another conv or an earlier max-pool widens it."
+    )
+
+
+@functools.lru_cache(maxsize=128)
+def lr_points(cfg: TrainConfig) -> tuple[list[float], int]:
+    """(learning rates, points per epoch) for the LR plot; sampled, since stepping a real scheduler is slow."""
+    points = min(batches_per_epoch(cfg, TRAIN_SIZE), LR_POINTS_PER_EPOCH)
+    return lr_curve(cfg, points), points
+
+
+def preview_digits(test_labels: torch.Tensor) -> torch.Tensor:
+    """Indices of the first test image of each digit 0..PREVIEW_DIGITS-1."""
+    return torch.stack([torch.nonzero(test_labels == digit)[0, 0] for digit in range(PREVIEW_DIGITS)])
+
+
+def preview_grid(images: torch.Tensor, cfg: AugmentConfig, zoom: int = 3, gap: int = 2) -> np.ndarray:
+    """uint8 digits augmented PREVIEW_COPIES times each, tiled one digit per column, zoomed for crisp pixels."""
+    augmented = preview(images, cfg, PREVIEW_SEED, PREVIEW_COPIES)[:, 0]  # [N*copies, 28, 28], digit-major
+    side = augmented.shape[-1] + gap
+    grid = torch.ones(PREVIEW_COPIES * side + gap, len(images) * side + gap) * 0.35  # grey gaps frame the digits
+    for index, image in enumerate(augmented):
+        digit, copy = divmod(index, PREVIEW_COPIES)
+        top, left = gap + copy * side, gap + digit * side
+        grid[top : top + side - gap, left : left + side - gap] = image
+    pixels = (grid.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    return np.kron(pixels, np.ones((zoom, zoom), dtype=np.uint8))
+
+
+def format_seconds(seconds: float | None) -> str:
+    """A duration as a student reads it: 45 s, 3 min 05 s."""
+    if seconds is None or not math.isfinite(seconds):
+        return "?"
+    seconds = round(seconds)
+    return f"{seconds} s" if seconds < 60 else f"{seconds // 60} min {seconds % 60:02d} s"
+
+
+def progress_fraction(progress: dict) -> float:
+    """How much of the run's batches are done, 0..1."""
+    batches, epochs = progress.get("batches"), progress.get("epochs")
+    if not batches or not epochs:
+        return 0.0
+    done = (progress.get("epoch", 1) - 1) * batches + progress.get("batch", 0)
+    return min(max(done / (epochs * batches), 0.0), 1.0)
+
+
+def progress_text(progress: dict) -> str:
+    """Epoch, batch, speed, time left and the current LR, in one line."""
+    if not progress.get("batches"):
+        return "Starting: loading MNIST and building the model…"
+    parts = [f"epoch {progress['epoch']}/{progress['epochs']}", f"batch {progress['batch']}/{progress['batches']}"]
+    if progress.get("images_per_s"):
+        parts.append(f"{progress['images_per_s']:,.0f} images/s")
+    if progress.get("eta_s") is not None:
+        parts.append(f"about {format_seconds(progress['eta_s'])} left")
+    if progress.get("lr") is not None:
+        parts.append(f"LR {progress['lr']:.4g}")
+    return " · ".join(parts)
+
+
+def status_text(status: str, queue_position: int | None, label: str) -> str:
+    """The run's status as a headline."""
+    if status == "queued":
+        ahead = (queue_position or 1) - 1
+        return f"⏳ **{label}** is queued: {ahead} run(s) ahead of it; it starts when a CPU slot frees up."
+    icons = {"running": "🏃", "finished": "✅", "stopped": "⏹️", "failed": "❌"}
+    return f"{icons.get(status, '')} **{label}**: {status}"
+
+
+def result_line(verdict: Verdict, epochs: list[dict], k: int = LAST_K) -> str:
+    """The Result of a step, as the write-ups phrase it: params, best train/test and the last K test accuracies."""
+    last = ", ".join(f"{e['test_acc']:.2f}" for e in epochs[-k:]) or "–"
+    best_train = "–" if verdict.best_train is None else f"{verdict.best_train:.2f}%"
+    best_test = "–" if verdict.best_test is None else f"{verdict.best_test:.2f}%"
+    return (f"**Result:** {verdict.params:,} parameters · best train {best_train} · best test {best_test} · "
+            f"test in the last {min(k, len(epochs))} epochs: {last}")  # fmt: skip

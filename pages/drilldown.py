@@ -1,0 +1,50 @@
+"""Drill-down: the lesson's steps as cards (Target, change, expected band), loadable, with this session's Results."""
+
+import streamlit as st
+
+from drill import ui_logic as ui
+from drill.analysis import EPOCH_BUDGET, PARAM_BUDGET, TARGET_ACC, analyse
+from drill.presets import LESSON
+from drill.summary import summarize
+from pages import common
+
+# -- title (the inputs are the cards' load buttons, drawn below) -------------------------------------------------------
+st.title("🪜 The MNIST coding drill-down")
+st.markdown(
+    f"**Goal:** a CNN that reaches **>= {TARGET_ACC}% test accuracy in each of its last epochs**, within "
+    f"**{EPOCH_BUDGET} epochs**, with **fewer than {PARAM_BUDGET:,} parameters**. Start from a heavy network that "
+    "works, then change one thing per step (batch norm, global average pooling, dropout, augmentation, 1x1 "
+    "transitions, an LR schedule). Write every step up as **Target → Result → Analysis**."
+)
+st.caption("Load a step into the builder, look at its layer table, train it, and come back here: the card then "
+           "shows your Result and its Analysis.")  # fmt: skip
+
+# -- state set-up: the latest finished run of each step in this session --------------------------------------------
+finished = {}
+for run in common.manager().snapshots(common.owner()):
+    step = common.matching_preset(run.config)
+    if run.status == "finished" and step:
+        finished[step] = run  # oldest first, so the latest run of a step wins
+
+# -- draw ---------------------------------------------------------------------------------------------------------
+for preset in LESSON:
+    with st.container(border=True):
+        text, side = st.columns([4, 1], vertical_alignment="center")
+        with text:
+            st.subheader(preset.title)
+            st.markdown(f"**Target:** {preset.target}")
+            st.markdown(f"**What changes:** {preset.change}")
+            st.caption(f"Seed write-ups report: {preset.seed_band}")
+        with side:
+            st.metric("Parameters", f"{summarize(preset.config.model).total_params:,}")
+            if st.button("Load into the builder", key=f"load_{preset.name}", type="primary", width="stretch"):
+                common.set_config(preset.config, from_widgets=False)
+                st.session_state.preset_name = preset.name
+                st.switch_page("pages/build.py", query_params=preset.config.to_query_params())
+        run = finished.get(preset.name)
+        if run is not None:
+            epochs = list(run.epochs)
+            verdict = analyse(epochs, run.params or 0)
+            st.markdown(ui.result_line(verdict, epochs))
+            show = st.success if verdict.meets_target else st.info
+            show(f"**Analysis:** {verdict.text}")

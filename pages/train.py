@@ -1,0 +1,133 @@
+"""Train: augmentation with a live preview, the LR schedule, and a run whose curves stream in while it trains."""
+
+import streamlit as st
+
+from drill import ui_logic as ui
+from drill.analysis import analyse
+from drill.charts import accuracy_chart, loss_chart, lr_chart
+from drill.config import AugmentConfig, ConfigError, TrainConfig, field_choices, field_help
+from drill.data import DataUnavailable, load_mnist
+from drill.jobs import ACTIVE
+from drill.presets import BY_NAME
+from pages import common
+
+# -- title --------------------------------------------------------------------------------------------------------
+st.title("📈 Train")
+st.caption("Augmentation and training settings for the model built on the Build page; then start a run.")
+
+# -- inputs -------------------------------------------------------------------------------------------------------
+cfg, v = common.config(), common.version()
+augment_col, train_col = st.columns(2, gap="large")
+with augment_col:
+    st.subheader("Augmentation")
+    left, right = st.columns(2)
+    with left:
+        augment = common.field_widgets(AugmentConfig, cfg.augment, ui.AUGMENT_CONTROLS[:5])
+    with right:
+        augment |= common.field_widgets(AugmentConfig, cfg.augment, ui.AUGMENT_CONTROLS[5:])
+with train_col:
+    st.subheader("Training")
+    t, left, right = cfg.train, *st.columns(2)
+    with left:
+        epochs = common.field_slider(TrainConfig, "epochs", "Epochs", t.epochs, 1)
+        batch_size = st.select_slider("Batch size", sorted({8, 16, 32, 64, 128, 256, 512, t.batch_size}),
+                                      value=t.batch_size, key=f"train.batch_size_{v}",
+                                      help=field_help(TrainConfig, "batch_size"))  # fmt: skip
+        optimizer = st.segmented_control("Optimizer", field_choices(TrainConfig, "optimizer"), default=t.optimizer,
+                                         format_func=ui.OPTIMIZER_LABELS.get, required=True, key=f"train.opt_{v}",
+                                         help=field_help(TrainConfig, "optimizer"))  # fmt: skip
+        lr = common.field_number(TrainConfig, "lr", "Learning rate", t.lr, 0.001, "%.5g")
+        if optimizer == "sgd":  # Adam and AdamW have no momentum knob, so it is only shown for SGD
+            momentum = common.field_slider(TrainConfig, "momentum", "Momentum", t.momentum, 0.01)
+        weight_decay = common.field_number(TrainConfig, "weight_decay", "Weight decay", t.weight_decay, 0.0001, "%.5g")
+    with right:
+        schedules = field_choices(TrainConfig, "schedule")
+        schedule = st.selectbox("LR schedule", schedules, index=schedules.index(t.schedule),
+                                format_func=ui.SCHEDULE_LABELS.get, key=f"train.schedule_{v}",
+                                help=field_help(TrainConfig, "schedule"))  # fmt: skip
+        relevant = [control for control in ui.SCHEDULE_CONTROLS if control[0] in ui.SCHEDULE_FIELDS[schedule]]
+        train = common.field_widgets(TrainConfig, t, relevant)  # the schedule's other fields keep their values
+        subset = common.field_number(TrainConfig, "subset", "Training images (0 = all 60,000)", t.subset, 1000)
+        seed = common.field_number(TrainConfig, "seed", "Seed", t.seed, 1)
+
+# -- state set-up: a valid config becomes current; the run shown is this session's latest -------------------------
+train |= {"epochs": epochs, "batch_size": batch_size, "optimizer": optimizer, "lr": lr, "schedule": schedule,
+          "weight_decay": weight_decay, "subset": subset, "seed": seed}  # fmt: skip
+if optimizer == "sgd":
+    train["momentum"] = momentum
+try:
+    new, config_error = cfg.replace(augment=augment, train=train), None
+except ConfigError as error:
+    new, config_error = None, error
+else:
+    if new != cfg:
+        common.set_config(new)
+
+manager, me = common.manager(), common.owner()
+runs = manager.snapshots(me)
+active = [run for run in runs if run.status in ACTIVE]
+shown_run = manager.snapshot(st.session_state.get("train_job", ""))
+if shown_run is None or shown_run.owner != me:  # e.g. a new tab: fall back to this student's latest run
+    shown_run = runs[-1] if runs else None
+
+# -- draw ---------------------------------------------------------------------------------------------------------
+if config_error:
+    st.error(f"These settings can't be used: {config_error}. The last valid settings stay current.")
+with augment_col:
+    try:
+        data = load_mnist()
+        digits = data.test_images[ui.preview_digits(data.test_labels)]
+        st.image(ui.preview_grid(digits, new.augment if new else cfg.augment),
+                 caption="The same 8 test digits, augmented 3 times each (one digit per column)")  # fmt: skip
+    except DataUnavailable as error:
+        st.warning(f"MNIST is not available, so there is no preview (and no training): {error}")
+with train_col:
+    rates, per_epoch = ui.lr_points((new or cfg).train)
+    st.altair_chart(lr_chart(rates, per_epoch), width="stretch")
+
+start_col, stop_col, note_col = st.columns([1, 1, 4], vertical_alignment="center")
+start = start_col.button("Start", type="primary", disabled=bool(active) or new is None, width="stretch")
+stop = stop_col.button("Stop", disabled=not active, width="stretch")
+note_col.caption("One run at a time per student: the class shares this server's few CPU cores, and every extra run "
+                 "would wait in the queue behind everyone else's. Stop your run to start another.")  # fmt: skip
+if start and new is not None:
+    if active:
+        st.warning("Your previous run is still going: stop it first.")
+    else:
+        preset = common.matching_preset(new)
+        job = manager.submit(me, new, BY_NAME[preset].title if preset else "custom")
+        st.session_state.train_job = job.id
+        st.rerun()
+if stop:
+    for run in active:
+        manager.stop(run.id)
+
+
+@st.fragment(run_every=1.0 if shown_run is not None and shown_run.status in ACTIVE else None)
+def show_run(job_id: str, was_active: bool) -> None:
+    """The run's status, progress and curves; redrawn every second while it is queued or running."""
+    run = common.manager().snapshot(job_id)
+    if run is None:
+        return
+    if was_active and run.status not in ACTIVE:
+        st.rerun()  # a full rerun, once: the page redraws its buttons and this fragment stops ticking
+    st.markdown(ui.status_text(run.status, run.queue_position, run.label))
+    if run.status == "running":
+        st.progress(ui.progress_fraction(run.progress), text=ui.progress_text(run.progress))
+    elif run.status == "failed":
+        st.error(f"The run failed: {run.reason}")
+    elif run.status == "stopped":
+        st.warning(f"The run stopped: {run.reason}")
+    epochs = list(run.epochs)
+    if epochs or run.batch_losses:
+        accuracy, loss = st.columns(2)
+        accuracy.altair_chart(accuracy_chart(epochs, run.config.train.epochs), width="stretch")
+        loss.altair_chart(loss_chart(epochs, run.batch_losses, run.config.train.epochs), width="stretch")
+    if run.status not in ACTIVE and epochs:
+        verdict = analyse(epochs, run.params or 0)
+        st.markdown(ui.result_line(verdict, epochs))
+        (st.success if verdict.meets_target else st.info)(f"**Analysis:** {verdict.text}")
+
+
+if shown_run is not None:
+    show_run(shown_run.id, shown_run.status in ACTIVE)

@@ -1,0 +1,55 @@
+"""Shared fixtures: the real MNIST data (loaded once per session) and a lighter view of it for short runs."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from drill.data import Mnist, load_mnist
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SMALL_TEST_SET = 1000
+
+
+@pytest.fixture(scope="session")
+def mnist() -> Mnist:
+    """Real MNIST from the default data directory ($DRILL_DATA_DIR, prepared by CI)."""
+    return load_mnist()
+
+
+@pytest.fixture(scope="session")
+def small_mnist(mnist: Mnist) -> Mnist:
+    """Real MNIST with the test set cut to its first images: every epoch's test pass stays cheap."""
+    return Mnist(mnist.train_images, mnist.train_labels, mnist.test_images[:SMALL_TEST_SET],
+                 mnist.test_labels[:SMALL_TEST_SET])  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Train on one intra-op thread: on a shared, busy 2-core machine OpenMP's spinning threads make two threads
+    several times slower than one. (Set per thread: job threads pick their own count.)"""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def wait_until(predicate, timeout: float = 60.0, interval: float = 0.01, what: str = "condition"):
+    """Poll predicate until it returns something truthy (returned), failing the test after a generous deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def drill_threads() -> list[threading.Thread]:
+    """The job threads of drill.jobs still alive."""
+    return [t for t in threading.enumerate() if t.name.startswith("drill-") and t.is_alive()]

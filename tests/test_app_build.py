@@ -1,0 +1,126 @@
+"""AppTest of the Build page: toggles and the layer stack rebuild the model, errors replace the table, links fall back.
+
+Every test opens a new AppTest, i.e. a new browser session with its own config; nothing here trains.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from conftest import REPO_ROOT
+from streamlit.testing.v1 import AppTest
+
+from drill.config import ConfigError, ModelConfig
+from drill.presets import BY_NAME
+from drill.summary import summarize
+
+PAGE_TIMEOUT = 60  # seconds per script run: the first one imports torch on a busy 2-core machine
+QUICK = BY_NAME["quick"].config  # the default model a session starts with
+
+
+def build_page(query: dict[str, str] | None = None) -> AppTest:
+    """A new session (opened with these URL settings, if any) showing the Build page."""
+    at = AppTest.from_file(str(REPO_ROOT / "app.py"), default_timeout=PAGE_TIMEOUT)
+    at.query_params.update(query or {})
+    at.run()
+    at.switch_page("pages/build.py").run()
+    assert not at.exception, at.exception
+    return at
+
+
+def shown_params(at: AppTest) -> int:
+    """The parameter count the page shows."""
+    return int(next(m for m in at.metric if m.label == "Parameters").value.replace(",", ""))
+
+
+def layer_tables(at: AppTest) -> list:
+    """The read-only tables (the layer table), leaving out the row editor."""
+    return [table for table in at.dataframe if table.editing_mode == "read_only"]
+
+
+def widget(widgets, label: str):
+    return next(w for w in widgets if w.label == label)
+
+
+def test_default_model_shows_its_table_params_and_receptive_field():
+    at = build_page()
+    summary = summarize(QUICK.model)
+    assert shown_params(at) == summary.total_params
+    table = layer_tables(at)[0].value
+    assert list(table.columns) == ["layer", "type", "output shape", "params", "RF"]
+    assert table["params"].sum() == summary.total_params
+    assert list(table["layer"]) == [row.name for row in summary.rows]
+    assert widget(at.metric, "Receptive field at the head").value == f"{summary.head_rf}x{summary.head_rf}"
+    assert any("last feature map" in caption.value for caption in at.caption)
+    assert at.get("vega_lite_chart"), "the budget chart is missing"
+    assert widget(at.text_input, "Compact stack").value == QUICK.model.layers
+
+
+def test_batch_norm_toggle_changes_the_parameter_count_and_the_url():
+    at = build_page()
+    before = shown_params(at)
+    widget(at.segmented_control, "Batch norm").set_value("off").run()
+    expected = summarize(dataclasses.replace(QUICK.model, batch_norm="off")).total_params
+    assert shown_params(at) == expected < before
+    assert "bn" not in at.query_params  # "off" is the default, so the link drops it
+    assert not any("BatchNorm2d" in t for t in layer_tables(at)[0].value["type"])
+    widget(at.segmented_control, "Batch norm").set_value("after_relu").run()
+    assert shown_params(at) == before
+    assert at.query_params["bn"] == "after_relu"
+
+
+def test_an_invalid_stack_shows_the_error_instead_of_the_table_and_keeps_the_model():
+    at = build_page()
+    widget(at.text_input, "Compact stack").set_value("8,M,M,M,M,M").run()
+    assert not at.exception
+    with_error = [e.value for e in at.error]
+    try:
+        ModelConfig(layers="8,M,M,M,M,M")
+    except ConfigError as error:
+        expected = str(error)
+    assert any(expected in message for message in with_error), with_error
+    assert not layer_tables(at) and not [m for m in at.metric if m.label == "Parameters"]
+    assert at.query_params["layers"] == QUICK.model.layers  # the last valid model stays current
+    # Fixing the text brings the table back, for the new stack.
+    widget(at.text_input, "Compact stack").set_value("8, 16p, M, T8, 16").run()
+    assert not at.error
+    assert at.query_params["layers"] == "8,16p,M,T8,16"
+    assert shown_params(at) == summarize(dataclasses.replace(QUICK.model, layers="8,16p,M,T8,16")).total_params
+    assert len(at.data_editor[0].value) == 5  # the row editor restarted from the typed stack
+
+
+def test_the_row_editor_edits_the_stack():
+    at = build_page()
+    editor = at.data_editor[0]
+    assert list(editor.value["kind"]) == ["conv 3x3"] * 3 + ["max-pool 2x2", "transition 1x1"] + ["conv 3x3"] * 3
+    at.session_state[editor.key] = {"edited_rows": {1: {"channels": 12}}, "added_rows": [], "deleted_rows": [7]}
+    at.run()
+    assert not at.exception and not at.error
+    assert widget(at.text_input, "Compact stack").value == "10,12,16,M,T10,10,16"
+    assert at.query_params["layers"] == "10,12,16,M,T10,10,16"
+    assert shown_params(at) == summarize(dataclasses.replace(QUICK.model, layers="10,12,16,M,T10,10,16")).total_params
+    # A row without channels is named in the error; the last valid stack stays current.
+    at.session_state[editor.key] = {"edited_rows": {}, "added_rows": [{"kind": "conv 3x3", "padding": False}], "deleted_rows": []}
+    at.run()
+    assert any("row 9" in e.value and "channels" in e.value for e in at.error), at.error
+    assert at.query_params["layers"] == "10,12,16,M,T10,10,16"
+    # Leaving the page drops the editor's edits; coming back shows the stack that is current.
+    at.session_state[editor.key] = {"edited_rows": {}, "added_rows": [], "deleted_rows": [7]}
+    at.run()
+    at.switch_page("pages/train.py").run()
+    at.switch_page("pages/build.py").run()
+    assert not at.error
+    assert widget(at.text_input, "Compact stack").value == "10,10,16,M,T10,10,16"
+    assert len(at.data_editor[0].value) == 7
+    assert at.query_params["layers"] == "10,10,16,M,T10,10,16"
+
+
+def test_a_malformed_link_falls_back_to_the_default_model_with_a_warning():
+    at = AppTest.from_file(str(REPO_ROOT / "app.py"), default_timeout=PAGE_TIMEOUT)
+    at.query_params["ep"] = "abc"
+    at.run()
+    assert any("could not be loaded" in w.value and "train.epochs" in w.value for w in at.warning), at.warning
+    at.switch_page("pages/build.py").run()
+    assert not at.exception
+    assert shown_params(at) == summarize(QUICK.model).total_params
+    assert dict(at.query_params) == QUICK.to_query_params()

@@ -1,0 +1,71 @@
+"""AppTest of the Drill-down (landing) page: one card per lesson step, loading a step, and a step's Result/Analysis."""
+
+from __future__ import annotations
+
+from conftest import REPO_ROOT
+from streamlit.testing.v1 import AppTest
+
+from drill.analysis import analyse
+from drill.presets import BY_NAME, LESSON
+from drill.summary import summarize
+from pages import common
+
+PAGE_TIMEOUT = 60  # seconds per script run on a busy 2-core machine
+
+
+def landing() -> AppTest:
+    """A new session on the default page."""
+    at = AppTest.from_file(str(REPO_ROOT / "app.py"), default_timeout=PAGE_TIMEOUT)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_every_step_has_a_card_with_its_target_change_band_params_and_load_button():
+    at = landing()
+    assert [h.value for h in at.subheader] == [step.title for step in LESSON]
+    markdown = " ".join(m.value for m in at.markdown)
+    captions = " ".join(c.value for c in at.caption)
+    params = [m.value for m in at.metric if m.label == "Parameters"]
+    for step in LESSON:
+        assert f"**Target:** {step.target}" in markdown
+        assert step.change in markdown
+        assert step.seed_band in captions
+        assert f"{summarize(step.config.model).total_params:,}" in params
+        assert at.button(key=f"load_{step.name}").label == "Load into the builder"
+    assert "99.4%" in at.markdown[0].value and "8,000" in at.markdown[0].value  # the goal, up front
+    assert "Result:" not in markdown  # nothing trained in this session yet
+
+
+def test_load_puts_the_step_in_the_builder_and_the_url():
+    at = landing()
+    step = BY_NAME["batchnorm"]
+    assert dict(at.query_params) != step.config.to_query_params()
+    at.button(key=f"load_{step.name}").click().run()
+    assert not at.exception, at.exception
+    assert dict(at.query_params) == step.config.to_query_params()
+    assert at.session_state["preset_name"] == "batchnorm"
+    assert at.sidebar.selectbox[0].value == "batchnorm"
+    # We are on the Build page now, showing the loaded model.
+    assert next(s for s in at.segmented_control if s.label == "Batch norm").value == "before_relu"
+    shown = next(m for m in at.metric if m.label == "Parameters").value
+    assert shown == f"{summarize(step.config.model).total_params:,}"
+
+
+def test_a_trained_step_shows_its_result_and_analysis():
+    at = landing()
+    step = BY_NAME["lean"]
+    # A finished 15-epoch run of this step, as the job manager would hold it (training it here would take minutes).
+    epochs = [{"epoch": e, "train_loss": 0.1, "train_acc": 97.0 + e / 10, "test_loss": 0.1, "test_acc": 97.5 + e / 20,
+               "lr": 0.01, "seconds": 1.0} for e in range(1, 16)]  # fmt: skip
+    params = summarize(step.config.model).total_params
+    record = {"config": step.config.replace(train={"seed": 7}).to_dict(), "status": "finished", "params": params,
+              "epochs": epochs}  # fmt: skip
+    common.manager().add_finished(at.session_state["owner"], record, label=step.title)
+    at.run()
+    results = [m.value for m in at.markdown if m.value.startswith("**Result:**")]
+    assert len(results) == 1, results  # only the trained step's card
+    assert f"{params:,} parameters" in results[0] and "best test 98.25%" in results[0]
+    assert "98.10, 98.15, 98.20, 98.25" in results[0]  # the last four epochs' test accuracy
+    verdict = analyse(epochs, params)
+    assert any(verdict.text in box.value for box in [*at.info, *at.success])

@@ -1,0 +1,127 @@
+"""AppTest of the Train page with real runs: a tiny run streams to the end, Stop stops one, a diverging run fails.
+
+AppTest has no run_every timer, so the tests poll by calling at.run() again (each run also sends the heartbeat).
+The job manager is process-wide (st.cache_resource) and outlives a test; each AppTest is a new session with its own
+owner, so each test sees only its own runs.
+"""
+
+from __future__ import annotations
+
+import io
+
+import pyarrow as pa
+from conftest import REPO_ROOT, wait_until
+from streamlit.testing.v1 import AppTest
+
+from drill.presets import BY_NAME
+from pages import common
+
+PAGE_TIMEOUT = 60  # seconds per script run on a busy 2-core machine
+RUN_DEADLINE = 120  # seconds for a tiny run to finish, queue included
+TINY = BY_NAME["quick"].config.replace(train={"subset": 1000, "epochs": 1})
+LONG = BY_NAME["quick"].config.replace(train={"subset": 0, "epochs": 3})  # minutes of work: it must be stopped
+# Lean (no batch norm) with SGD at lr 1.0 and momentum 0.99 on batches of 32: with this seed the loss becomes NaN in
+# batch 16, whatever the thread count (the run is seeded, so this is deterministic; checked with 1 and 2 threads).
+DIVERGING = BY_NAME["lean"].config.replace(
+    train={"epochs": 1, "subset": 4000, "batch_size": 32, "lr": 1.0, "momentum": 0.99, "seed": 3}
+)
+
+
+def train_page(config) -> AppTest:
+    """A new session opened from a link holding this config, showing the Train page."""
+    at = AppTest.from_file(str(REPO_ROOT / "app.py"), default_timeout=PAGE_TIMEOUT)
+    at.query_params.update(config.to_query_params())
+    at.run()
+    at.switch_page("pages/train.py").run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    return at
+
+
+def button(at: AppTest, label: str):
+    return next(b for b in at.button if b.label == label)
+
+
+def status_line(at: AppTest) -> str:
+    """The run's headline, e.g. "✅ **custom**: finished" ("" before any run)."""
+    return next((m.value for m in at.markdown if m.value.startswith(("⏳", "🏃", "✅", "⏹️", "❌"))), "")
+
+
+def rerun_until(at: AppTest, word: str) -> str:
+    """Rerun the page (as the fragment's timer would) until the status line ends with word."""
+    return wait_until(lambda: at.run() and status_line(at).endswith(word) and status_line(at), RUN_DEADLINE,
+                      interval=0.2, what=f"the run to be {word}")  # fmt: skip
+
+
+def progress_text(at: AppTest) -> str:
+    """The progress bar's text ("" when there is none)."""
+    return at.get("progress")[0].text if at.get("progress") else ""
+
+
+def chart_values(at: AppTest) -> list[float]:
+    """Every number in the datasets of the page's charts."""
+    values = []
+    for chart in at.get("vega_lite_chart"):
+        for dataset in chart.proto.datasets:
+            table = pa.ipc.open_stream(io.BytesIO(dataset.data.data)).read_all()
+            for column in table.columns:
+                if pa.types.is_floating(column.type) or pa.types.is_integer(column.type):
+                    values.extend(column.to_pylist())
+    return values
+
+
+def only_run(at: AppTest):
+    """This session's one run, as the job manager holds it."""
+    (run,) = common.manager().snapshots(at.session_state["owner"])
+    return run
+
+
+def test_a_tiny_run_streams_to_the_end_and_survives_a_page_switch():
+    at = train_page(TINY)
+    assert status_line(at) == ""
+    assert not button(at, "Start").disabled and button(at, "Stop").disabled
+    button(at, "Start").click().run()
+    assert not at.exception
+    assert button(at, "Start").disabled, "one run at a time per student"
+    assert "custom" in status_line(at)  # the label: TINY matches no preset
+    rerun_until(at, "finished")
+    run = only_run(at)
+    assert run.status == "finished" and len(run.epochs) == 1
+    test_acc = run.epochs[0]["test_acc"]
+    assert test_acc in chart_values(at), "the epoch's test accuracy is not in the accuracy chart's data"
+    assert run.batch_losses[-1][1] in chart_values(at), "the batch-level loss line is missing"
+    assert any(f"best test {test_acc:.2f}%" in m.value for m in at.markdown)
+    assert any("Analysis:" in box.value for box in [*at.info, *at.success])
+    assert not button(at, "Start").disabled and button(at, "Stop").disabled
+    # Another page and back: the run is found again, curves and all.
+    at.switch_page("pages/build.py").run()
+    at.switch_page("pages/train.py").run()
+    assert status_line(at).endswith("finished") and test_acc in chart_values(at)
+
+
+def test_stop_stops_a_running_run():
+    at = train_page(LONG)
+    button(at, "Start").click().run()
+    assert not button(at, "Stop").disabled
+    # Watch it train for a few batches first: the progress line streams epoch, batch, speed and time left.
+    progress = wait_until(lambda: at.run() and "images/s" in progress_text(at) and progress_text(at), RUN_DEADLINE,
+                          interval=0.2, what="the progress bar to show a batch")  # fmt: skip
+    assert "epoch 1/3" in progress and "left" in progress and "LR" in progress, progress
+    button(at, "Stop").click().run()
+    rerun_until(at, "stopped")
+    run = only_run(at)
+    assert run.status == "stopped" and run.epochs == ()
+    assert any("stopped by the student" in w.value for w in at.warning), [w.value for w in at.warning]
+    assert not button(at, "Start").disabled
+
+
+def test_a_diverging_run_is_shown_as_failed_with_its_reason():
+    at = train_page(DIVERGING)
+    button(at, "Start").click().run()
+    rerun_until(at, "failed")
+    run = only_run(at)
+    assert run.status == "failed" and "nan" in run.reason
+    assert any("The run failed" in e.value and run.reason in e.value for e in at.error), [e.value for e in at.error]
+    assert at.get("vega_lite_chart"), "the failed run's loss curve should stay visible"
+    at.run()  # still shown on the next redraw
+    assert status_line(at).endswith("failed")

@@ -1,0 +1,177 @@
+"""Tests for the command line (python -m drill), run as a real subprocess from the repository root."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO_ROOT
+
+from drill.__main__ import main
+from drill.analysis import TARGET_ACC
+from drill.config import RunConfig
+from drill.presets import PRESETS, get_preset
+from drill.summary import summarize
+from drill.train import EPOCH_KEYS
+
+
+def drill(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `python -m drill ARGS` from the repository root (DRILL_DATA_DIR and the rest of the environment kept)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}  # one thread: see one_torch_thread
+    return subprocess.run([sys.executable, "-m", "drill", *args], cwd=REPO_ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)  # fmt: skip
+
+
+def test_presets_table():
+    result = drill("presets")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["name", "params", "title"]
+    assert len(lines) == 1 + len(PRESETS)
+    for line, preset in zip(lines[1:], PRESETS, strict=True):
+        name, params, *title = line.split()
+        assert name == preset.name
+        assert params == f"{summarize(preset.config.model).total_params:,}"
+        assert " ".join(title) == preset.title
+
+
+def test_presets_json():
+    result = drill("presets", "--json")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert rows == [
+        {"name": p.name, "title": p.title, "params": summarize(p.config.model).total_params, "target": p.target}
+        for p in PRESETS
+    ]
+    assert {row["name"]: row["params"] for row in rows}["final"] == 7_570
+
+
+def layer_dicts(cfg: RunConfig) -> list[dict]:
+    return [{"name": r.name, "type": r.kind, "output_shape": list(r.output_shape), "params": r.params, "rf": r.rf,
+             "jump": r.jump, "start": r.start} for r in summarize(cfg.model).rows]  # fmt: skip
+
+
+def test_summary_of_a_preset_as_json():
+    result = drill("summary", "--preset", "final", "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    cfg = get_preset("final").config
+    assert data == {"layers": layer_dicts(cfg), "total_params": summarize(cfg.model).total_params}
+    assert data["total_params"] == 7_570
+    assert data["layers"][0] == {"name": "conv1.conv", "type": "Conv2d", "output_shape": [10, 26, 26], "params": 90,
+                                 "rf": 3, "jump": 1, "start": 1.5}  # fmt: skip
+
+
+def test_summary_table():
+    result = drill("summary", "--preset", "lean")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["layer", "type", "output", "params", "RF", "jump"]
+    assert lines[1].split() == ["conv1.conv", "Conv2d", "8x26x26", "72", "3", "1"]
+    assert lines[-1].startswith("total params 6,520; mult-adds per image ")
+    assert len(lines) == 2 + len(summarize(get_preset("lean").config.model).rows)
+
+
+def test_summary_of_a_config_file(tmp_path: Path):
+    cfg = RunConfig().replace(model={"layers": "8,16,M,T8,16,16,16", "head": "gap_conv", "batch_norm": "after_relu"})
+    path = tmp_path / "mine.json"
+    path.write_text(cfg.to_json())
+    result = drill("summary", "--config", str(path), "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data == {"layers": layer_dicts(cfg), "total_params": summarize(cfg.model).total_params}
+    # 7,272 weights (see test_model) + batch norm's 2 * (8 + 16 + 8 + 16 + 16 + 16) = 160.
+    assert data["total_params"] == 7_432
+    assert [layer["name"] for layer in data["layers"]][:3] == ["conv1.conv", "conv1.relu", "conv1.bn"]
+
+
+def test_train_a_preset_and_write_the_run(tmp_path: Path):
+    out = tmp_path / "RUN.json"
+    result = drill("train", "--preset", "quick", "--subset", "1000", "--epochs", "1", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    run = json.loads(out.read_text())
+    expected = get_preset("quick").config.replace(train={"subset": 1000, "epochs": 1})
+    assert RunConfig.from_dict(run["config"]) == expected
+    assert (run["status"], run["reason"], run["params"]) == ("finished", "", 7_570)
+    assert len(run["epochs"]) == 1 and set(run["epochs"][0]) == set(EPOCH_KEYS)
+    assert run["epochs"][0]["epoch"] == 1 and 0 <= run["epochs"][0]["test_acc"] <= 100
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("epoch  1  train ")
+    assert any(line.startswith("finished in ") for line in lines)
+    verdict = lines[-1]
+    test_acc = run["epochs"][0]["test_acc"]
+    assert verdict == (f"params 7,570; best test {test_acc:.2f}%; last test {test_acc:.2f}%; "
+                       f">= {TARGET_ACC}% in each of the last 4: no")  # fmt: skip
+    assert "Traceback" not in result.stderr
+
+
+def write(tmp_path: Path, name: str, content: str | bytes) -> str:
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return str(path)
+
+
+BAD_ARGUMENTS = [
+    ("unknown preset", lambda tmp: ["summary", "--preset", "nope"], "invalid choice: 'nope'"),
+    ("no preset or config", lambda tmp: ["summary"], "one of the arguments --preset --config is required"),
+    ("train without a source", lambda tmp: ["train", "--epochs", "1"], "--preset --config is required"),
+    ("both sources", lambda tmp: ["summary", "--preset", "final", "--config", "x.json"], "not allowed with"),
+    ("missing file", lambda tmp: ["summary", "--config", str(tmp / "absent.json")], "No such file or directory"),
+    ("directory", lambda tmp: ["summary", "--config", str(tmp)], "cannot read --config"),
+    ("invalid JSON", lambda tmp: ["summary", "--config", write(tmp, "bad.json", '{"model": ')], "valid JSON"),
+    ("not UTF-8", lambda tmp: ["summary", "--config", write(tmp, "bin.json", b"\xff\xfe{\x00")], "cannot read"),
+    ("not an object", lambda tmp: ["summary", "--config", write(tmp, "list.json", "[1, 2]")], "a JSON object"),
+    ("invalid config", lambda tmp: ["summary", "--config", write(tmp, "zero.json", '{"train": {"epochs": 0}}')],
+     "train.epochs = 0 is not allowed"),
+    ("unknown key", lambda tmp: ["train", "--config", write(tmp, "key.json", '{"model": {"layer": "8"}}')],
+     "model.layer"),
+    ("invalid stack", lambda tmp: ["summary", "--config", write(tmp, "stack.json", '{"model": {"layers": "8,Q"}}')],
+     "layer 2 ('Q')"),
+    ("epochs out of range", lambda tmp: ["train", "--preset", "quick", "--epochs", "0"], "train.epochs = 0"),
+    ("subset below a batch", lambda tmp: ["train", "--preset", "quick", "--subset", "5"], "train.subset = 5"),
+    ("epochs not a number", lambda tmp: ["train", "--preset", "quick", "--epochs", "two"], "invalid int value"),
+    ("unknown command", lambda tmp: ["frobnicate"], "invalid choice: 'frobnicate'"),
+    ("no command", lambda tmp: [], "required: command"),
+    ("unknown option", lambda tmp: ["presets", "--colour"], "unrecognized arguments: --colour"),
+]  # fmt: skip
+
+
+# Each subprocess pays for importing torch (a couple of seconds on a busy machine): the cases the command line must
+# get right in a real process run as one; every case also runs through main() in this process.
+SUBPROCESS_CASES = {"unknown preset", "no preset or config", "missing file", "invalid JSON", "not UTF-8",
+                    "invalid config", "unknown command"}  # fmt: skip
+
+
+def check_usage_error(returncode: int, stdout: str, stderr: str, needle: str) -> None:
+    assert returncode == 2, (returncode, stderr)
+    assert "Traceback" not in stderr
+    lines = stderr.splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("drill: error: ")
+    assert needle in lines[0]
+    assert stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("case", "make_args", "needle"),
+    [case for case in BAD_ARGUMENTS if case[0] in SUBPROCESS_CASES],
+    ids=[c for c, _, _ in BAD_ARGUMENTS if c in SUBPROCESS_CASES],
+)
+def test_bad_arguments_exit_2_with_one_line(tmp_path, case, make_args, needle):
+    result = drill(*make_args(tmp_path))
+    check_usage_error(result.returncode, result.stdout, result.stderr, needle)
+
+
+@pytest.mark.parametrize(("case", "make_args", "needle"), BAD_ARGUMENTS, ids=[c for c, _, _ in BAD_ARGUMENTS])
+def test_bad_arguments_through_main(tmp_path, capsys, case, make_args, needle):
+    returncode = main(make_args(tmp_path))
+    captured = capsys.readouterr()
+    check_usage_error(returncode, captured.out, captured.err, needle)
+
+
+def test_subprocess_cases_are_known():
+    assert SUBPROCESS_CASES <= {case for case, _, _ in BAD_ARGUMENTS}

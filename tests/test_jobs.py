@@ -1,0 +1,404 @@
+"""Tests for drill.jobs: the queue, stopping, orphan reaping, failures, shutdown, snapshots and imported runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+import time
+from collections import defaultdict
+
+import pytest
+from conftest import drill_threads, wait_until
+
+from drill.config import ConfigError, RunConfig
+from drill.data import DataUnavailable
+from drill.jobs import MAX_BATCH_POINTS, Job, JobManager
+from drill.presets import get_preset
+from drill.train import EPOCH_KEYS, RunResult, train
+
+FAKE_PARAMS = 4321
+
+
+def cfg(seed: int) -> RunConfig:
+    """A config told apart by its seed (the fake runner keys everything on it)."""
+    return RunConfig().replace(train={"seed": seed, "epochs": 1})
+
+
+class FakeRunner:
+    """Stands in for train(): reports a batch every few milliseconds until released, stopped or told to fail."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.started: list[int] = []
+        self.threads: list[int | None] = []
+        self.gates: dict[int, threading.Event] = defaultdict(threading.Event)
+        self.failures: dict[int, Exception] = {}
+        self.results: dict[int, tuple[str, str]] = {}  # seed -> (status, reason) to end with when released
+
+    def release(self, seed: int) -> None:
+        with self.lock:
+            gate = self.gates[seed]
+        gate.set()
+
+    def __call__(self, config, data, callback, stop, threads=None):
+        seed = config.train.seed
+        with self.lock:
+            self.started.append(seed)
+            self.threads.append(threads)
+            gate = self.gates[seed]
+        if seed in self.failures:
+            raise self.failures[seed]
+        callback("start", {"params": FAKE_PARAMS, "epochs": 1, "batches": 10**6, "images": 128 * 10**6})
+        batch = 0
+        while True:
+            if stop.is_set():
+                return RunResult(config, "stopped", "stopped during epoch 1", FAKE_PARAMS, seconds=0.25)
+            if gate.is_set():
+                epoch = dict(zip(EPOCH_KEYS, (1, 0.5, 90.0, 0.4, 91.0, 0.01, 1.5), strict=True))
+                callback("epoch", dict(epoch))
+                status, reason = self.results.get(seed, ("finished", ""))
+                return RunResult(config, status, reason, FAKE_PARAMS, [epoch], seconds=1.5)
+            batch += 1
+            callback("batch", {"epoch": 1, "batch": batch, "batches": 10**6, "loss": 1.0 / batch, "lr": 0.01,
+                               "images_per_s": 1280.0})  # fmt: skip
+            stop.wait(0.005)  # a little "work", cut short by a stop
+
+
+@pytest.fixture
+def make_manager():
+    """Build managers for a test; afterwards shut them down and check that no job thread outlives them."""
+    managers = []
+
+    def make(runner=None, **kwargs) -> JobManager:
+        kwargs.setdefault("data", lambda: "data")
+        manager = JobManager(runner=runner or FakeRunner(), **kwargs)
+        managers.append(manager)
+        return manager
+
+    yield make
+    for manager in managers:
+        runner = manager._runner
+        if isinstance(runner, FakeRunner):
+            for seed in list(runner.gates):
+                runner.release(seed)
+        manager.shutdown(timeout=60)
+    wait_until(lambda: not drill_threads(), what="every drill-* thread to end")
+
+
+def status(manager: JobManager, job: Job) -> str:
+    return manager.snapshot(job.id).status
+
+
+def wait_status(manager: JobManager, job: Job, wanted: str, timeout: float = 60.0):
+    wait_until(lambda: status(manager, job) == wanted, timeout, what=f"{job.id} to be {wanted}")
+    return manager.snapshot(job.id)
+
+
+def wait_batches(manager: JobManager, job: Job, count: int = 1):
+    wait_until(lambda: manager.snapshot(job.id).progress.get("batch", 0) >= count, what=f"{job.id} to train")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The queue
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_jobs_beyond_max_running_wait_in_the_queue(make_manager):
+    runner = FakeRunner()
+    manager = make_manager(runner, max_running=1)
+    first = manager.submit("ann", cfg(1), label="first")
+    second = manager.submit("ann", cfg(2), label="second")
+    wait_batches(manager, first)
+    one, two = manager.snapshot(first.id), manager.snapshot(second.id)
+    assert (one.status, one.queue_position, one.label, one.params) == ("running", None, "first", FAKE_PARAMS)
+    assert (two.status, two.queue_position, two.label) == ("queued", 1, "second")
+    assert manager.running_count() == 1
+    assert [(s.id, s.queue_position) for s in manager.snapshots("ann")] == [(first.id, None), (second.id, 1)]
+    assert runner.started == [1]
+
+    runner.release(1)
+    done = wait_status(manager, first, "finished")
+    assert (done.reason, done.seconds, len(done.epochs)) == ("", 1.5, 1)
+    running = wait_status(manager, second, "running")
+    assert running.queue_position is None
+    assert runner.started == [1, 2]
+    runner.release(2)
+    wait_status(manager, second, "finished")
+    assert manager.running_count() == 0
+    # Each job is given the cores divided among the running slots.
+    assert manager.threads_per_job == max(1, (os.cpu_count() or 1) // 1)
+    assert runner.threads == [manager.threads_per_job] * 2
+
+
+def test_the_queue_is_first_in_first_out(make_manager):
+    runner = FakeRunner()
+    manager = make_manager(runner, max_running=2)
+    jobs = [manager.submit(f"owner{i % 2}", cfg(seed)) for i, seed in enumerate((1, 2, 3, 4, 5))]
+    wait_until(lambda: sorted(runner.started) == [1, 2], what="two jobs to start")
+    assert [manager.snapshot(j.id).queue_position for j in jobs] == [None, None, 1, 2, 3]
+    assert [s.queue_position for s in manager.snapshots("owner0")] == [None, 1, 3]  # jobs 1, 3 and 5
+    assert manager.running_count() == 2
+    # Whichever slot frees up, the oldest queued job takes it.
+    runner.release(2)
+    wait_until(lambda: len(runner.started) == 3)
+    assert runner.started[2] == 3
+    assert [manager.snapshot(j.id).queue_position for j in jobs[3:]] == [1, 2]
+    for seed in (1, 3, 4, 5):
+        wait_until(lambda seed=seed: seed in runner.started, what=f"job {seed} to start")
+        runner.release(seed)
+    for job in jobs:
+        wait_status(manager, job, "finished")
+    assert runner.started[:2] in ([1, 2], [2, 1]) and runner.started[2:] == [3, 4, 5]
+
+
+def test_stopping_a_running_job_ends_it_within_a_batch_and_frees_its_slot(make_manager):
+    runner = FakeRunner()
+    manager = make_manager(runner, max_running=1)
+    first, second = manager.submit("ann", cfg(1)), manager.submit("ann", cfg(2))
+    wait_batches(manager, first, 3)
+    before = manager.snapshot(first.id).progress["batch"]
+    manager.stop(first.id)
+    stopped = wait_status(manager, first, "stopped")
+    assert stopped.reason == "stopped by the student"
+    # A batch may have been under way when the stop came (and one between the snapshot and the stop): no more.
+    assert stopped.progress["batch"] - before <= 2
+    assert stopped.epochs == ()
+    wait_status(manager, second, "running")
+    manager.stop(second.id, reason="cleared by the teacher")
+    assert wait_status(manager, second, "stopped").reason == "cleared by the teacher"
+
+
+def test_stopping_a_queued_job_takes_it_out_of_the_queue(make_manager):
+    runner = FakeRunner()
+    manager = make_manager(runner, max_running=1)
+    first, second, third = (manager.submit("ann", cfg(seed)) for seed in (1, 2, 3))
+    wait_batches(manager, first)
+    manager.stop(second.id)
+    snap = manager.snapshot(second.id)
+    assert (snap.status, snap.queue_position) == ("stopped", None)
+    assert snap.reason == "stopped by the student before it started"
+    assert manager.snapshot(third.id).queue_position == 1
+    manager.stop("run-404")  # unknown ids are ignored
+    runner.release(1)
+    wait_status(manager, first, "finished")
+    wait_status(manager, third, "running")
+    runner.release(3)
+    wait_status(manager, third, "finished")
+    assert runner.started == [1, 3], "a stopped queued job never starts"
+    assert status(manager, second) == "stopped"
+
+
+def test_remove_forgets_a_job_and_stops_it_first(make_manager):
+    runner = FakeRunner()
+    manager = make_manager(runner, max_running=1)
+    first, second = manager.submit("ann", cfg(1)), manager.submit("ann", cfg(2))
+    wait_batches(manager, first)
+    manager.remove(second.id)
+    assert manager.snapshot(second.id) is None and manager.get(second.id) is None
+    manager.remove(first.id)
+    assert [s.id for s in manager.snapshots("ann")] == []
+    wait_until(lambda: not first.thread.is_alive(), what="the removed job's thread to end")
+    assert first.status == "stopped" and first.stop_event.is_set()
+    assert runner.started == [1]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Orphans, failures, shutdown
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_a_running_job_whose_page_stops_polling_is_stopped(make_manager):
+    runner = FakeRunner()
+    manager = make_manager(runner, max_running=2, grace_s=1.5)
+    kept = manager.submit("alive", cfg(1))
+    orphan = manager.submit("gone", cfg(2))
+    wait_until(lambda: manager.touch("alive") or status(manager, orphan) == "stopped", what="the orphan to stop")
+    snap = manager.snapshot(orphan.id)
+    assert "page stopped polling" in snap.reason and "tab closed" in snap.reason
+    assert status(manager, kept) == "running", "an owner who keeps touching keeps their run"
+    manager.touch("alive")
+    runner.release(1)
+    assert wait_status(manager, kept, "finished").reason == ""
+
+
+def test_a_queued_job_of_a_gone_owner_is_dropped_when_its_turn_comes(make_manager):
+    runner = FakeRunner()
+    manager = make_manager(runner, max_running=1, grace_s=1.0)
+    manager.submit("alive", cfg(1))
+    orphan = manager.submit("gone", cfg(2))
+    later = manager.submit("alive", cfg(3))
+    assert status(manager, orphan) == "queued"
+    past_grace = time.monotonic() + 1.5
+    wait_until(lambda: manager.touch("alive") or time.monotonic() > past_grace, what="the grace period to pass")
+    runner.release(1)
+    dropped = wait_status(manager, orphan, "stopped")
+    assert dropped.reason == "the page was closed before the run started"
+    wait_until(lambda: manager.touch("alive") or status(manager, later) == "running", what="the next job to start")
+    runner.release(3)
+    wait_status(manager, later, "finished")
+    assert runner.started == [1, 3]
+
+
+def test_a_failing_job_is_kept_as_failed_and_the_queue_moves_on(make_manager):
+    runner = FakeRunner()
+    runner.failures[1] = RuntimeError("boom")
+    runner.results[3] = ("failed", "the loss became nan in epoch 1, batch 3: the learning rate (1) is too high")
+    manager = make_manager(runner, max_running=1)
+    broken, after, diverged = (manager.submit("ann", cfg(seed)) for seed in (1, 2, 3))
+    failed = wait_status(manager, broken, "failed")
+    assert failed.reason == "RuntimeError: boom"
+    wait_status(manager, after, "running")
+    runner.release(2)
+    wait_status(manager, after, "finished")
+    runner.release(3)
+    snap = wait_status(manager, diverged, "failed")
+    assert snap.reason.startswith("the loss became nan") and "learning rate" in snap.reason
+    assert [s.status for s in manager.snapshots("ann")] == ["failed", "finished", "failed"]
+
+
+def test_a_job_fails_with_the_reason_when_the_data_cannot_be_loaded(make_manager):
+    def no_data():
+        raise DataUnavailable("Could not load MNIST; every source failed")
+
+    manager = make_manager(max_running=1, data=no_data)
+    job = manager.submit("ann", cfg(1))
+    snap = wait_status(manager, job, "failed")
+    assert snap.reason == "DataUnavailable: Could not load MNIST; every source failed"
+
+
+def test_no_job_thread_outlives_its_job(make_manager):
+    runner = FakeRunner()
+    manager = make_manager(runner, max_running=2)
+    jobs = [manager.submit("ann", cfg(seed)) for seed in range(1, 5)]
+    wait_until(lambda: len(drill_threads()) == 2, what="two job threads")
+    assert {t.name for t in drill_threads()} == {f"drill-{jobs[0].id}", f"drill-{jobs[1].id}"}
+    manager.stop(jobs[0].id)
+    for seed in range(2, 5):
+        wait_until(lambda seed=seed: seed in runner.started, what=f"job {seed} to start")
+        runner.release(seed)
+    for job in jobs:
+        wait_until(lambda job=job: status(manager, job) in ("stopped", "finished"), what=f"{job.id} to end")
+    wait_until(lambda: not drill_threads(), what="every job thread to end")
+    assert all(not job.thread.is_alive() for job in jobs)
+
+
+def test_shutdown_stops_everything_and_joins_the_threads(make_manager):
+    runner = FakeRunner()
+    manager = make_manager(runner, max_running=1)
+    running, queued = manager.submit("ann", cfg(1)), manager.submit("bob", cfg(2))
+    wait_batches(manager, running)
+    manager.shutdown(timeout=60)
+    assert not running.thread.is_alive()
+    assert queued.thread is None
+    one, two = manager.snapshot(running.id), manager.snapshot(queued.id)
+    assert (one.status, one.reason) == ("stopped", "the server stopped")
+    assert (two.status, two.reason, two.queue_position) == ("stopped", "the server stopped before it started", None)
+    assert runner.started == [1]
+    assert not drill_threads()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Snapshots and records
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_snapshots_are_copies_that_do_not_write_back(make_manager):
+    runner = FakeRunner()
+    manager = make_manager(runner, max_running=1)
+    job = manager.submit("ann", cfg(1))
+    wait_batches(manager, job, 2)
+    runner.release(1)
+    snap = wait_status(manager, job, "finished")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        snap.status = "running"
+    assert isinstance(snap.epochs, tuple) and isinstance(snap.batch_losses, tuple)
+    expected_epoch = dict(snap.epochs[0])
+    expected_progress = dict(snap.progress)
+    snap.epochs[0]["test_acc"] = -1.0
+    snap.epochs[0]["extra"] = True
+    snap.progress["batch"] = -5
+    snap.progress.clear()
+    again = manager.snapshot(job.id)
+    assert again.epochs[0] == expected_epoch
+    assert again.progress == expected_progress
+    assert job.epochs[0]["test_acc"] == 91.0
+
+
+def test_job_records_progress_eta_and_thins_batch_losses():
+    job = Job("run-1", "ann", "", RunConfig().replace(train={"batch_size": 128, "epochs": 2}))
+    job.on_event("start", {"params": 10, "epochs": 2, "batches": 10, "images": 1280})
+    assert job.params == 10 and job.progress == {"epoch": 1, "batch": 0, "batches": 10, "epochs": 2}
+    job.on_event("batch", {"epoch": 1, "batch": 5, "batches": 10, "loss": 0.7, "lr": 0.05, "images_per_s": 640.0})
+    # 640 images/s in batches of 128 is 5 batches/s; 20 - 5 = 15 batches to go: 3 s.
+    assert job.progress["eta_s"] == pytest.approx(3.0)
+    assert (job.progress["epoch"], job.progress["batch"], job.progress["lr"]) == (1, 5, 0.05)
+    assert job.batch_losses == [(0.5, 0.7)]
+    job.on_event("batch", {"epoch": 2, "batch": 5, "batches": 10, "loss": 0.3, "lr": 0.05, "images_per_s": 0.0})
+    assert job.batch_losses[-1] == (1.5, 0.3) and job.progress["eta_s"] is None
+    for i in range(MAX_BATCH_POINTS + 10):
+        job.on_event("batch", {"epoch": 1, "batch": 1, "batches": 10, "loss": float(i), "lr": 0.05,
+                               "images_per_s": 100.0})  # fmt: skip
+    assert len(job.batch_losses) <= MAX_BATCH_POINTS
+    assert job.batch_losses[-1][1] >= MAX_BATCH_POINTS  # the newest points survive the thinning
+    job.on_event("epoch", {"epoch": 1})
+    assert job.epochs == [{"epoch": 1}]
+
+
+def test_add_finished_registers_an_imported_record(make_manager):
+    runner = FakeRunner()
+    manager = make_manager(runner, max_running=1)
+    config = get_preset("final").config
+    epochs = [dict(zip(EPOCH_KEYS, (e, 0.1, 99.0, 0.02, 99.4 + e / 100, 0.1, 20.0), strict=True)) for e in (1, 2)]
+    record = {"config": config.to_dict(), "status": "finished", "reason": "", "params": 7570, "seconds": 41.5,
+              "epochs": epochs}  # fmt: skip
+    job = manager.add_finished("ann", record, label="imported")
+    snap = manager.snapshot(job.id)
+    assert (snap.status, snap.reason, snap.params, snap.seconds, snap.label) == ("finished", "", 7570, 41.5, "imported")
+    assert snap.config == config and list(snap.epochs) == epochs and snap.queue_position is None
+    assert job.thread is None and runner.started == [] and manager.running_count() == 0
+    # Changing the imported record afterwards does not reach the registered job.
+    record["epochs"][0]["test_acc"] = 0.0
+    record["epochs"].append({"epoch": 3})
+    assert manager.snapshot(job.id).epochs[0]["test_acc"] == pytest.approx(99.41)
+    assert len(manager.snapshot(job.id).epochs) == 2
+
+    stopped = manager.add_finished("ann", {"config": config.to_dict(), "epochs": [], "status": "stopped",
+                                           "reason": "stopped during epoch 1"})  # fmt: skip
+    assert (stopped.status, stopped.reason, stopped.params) == ("stopped", "stopped during epoch 1", None)
+    minimal = manager.add_finished("ann", {"config": {}, "epochs": []})
+    assert (minimal.status, minimal.config, minimal.seconds) == ("finished", RunConfig(), 0.0)
+    assert [s.id for s in manager.snapshots("ann")] == [job.id, stopped.id, minimal.id]
+    # A new job gets an id of its own, after the imported ones.
+    new = manager.submit("ann", cfg(1))
+    assert new.id not in {job.id, stopped.id, minimal.id}
+
+    with pytest.raises(ConfigError, match="train.epochs"):
+        manager.add_finished("ann", {"config": {"train": {"epochs": 0}}, "epochs": []})
+    assert len(manager.snapshots("ann")) == 4
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Real training through the manager
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_real_tiny_runs_finish_and_stop_through_the_manager(make_manager, small_mnist):
+    lean = get_preset("lean").config
+    manager = make_manager(train, max_running=2, data=lambda: small_mnist)  # one torch thread per job on 2 cores
+    short = manager.submit("ann", lean.replace(train={"subset": 256, "batch_size": 64, "epochs": 1}))
+    long = manager.submit("ann", lean.replace(train={"subset": 4096, "batch_size": 64, "epochs": 1, "seed": 2}))
+    wait_batches(manager, long, 2)
+    before = manager.snapshot(long.id).progress["batch"]
+    manager.stop(long.id)
+    stopped = wait_status(manager, long, "stopped", timeout=120)
+    assert stopped.reason == "stopped by the student"
+    assert stopped.progress["batch"] - before <= 2 and stopped.epochs == ()
+
+    done = wait_status(manager, short, "finished", timeout=120)
+    assert done.params == 6_520 and len(done.epochs) == 1 and set(done.epochs[0]) == set(EPOCH_KEYS)
+    assert [round(p, 2) for p, _ in done.batch_losses] == [0.25, 0.5, 0.75, 1.0]
+    assert done.progress["batches"] == 4 and done.progress["batch"] == 4
+    assert 0 <= done.epochs[0]["test_acc"] <= 100 and done.seconds > 0
+    assert short.result is not None and short.result.status == "finished"
+    wait_until(lambda: not drill_threads(), what="the real jobs' threads to end")
