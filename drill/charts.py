@@ -53,9 +53,11 @@ def lr_chart(rates: list[float], batches_per_epoch: int) -> alt.Chart:
     data = pd.DataFrame({"epoch": [i / batches_per_epoch for i in range(len(rates))], "lr": rates})
     if len(data) > 1500:  # a smooth curve needs far fewer points than a 15-epoch run has steps
         data = data.iloc[:: len(data) // 1500 + 1]
+    # fit-x: Streamlit's default "fit" counts title and axes in the 160 px, which left the curve ~25 px tall.
+    autosize = alt.AutoSizeParams(type="fit-x", contains="padding")
     return alt.Chart(data).mark_line().encode(
         alt.X("epoch:Q"), alt.Y("lr:Q", title="learning rate")
-    ).properties(height=160, title="LR schedule")  # fmt: skip
+    ).properties(height=160, title="LR schedule", autosize=autosize)  # fmt: skip
 
 
 def compare_chart(runs: list[tuple[str, list[dict]]], metric: str = "test_acc", target: float = TARGET_ACC) -> alt.Chart:
@@ -83,7 +85,9 @@ def budget_chart(params: int) -> alt.Chart:
     )  # fmt: skip
     marks = pd.DataFrame({"params": [PARAM_BUDGET, LOOSE_BUDGET], "name": ["8k budget", "20k"]})
     rules = alt.Chart(marks).mark_rule(color="black", strokeDash=[3, 3]).encode(x="params:Q")
-    text = alt.Chart(marks).mark_text(align="left", dx=3, dy=-18).encode(x="params:Q", text="name:N")
+    # Labels sit inside the plot's top edge, above the bar: placed outside it, the chart's own bounds cut them off.
+    text = alt.Chart(marks).mark_text(align="left", baseline="top", dx=3).encode(x="params:Q", y=alt.value(1),
+                                                                                 text="name:N")  # fmt: skip
     return (bar + rules + text).properties(height=70)
 
 

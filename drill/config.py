@@ -264,6 +264,13 @@ class TrainConfig(_Validated):
     threads: int = _num("threads", 0, 0, 8, "CPU threads for this run (0 = decided by the job scheduler)", integer=True)
 
     def _check_combination(self):
+        steps = self.epochs * math.ceil((self.subset or TRAIN_SIZE) / self.batch_size)
+        # OneCycleLR divides by the length of its warm-up; under two steps there is no ramp to divide.
+        if self.schedule == "onecycle" and self.pct_start * steps < 2:
+            raise ConfigError(
+                "train.pct_start", self.pct_start,
+                f"a warm-up of at least 2 of the run's {steps} steps: train longer or on more images",
+            )  # fmt: skip
         if 0 < self.subset < self.batch_size:
             raise ConfigError(
                 "train.subset", self.subset, f"0 (all) or at least one batch ({self.batch_size} images) and at most {TRAIN_SIZE}"
@@ -416,10 +423,13 @@ def field_choices(cls, name: str) -> tuple[str, ...]:
 def activation_mb(model: ModelConfig, batch_size: int) -> float:
     """Rough activation memory kept for backward per batch: every conv output and its BN/ReLU/dropout copies."""
     copies = 2 + (model.batch_norm != "off") + (model.dropout > 0)
-    elements = 0
-    for layer, size in zip(model.parsed_layers, feature_sizes(model.parsed_layers)):
-        channels = layer.channels if layer.kind == "conv" else 0
-        elements += (channels * copies if channels else 1) * size * size
+    elements, channels = 0, 1
+    for layer, size in zip(model.parsed_layers, feature_sizes(model.parsed_layers), strict=True):
+        if layer.kind == "conv":
+            channels = layer.channels
+            elements += channels * copies * size * size
+        else:
+            elements += channels * size * size
     return elements * batch_size * 4 / 2**20
 
 

@@ -176,7 +176,8 @@ def _transforms(cfg: RunConfig) -> str:
             args.append(f"scale=({1 - aug.scale:.4g}, {1 + aug.scale:.4g})")
         if aug.shear:
             args.append(f"shear={aug.shear}")
-        pil.append(f"transforms.RandomAffine({', '.join(args)}, interpolation=BILINEAR, fill={fill}),")
+        pil.append(f"transforms.RandomAffine({', '.join(args)},")
+        pil.append(f"                        interpolation=BILINEAR, fill={fill}),")
     elif aug.rotation:
         pil.append(f"transforms.RandomRotation({aug.rotation}, interpolation=BILINEAR, fill={fill}),")
     if aug.brightness or aug.contrast:
@@ -184,8 +185,10 @@ def _transforms(cfg: RunConfig) -> str:
     if aug.erase_prob:
         # The lab erases a square of side erase_size/2..erase_size of the image: area fraction is the side squared.
         low, high = (aug.erase_size / 2) ** 2, aug.erase_size**2
-        tensor.append(f"transforms.RandomErasing(p={aug.erase_prob}, scale=({low:.4g}, {high:.4g}), ratio=(1.0, 1.0), "
-                      "value=0),  # on [0, 1] pixels, before Normalize, so erased squares are black")  # fmt: skip
+        tensor.append("# Cutout on [0, 1] pixels, before Normalize, so the erased square is black like the background.")
+        tensor.append(
+            f"transforms.RandomErasing(p={aug.erase_prob}, scale=({low:.4g}, {high:.4g}), ratio=(1.0, 1.0), value=0),"
+        )
     train_lines = [*pil, "transforms.ToTensor(),", *tensor, "transforms.Normalize((MNIST_MEAN,), (MNIST_STD,)),"]
     body = textwrap.indent("\n".join(train_lines), " " * 8)
     note = "no augmentation: the training images are only normalised" if not (pil or tensor) else "random augmentation"
@@ -236,16 +239,18 @@ def _optimizer(cfg: RunConfig) -> str:
         "none": ("None", "there is no schedule: the learning rate stays put"),
         "step": (f"torch.optim.lr_scheduler.StepLR(optimizer, step_size={t.step_size}, gamma={t.gamma})",
                  "stepped once per epoch"),
-        # OneCycleLR divides by the length of its warm-up phase, so a smoke test of a few batches gets 20 steps.
-        "onecycle": (f"torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr={t.max_lr}, "
-                     f"total_steps=max(epochs * steps_per_epoch, 20), pct_start={t.pct_start})",
-                     "stepped after every batch (at least 20 steps, so a few-batch smoke test works too)"),
+        "onecycle": ("# OneCycleLR divides by its warm-up length: a smoke test of a few batches still gets 20 steps.\n"
+                     "    total_steps = max(epochs * steps_per_epoch, 20)\n"
+                     f"    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr={t.max_lr}, "
+                     f"total_steps=total_steps, pct_start={t.pct_start})",
+                     "stepped after every batch"),
         "plateau": (f"torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode='min', factor={t.gamma}, patience=1)",
                     "stepped once per epoch with the test loss"),
         "cosine": ("torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)",
                    "stepped after every batch"),
     }[t.schedule]  # fmt: skip
     per_batch = t.schedule in ("onecycle", "cosine")
+    body = scheduler if scheduler.startswith("#") else f"return {scheduler}"
     return f'''
 def make_optimizer(model):
     return {optimizer}
@@ -257,7 +262,7 @@ SCHEDULE_PER_BATCH = {per_batch}
 
 def make_scheduler(optimizer, epochs, steps_per_epoch):
     """The learning-rate schedule: {when}."""
-    return {scheduler}
+    {body}
 '''
 
 

@@ -206,7 +206,7 @@ def _run(cfg, data, model, generator, report, stop, result) -> None:
         images, labels = data.train_images[index], data.train_labels[index]
     else:
         images, labels = data.train_images, data.train_labels
-    batches = batches_per_epoch(tc, len(data.train_images))
+    batches = math.ceil(len(images) / tc.batch_size)
     optimizer = make_optimizer(model.parameters(), tc)
     schedule = Schedule(optimizer, tc, batches)
     report("start", {"params": result.params, "epochs": tc.epochs, "batches": batches, "images": len(images)})

@@ -22,7 +22,7 @@ HEAD_LABELS = {
     "conv_gap": "1x1 conv → GAP",
 }
 DROPOUT_KIND_LABELS = {"element": "Element (Dropout)", "channel": "Channel (Dropout2d)"}
-OPTIMIZER_LABELS = {"sgd": "SGD + momentum", "adam": "Adam", "adamw": "AdamW"}
+OPTIMIZER_LABELS = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}
 SCHEDULE_LABELS = {
     "none": "Constant",
     "step": "StepLR",

@@ -107,7 +107,8 @@ with results:
         rf_col.metric("Receptive field at the head", f"{summary.head_rf}x{summary.head_rf}")
         st.altair_chart(budget_chart(total), width="stretch")
         st.caption(ui.rf_note(summary.head_rf))
-        st.dataframe(pd.DataFrame(ui.layer_table(summary)), hide_index=True, width="stretch",
+        table = pd.DataFrame(ui.layer_table(summary))
+        st.dataframe(table, hide_index=True, width="stretch", height=min(36 * (len(table) + 1) + 2, 1200),
                      column_config={"params": st.column_config.NumberColumn(format="localized")})  # fmt: skip
         st.caption(f"{summary.mult_adds:,} multiply-adds per image · about {summary.memory_mb:.2f} MB per image "
                    "(input, activations and parameters)")  # fmt: skip

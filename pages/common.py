@@ -48,6 +48,10 @@ def init_config() -> None:
 
 def config() -> RunConfig:
     """The current config."""
+    if "config" not in st.session_state:
+        # Only when a page runs without app.py: until some session has called st.navigation, Streamlit serves a
+        # folder named pages/ as a v1 multipage app, so the first deep link after a server start runs a page alone.
+        init_config()
     return st.session_state.config
 
 

@@ -35,9 +35,10 @@ with train_col:
                                       help=field_help(TrainConfig, "batch_size"))  # fmt: skip
         optimizer = st.segmented_control("Optimizer", field_choices(TrainConfig, "optimizer"), default=t.optimizer,
                                          format_func=ui.OPTIMIZER_LABELS.get, required=True, key=f"train.opt_{v}",
-                                         help=field_help(TrainConfig, "optimizer"))  # fmt: skip
+                                         width="stretch", help=field_help(TrainConfig, "optimizer"))  # fmt: skip
         lr = common.field_number(TrainConfig, "lr", "Learning rate", t.lr, 0.001, "%.5g")
-        if optimizer == "sgd":  # Adam and AdamW have no momentum knob, so it is only shown for SGD
+        momentum = t.momentum  # Adam and AdamW have no momentum knob, so it is only shown for SGD
+        if optimizer == "sgd":
             momentum = common.field_slider(TrainConfig, "momentum", "Momentum", t.momentum, 0.01)
         weight_decay = common.field_number(TrainConfig, "weight_decay", "Weight decay", t.weight_decay, 0.0001, "%.5g")
     with right:
@@ -52,9 +53,7 @@ with train_col:
 
 # -- state set-up: a valid config becomes current; the run shown is this session's latest -------------------------
 train |= {"epochs": epochs, "batch_size": batch_size, "optimizer": optimizer, "lr": lr, "schedule": schedule,
-          "weight_decay": weight_decay, "subset": subset, "seed": seed}  # fmt: skip
-if optimizer == "sgd":
-    train["momentum"] = momentum
+          "momentum": momentum, "weight_decay": weight_decay, "subset": subset, "seed": seed}  # fmt: skip
 try:
     new, config_error = cfg.replace(augment=augment, train=train), None
 except ConfigError as error:
@@ -106,6 +105,7 @@ if stop:
 @st.fragment(run_every=1.0 if shown_run is not None and shown_run.status in ACTIVE else None)
 def show_run(job_id: str, was_active: bool) -> None:
     """The run's status, progress and curves; redrawn every second while it is queued or running."""
+    common.manager().touch(common.owner())  # this page polling the run is the surest sign the tab is open
     run = common.manager().snapshot(job_id)
     if run is None:
         return

@@ -100,7 +100,11 @@ def test_the_row_editor_edits_the_stack():
     assert at.query_params["layers"] == "10,12,16,M,T10,10,16"
     assert shown_params(at) == summarize(dataclasses.replace(QUICK.model, layers="10,12,16,M,T10,10,16")).total_params
     # A row without channels is named in the error; the last valid stack stays current.
-    at.session_state[editor.key] = {"edited_rows": {}, "added_rows": [{"kind": "conv 3x3", "padding": False}], "deleted_rows": []}
+    at.session_state[editor.key] = {
+        "edited_rows": {},
+        "added_rows": [{"kind": "conv 3x3", "padding": False}],
+        "deleted_rows": [],
+    }
     at.run()
     assert any("row 9" in e.value and "channels" in e.value for e in at.error), at.error
     assert at.query_params["layers"] == "10,12,16,M,T10,10,16"

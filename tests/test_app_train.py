@@ -18,7 +18,8 @@ from pages import common
 
 PAGE_TIMEOUT = 60  # seconds per script run on a busy 2-core machine
 RUN_DEADLINE = 120  # seconds for a tiny run to finish, queue included
-TINY = BY_NAME["quick"].config.replace(train={"subset": 1000, "epochs": 1})
+# Batches of 64, not 128: OneCycleLR needs a warm-up of at least 2 steps, and 20% of 8 steps is less.
+TINY = BY_NAME["quick"].config.replace(train={"subset": 1000, "epochs": 1, "batch_size": 64})
 LONG = BY_NAME["quick"].config.replace(train={"subset": 0, "epochs": 3})  # minutes of work: it must be stopped
 # Lean (no batch norm) with SGD at lr 1.0 and momentum 0.99 on batches of 32: with this seed the loss becomes NaN in
 # batch 16, whatever the thread count (the run is seeded, so this is deterministic; checked with 1 and 2 threads).
@@ -102,6 +103,15 @@ def test_a_tiny_run_streams_to_the_end_and_survives_a_page_switch():
 def test_stop_stops_a_running_run():
     at = train_page(LONG)
     button(at, "Start").click().run()
+    try:
+        watch_and_stop(at)
+    finally:  # never leave minutes of training behind on the shared cores if an assertion failed
+        for run in common.manager().snapshots(at.session_state["owner"]):
+            common.manager().stop(run.id)
+
+
+def watch_and_stop(at: AppTest) -> None:
+    """Watch a long run train for a few batches, stop it from the page, and check it ends stopped."""
     assert not button(at, "Stop").disabled
     # Watch it train for a few batches first: the progress line streams epoch, batch, speed and time left.
     progress = wait_until(lambda: at.run() and "images/s" in progress_text(at) and progress_text(at), RUN_DEADLINE,
@@ -125,3 +135,28 @@ def test_a_diverging_run_is_shown_as_failed_with_its_reason():
     assert at.get("vega_lite_chart"), "the failed run's loss curve should stay visible"
     at.run()  # still shown on the next redraw
     assert status_line(at).endswith("failed")
+
+
+def test_controls_show_only_relevant_knobs_and_refuse_invalid_settings():
+    at = train_page(TINY)
+    labels = {s.label for s in at.slider} | {n.label for n in at.number_input}
+    assert {"Warm-up fraction", "Peak LR (max_lr)"} <= labels and "Step every (epochs)" not in labels  # OneCycleLR
+    lr_plot = at.get("vega_lite_chart")[0].proto.datasets[0].data.data
+    next(s for s in at.selectbox if s.label == "LR schedule").set_value("step").run()
+    labels = {s.label for s in at.slider} | {n.label for n in at.number_input}
+    assert {"Step every (epochs)", "Decay factor (gamma)"} <= labels and "Warm-up fraction" not in labels
+    assert at.query_params["sched"] == "step"
+    assert at.get("vega_lite_chart")[0].proto.datasets[0].data.data != lr_plot, "the LR plot did not follow"
+    next(s for s in at.segmented_control if s.label == "Optimizer").set_value("adam").run()
+    assert "Momentum" not in {s.label for s in at.slider}  # Adam has no momentum knob
+    # Augmentation: the preview follows the sliders.
+    (preview,) = at.image
+    assert "augmented 3 times" in preview.captions[0]
+    next(s for s in at.slider if s.label.startswith("Rotation")).set_value(30.0).run()
+    assert at.query_params["rot"] == "30.0"
+    assert at.image[0].value != preview.value
+    # Fewer training images than one batch is refused with the config's own message; Start is then disabled.
+    next(n for n in at.number_input if n.label.startswith("Training images")).set_value(50).run()
+    assert any("train.subset" in e.value for e in at.error), [e.value for e in at.error]
+    assert button(at, "Start").disabled
+    assert at.query_params["subset"] == "1000"  # the last valid settings stay current

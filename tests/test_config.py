@@ -507,3 +507,10 @@ def test_query_keeps_defaults_for_absent_keys_and_parses_values():
     cfg = RunConfig.from_query("?ep=4&lr=0.5&bias=1&lsm=0&layers=8%2C16%2CM&opt=adam")
     assert (cfg.train.epochs, cfg.train.lr, cfg.model.bias, cfg.model.log_softmax) == (4, 0.5, True, False)
     assert (cfg.model.layers, cfg.train.optimizer, cfg.train.batch_size) == ("8,16,M", "adam", 128)
+
+
+def test_onecycle_needs_a_warm_up_of_two_steps():
+    """A 5-step OneCycleLR run with pct_start 0.2 used to crash the scheduler with ZeroDivisionError."""
+    with pytest.raises(ConfigError, match="warm-up of at least 2 of the run's 5 steps"):
+        TrainConfig(epochs=1, subset=640, batch_size=128, schedule="onecycle", pct_start=0.2)
+    assert TrainConfig(epochs=1, subset=1280, batch_size=128, schedule="onecycle", pct_start=0.2).pct_start == 0.2
