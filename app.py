@@ -3,17 +3,17 @@
 import streamlit as st
 
 from drill.presets import BY_NAME, PRESETS, get_preset
-from pages import common
+from views import common
 
 st.set_page_config(page_title="Drill-Down Lab", page_icon="🔬", layout="wide")
 common.init_config()
 
 pages = [
-    st.Page("pages/drilldown.py", title="Drill-down", icon="🪜", default=True),
-    st.Page("pages/build.py", title="Build", icon="🧱"),
-    st.Page("pages/train.py", title="Train", icon="📈"),
-    st.Page("pages/compare.py", title="Compare", icon="⚖️"),
-    st.Page("pages/inspect.py", title="Inspect", icon="🔍"),
+    st.Page("views/drilldown.py", title="Drill-down", icon="🪜", default=True),
+    st.Page("views/build.py", title="Build", icon="🧱"),
+    st.Page("views/train.py", title="Train", icon="📈"),
+    st.Page("views/compare.py", title="Compare", icon="⚖️"),
+    st.Page("views/inspect.py", title="Inspect", icon="🔍"),
 ]
 page = st.navigation(pages)
 
@@ -29,8 +29,13 @@ with st.sidebar:
     st.markdown("### Current model")
     names = [p.name for p in PRESETS]
     base = st.session_state.setdefault("preset_name", common.matching_preset(common.config()) or common.DEFAULT_PRESET)
-    choice = st.selectbox("Preset", names, index=names.index(base), format_func=lambda n: BY_NAME[n].title,
-                          key=f"preset_{common.version()}")  # fmt: skip
+    choice = st.selectbox(
+        "Preset",
+        names,
+        index=names.index(base),
+        format_func=lambda n: BY_NAME[n].title,
+        key=f"preset_{common.version()}",
+    )
     if choice != base:
         load_preset(choice)
     # Filled after the page has run, so "edited" reflects the change the student just made on it.
@@ -45,10 +50,11 @@ def heartbeat() -> None:
     manager.touch(common.owner())
     active = [s for s in manager.snapshots(common.owner()) if s.status in ("queued", "running")]
     if active:
-        st.sidebar.caption(f"⏳ {len(active)} run(s) going: see Train")
+        st.caption(f"⏳ {len(active)} run(s) going: see Train")
 
 
-heartbeat()
+with st.sidebar:
+    heartbeat()
 
 if "link_error" in st.session_state:
     error = st.session_state.pop("link_error")

@@ -42,8 +42,10 @@ def load_config(args) -> RunConfig:
 
 
 def cmd_presets(args) -> None:
-    rows = [{"name": p.name, "title": p.title, "params": summarize(p.config.model).total_params, "target": p.target}
-            for p in PRESETS]  # fmt: skip
+    rows = [
+        {"name": p.name, "title": p.title, "params": summarize(p.config.model).total_params, "target": p.target}
+        for p in PRESETS
+    ]
     if args.json:
         print(json.dumps(rows, indent=2))
         return
@@ -55,16 +57,28 @@ def cmd_presets(args) -> None:
 def cmd_summary(args) -> None:
     summary = summarize(load_config(args).model)
     if args.json:
-        layers = [{"name": r.name, "type": r.kind, "output_shape": list(r.output_shape), "params": r.params,
-                   "rf": r.rf, "jump": r.jump, "start": r.start} for r in summary.rows]  # fmt: skip
+        layers = [
+            {
+                "name": r.name,
+                "type": r.kind,
+                "output_shape": list(r.output_shape),
+                "params": r.params,
+                "rf": r.rf,
+                "jump": r.jump,
+                "start": r.start,
+            }
+            for r in summary.rows
+        ]
         print(json.dumps({"layers": layers, "total_params": summary.total_params}, indent=2))
         return
     print(f"{'layer':<18} {'type':<18} {'output':<14} {'params':>8} {'RF':>4} {'jump':>5}")
     for r in summary.rows:
         shape = "x".join(map(str, r.output_shape))
         print(f"{r.name:<18} {r.kind:<18} {shape:<14} {r.params:>8,} {r.rf:>4} {r.jump:>5}")
-    print(f"total params {summary.total_params:,}; mult-adds per image {summary.mult_adds:,}; "
-          f"estimated memory per image {summary.memory_mb:.2f} MB")  # fmt: skip
+    print(
+        f"total params {summary.total_params:,}; mult-adds per image {summary.mult_adds:,}; "
+        f"estimated memory per image {summary.memory_mb:.2f} MB"
+    )
 
 
 def run_one(cfg: RunConfig, quiet: bool = False):
@@ -90,8 +104,11 @@ def run_one(cfg: RunConfig, quiet: bool = False):
             if bar is not None:
                 bar.close()
                 bar = None
-            print(f"epoch {payload['epoch']:>2}  train {payload['train_acc']:6.2f}%  test {payload['test_acc']:6.2f}%  "
-                  f"loss {payload['test_loss']:.4f}  lr {payload['lr']:.4g}  {payload['seconds']:.1f}s", flush=True)  # fmt: skip
+            print(
+                f"epoch {payload['epoch']:>2}  train {payload['train_acc']:6.2f}%  test {payload['test_acc']:6.2f}%  "
+                f"loss {payload['test_loss']:.4f}  lr {payload['lr']:.4g}  {payload['seconds']:.1f}s",
+                flush=True,
+            )
 
     result = train(cfg, data, report)
     if bar is not None:
@@ -109,8 +126,10 @@ def cmd_train(args) -> int:
         Path(args.out).write_text(json.dumps(run_summary(result), indent=2))
     print(f"{result.status}{': ' + result.reason if result.reason else ''} in {result.seconds:.0f}s")
     if result.epochs:
-        print(f"params {result.params:,}; best test {verdict.best_test:.2f}%; last test {verdict.last_test:.2f}%; "
-              f">= {TARGET_ACC}% in each of the last {args.last_k}: {'yes' if verdict.consistent else 'no'}")  # fmt: skip
+        print(
+            f"params {result.params:,}; best test {verdict.best_test:.2f}%; last test {verdict.last_test:.2f}%; "
+            f">= {TARGET_ACC}% in each of the last {args.last_k}: {'yes' if verdict.consistent else 'no'}"
+        )
     return 0 if result.status == "finished" else 1
 
 
@@ -128,18 +147,23 @@ def cmd_consistency(args) -> int:
     print(f"\n| seed | params | {' | '.join(f'epoch {len(runs[0].epochs) - k + i + 1}' for i in range(k))} | pass |")
     print("|---:|---:|" + "---:|" * k + ":---:|")
     passed = 0
-    for seed, result in zip(args.seeds, runs):
+    for seed, result in zip(args.seeds, runs, strict=True):
         verdict = analyse(result.epochs, result.params, k=k)
         passed += verdict.consistent
         accs = " | ".join(f"{a:.2f}" for a in verdict.last_k) or " | ".join("-" * k)
         print(f"| {seed} | {result.params:,} | {accs} | {'yes' if verdict.consistent else 'no'} |")
     last = [r.epochs[-1]["test_acc"] for r in runs if r.epochs]
     mean_last = statistics.mean(last) if last else float("nan")
-    print(f"\n{passed} of {len(runs)} seeds hold >= {TARGET_ACC}% in each of the last {k} epochs; "
-          f"mean last-epoch test accuracy {mean_last:.2f}%; {elapsed / 60:.1f} min in all")  # fmt: skip
+    print(
+        f"\n{passed} of {len(runs)} seeds hold >= {TARGET_ACC}% in each of the last {k} epochs; "
+        f"mean last-epoch test accuracy {mean_last:.2f}%; {elapsed / 60:.1f} min in all"
+    )
     if args.out:
-        Path(args.out).write_text(json.dumps({"runs": [run_summary(r) for r in runs], "last_k": k,
-                                              "minutes": round(elapsed / 60, 1)}, indent=2))  # fmt: skip
+        Path(args.out).write_text(
+            json.dumps(
+                {"runs": [run_summary(r) for r in runs], "last_k": k, "minutes": round(elapsed / 60, 1)}, indent=2
+            )
+        )
     return 0 if passed == len(runs) else 1
 
 
@@ -151,11 +175,15 @@ def cmd_bench(args) -> int:
     cfg = load_config(args)
     data = load_mnist()
     seeds_s = seeds_epoch(cfg, data, data_dir() / "torchvision-idx", workers=args.workers)
-    print(f"seeds' pipeline (torchvision + PIL + DataLoader, {args.workers} workers): {seeds_s:.1f} s/epoch", flush=True)
+    print(
+        f"seeds' pipeline (torchvision + PIL + DataLoader, {args.workers} workers): {seeds_s:.1f} s/epoch", flush=True
+    )
     drill_times = [drill_epoch(cfg, data) for _ in range(args.repeats)]
     drill_s = statistics.median(drill_times)
-    print(f"drill's pipeline: {drill_s:.1f} s/epoch (median of {args.repeats}: "
-          f"{', '.join(f'{t:.1f}' for t in drill_times)})")  # fmt: skip
+    print(
+        f"drill's pipeline: {drill_s:.1f} s/epoch (median of {args.repeats}: "
+        f"{', '.join(f'{t:.1f}' for t in drill_times)})"
+    )
     print(f"speed-up: {seeds_s / drill_s:.1f}x")
     return 0
 
@@ -166,8 +194,10 @@ def cmd_data(args) -> int:
 
     started = time.perf_counter()
     data = load_mnist()
-    print(f"MNIST ready in {data_dir()}: {len(data.train_images):,} training and {len(data.test_images):,} test "
-          f"images ({time.perf_counter() - started:.1f} s)")  # fmt: skip
+    print(
+        f"MNIST ready in {data_dir()}: {len(data.train_images):,} training and {len(data.test_images):,} test "
+        f"images ({time.perf_counter() - started:.1f} s)"
+    )
     return 0
 
 

@@ -43,8 +43,19 @@ def analyse(epochs: list[dict], params: int, k: int = LAST_K, target: float = TA
     within_params = params < PARAM_BUDGET
     within_epochs = len(epochs) <= EPOCH_BUDGET
     text = _words(epochs, params, k, target, last_k, consistent, gap, within_params, within_epochs)
-    return Verdict(params, len(epochs), max(train, default=None), max(test, default=None),
-                   test[-1] if test else None, last_k, consistent, gap, within_params, within_epochs, text)  # fmt: skip
+    return Verdict(
+        params,
+        len(epochs),
+        max(train, default=None),
+        max(test, default=None),
+        test[-1] if test else None,
+        last_k,
+        consistent,
+        gap,
+        within_params,
+        within_epochs,
+        text,
+    )
 
 
 def _words(epochs, params, k, target, last_k, consistent, gap, within_params, within_epochs) -> str:
@@ -53,11 +64,15 @@ def _words(epochs, params, k, target, last_k, consistent, gap, within_params, wi
         return "No epoch finished, so there is nothing to analyse yet."
     sentences = []
     if gap > OVERFIT_GAP:
-        sentences.append(f"Train accuracy is {gap:.2f} points above test: the model overfits; "
-                         "regularise (batch norm, dropout, augmentation) or cut capacity.")  # fmt: skip
+        sentences.append(
+            f"Train accuracy is {gap:.2f} points above test: the model overfits; "
+            "regularise (batch norm, dropout, augmentation) or cut capacity."
+        )
     elif gap < -OVERFIT_GAP:
-        sentences.append(f"Test accuracy is {-gap:.2f} points above train: regularisation (dropout, augmentation) "
-                         "makes training harder than the test; no overfitting, capacity to spare.")  # fmt: skip
+        sentences.append(
+            f"Test accuracy is {-gap:.2f} points above train: regularisation (dropout, augmentation) "
+            "makes training harder than the test; no overfitting, capacity to spare."
+        )
     else:
         sentences.append(f"Train and test accuracy are within {OVERFIT_GAP} points: no overfitting.")
     best = max(e["test_acc"] for e in epochs)
@@ -65,8 +80,10 @@ def _words(epochs, params, k, target, last_k, consistent, gap, within_params, wi
         sentences.append(f"It holds >= {target}% in each of the last {k} epochs ({_accs(last_k)}).")
     elif last_k:
         hits = sum(acc >= target for acc in last_k)
-        sentences.append(f"Best test {best:.2f}%; {hits} of the last {k} epochs reach {target}% ({_accs(last_k)}): "
-                         "not yet consistent.")  # fmt: skip
+        sentences.append(
+            f"Best test {best:.2f}%; {hits} of the last {k} epochs reach {target}% ({_accs(last_k)}): "
+            "not yet consistent."
+        )
     else:
         sentences.append(f"Best test {best:.2f}% after {len(epochs)} epochs; too few epochs to judge consistency.")
     budget = "within" if within_params else "over"

@@ -38,11 +38,13 @@ def seeds_epoch(cfg: RunConfig, data: Mnist, root: Path, workers: int = 2) -> fl
     """Seconds for one training epoch the way the seed notebooks train: PIL transforms per image in a DataLoader."""
     from torchvision import datasets, transforms
 
-    transform = transforms.Compose([
-        transforms.RandomRotation((-cfg.augment.rotation, cfg.augment.rotation), fill=(0,)),
-        transforms.ToTensor(),
-        transforms.Normalize((MNIST_MEAN,), (MNIST_STD,)),
-    ])  # fmt: skip
+    transform = transforms.Compose(
+        [
+            transforms.RandomRotation((-cfg.augment.rotation, cfg.augment.rotation), fill=(0,)),
+            transforms.ToTensor(),
+            transforms.Normalize((MNIST_MEAN,), (MNIST_STD,)),
+        ]
+    )
     dataset = datasets.MNIST(write_idx_files(data, root), train=True, download=False, transform=transform)
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=True, num_workers=workers)
     torch.manual_seed(cfg.train.seed)

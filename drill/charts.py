@@ -13,8 +13,11 @@ LOOSE_BUDGET = 20_000  # the drill-down's first, looser budget (99.4% under 20k 
 
 def epochs_long(epochs: list[dict], metric: str) -> pd.DataFrame:
     """Epoch records -> rows of (epoch, split, value) for train_<metric> and test_<metric>."""
-    rows = [{"epoch": e["epoch"], "split": split, "value": e[f"{split}_{metric}"]}
-            for e in epochs for split in ("train", "test")]  # fmt: skip
+    rows = [
+        {"epoch": e["epoch"], "split": split, "value": e[f"{split}_{metric}"]}
+        for e in epochs
+        for split in ("train", "test")
+    ]
     return pd.DataFrame(rows, columns=["epoch", "split", "value"])
 
 
@@ -28,11 +31,19 @@ def accuracy_chart(epochs: list[dict], epochs_total: int | None = None, target: 
     data = epochs_long(epochs, "acc")
     low = min([97.0, *data["value"].tolist()]) if len(data) else 97.0
     y = alt.Y("value:Q", title="accuracy (%)", scale=alt.Scale(domain=[max(low - 0.5, 0), 100], clamp=True))
-    lines = alt.Chart(data).mark_line(point=True).encode(
-        _x_epoch(epochs_total), y, color=alt.Color("split:N", scale=SPLIT_COLORS, title=None),
-        tooltip=["epoch:Q", "split:N", alt.Tooltip("value:Q", format=".2f")],
-    )  # fmt: skip
-    rule = alt.Chart(pd.DataFrame({"target": [target]})).mark_rule(strokeDash=[4, 4], color="green").encode(y="target:Q")
+    lines = (
+        alt.Chart(data)
+        .mark_line(point=True)
+        .encode(
+            _x_epoch(epochs_total),
+            y,
+            color=alt.Color("split:N", scale=SPLIT_COLORS, title=None),
+            tooltip=["epoch:Q", "split:N", alt.Tooltip("value:Q", format=".2f")],
+        )
+    )
+    rule = (
+        alt.Chart(pd.DataFrame({"target": [target]})).mark_rule(strokeDash=[4, 4], color="green").encode(y="target:Q")
+    )
     return (lines + rule).properties(height=280, title=f"Accuracy (target {target}%)")
 
 
@@ -43,8 +54,11 @@ def loss_chart(epochs: list[dict], batch_losses=(), epochs_total: int | None = N
     color = alt.Color("split:N", scale=SPLIT_COLORS, title=None)
     y = alt.Y("value:Q", title="loss", scale=alt.Scale(type="log"))
     batch_line = alt.Chart(batches).mark_line(strokeWidth=1, opacity=0.6).encode(_x_epoch(epochs_total), y, color)
-    epoch_lines = alt.Chart(data).mark_line(point=True).encode(_x_epoch(epochs_total), y, color,
-                                                                tooltip=["epoch:Q", "split:N", "value:Q"])  # fmt: skip
+    epoch_lines = (
+        alt.Chart(data)
+        .mark_line(point=True)
+        .encode(_x_epoch(epochs_total), y, color, tooltip=["epoch:Q", "split:N", "value:Q"])
+    )
     return (batch_line + epoch_lines).properties(height=280, title="Loss")
 
 
@@ -55,20 +69,31 @@ def lr_chart(rates: list[float], batches_per_epoch: int) -> alt.Chart:
         data = data.iloc[:: len(data) // 1500 + 1]
     # fit-x: Streamlit's default "fit" counts title and axes in the 160 px, which left the curve ~25 px tall.
     autosize = alt.AutoSizeParams(type="fit-x", contains="padding")
-    return alt.Chart(data).mark_line().encode(
-        alt.X("epoch:Q"), alt.Y("lr:Q", title="learning rate")
-    ).properties(height=160, title="LR schedule", autosize=autosize)  # fmt: skip
+    return (
+        alt.Chart(data)
+        .mark_line()
+        .encode(alt.X("epoch:Q"), alt.Y("lr:Q", title="learning rate"))
+        .properties(height=160, title="LR schedule", autosize=autosize)
+    )
 
 
-def compare_chart(runs: list[tuple[str, list[dict]]], metric: str = "test_acc", target: float = TARGET_ACC) -> alt.Chart:
+def compare_chart(
+    runs: list[tuple[str, list[dict]]], metric: str = "test_acc", target: float = TARGET_ACC
+) -> alt.Chart:
     """One metric per epoch for several runs, overlaid."""
     rows = [{"run": label, "epoch": e["epoch"], "value": e[metric]} for label, epochs in runs for e in epochs]
     data = pd.DataFrame(rows, columns=["run", "epoch", "value"])
     title = metric.replace("_", " ").replace("acc", "accuracy (%)")
-    lines = alt.Chart(data).mark_line(point=True).encode(
-        alt.X("epoch:Q", axis=alt.Axis(tickMinStep=1)), alt.Y("value:Q", title=title, scale=alt.Scale(zero=False)),
-        color=alt.Color("run:N", title="run"), tooltip=["run:N", "epoch:Q", alt.Tooltip("value:Q", format=".3f")],
-    )  # fmt: skip
+    lines = (
+        alt.Chart(data)
+        .mark_line(point=True)
+        .encode(
+            alt.X("epoch:Q", axis=alt.Axis(tickMinStep=1)),
+            alt.Y("value:Q", title=title, scale=alt.Scale(zero=False)),
+            color=alt.Color("run:N", title="run"),
+            tooltip=["run:N", "epoch:Q", alt.Tooltip("value:Q", format=".3f")],
+        )
+    )
     if metric.endswith("acc"):
         rule = alt.Chart(pd.DataFrame({"t": [target]})).mark_rule(strokeDash=[4, 4], color="green").encode(y="t:Q")
         return (lines + rule).properties(height=320)
@@ -79,15 +104,23 @@ def budget_chart(params: int) -> alt.Chart:
     """A horizontal gauge of the parameter count with the 8,000 and 20,000 budgets marked."""
     top = max(params, LOOSE_BUDGET) * 1.15
     color = "#2ca02c" if params < PARAM_BUDGET else ("#ff7f0e" if params < LOOSE_BUDGET else "#d62728")
-    bar = alt.Chart(pd.DataFrame({"params": [params], "label": ["parameters"]})).mark_bar(color=color, size=26).encode(
-        alt.X("params:Q", scale=alt.Scale(domain=[0, top]), title=None), alt.Y("label:N", title=None, axis=None),
-        tooltip=[alt.Tooltip("params:Q", format=",")],
-    )  # fmt: skip
+    bar = (
+        alt.Chart(pd.DataFrame({"params": [params], "label": ["parameters"]}))
+        .mark_bar(color=color, size=26)
+        .encode(
+            alt.X("params:Q", scale=alt.Scale(domain=[0, top]), title=None),
+            alt.Y("label:N", title=None, axis=None),
+            tooltip=[alt.Tooltip("params:Q", format=",")],
+        )
+    )
     marks = pd.DataFrame({"params": [PARAM_BUDGET, LOOSE_BUDGET], "name": ["8k budget", "20k"]})
     rules = alt.Chart(marks).mark_rule(color="black", strokeDash=[3, 3]).encode(x="params:Q")
     # Labels sit inside the plot's top edge, above the bar: placed outside it, the chart's own bounds cut them off.
-    text = alt.Chart(marks).mark_text(align="left", baseline="top", dx=3).encode(x="params:Q", y=alt.value(1),
-                                                                                 text="name:N")  # fmt: skip
+    text = (
+        alt.Chart(marks)
+        .mark_text(align="left", baseline="top", dx=3)
+        .encode(x="params:Q", y=alt.value(1), text="name:N")
+    )
     return (bar + rules + text).properties(height=70)
 
 
@@ -99,30 +132,42 @@ def confusion_chart(matrix: list[list[int]]) -> alt.Chart:
     cells = base.mark_rect().encode(
         color=alt.Color("count:Q", scale=alt.Scale(type="symlog", scheme="blues"), legend=None),
         tooltip=["true:O", "predicted:O", "count:Q"],
-    )  # fmt: skip
+    )
     text = base.mark_text(fontSize=10).encode(
         text="count:Q", color=alt.condition(alt.datum.count > 200, alt.value("white"), alt.value("black"))
-    )  # fmt: skip
+    )
     return (cells + text).properties(width=360, height=360, title="Confusion matrix (test set)")
 
 
 def probability_chart(probabilities: list[float]) -> alt.Chart:
     """The predicted probability of each digit."""
     data = pd.DataFrame({"digit": list(range(10)), "probability": probabilities})
-    return alt.Chart(data).mark_bar().encode(
-        alt.X("digit:O"), alt.Y("probability:Q", scale=alt.Scale(domain=[0, 1])),
-        tooltip=["digit:O", alt.Tooltip("probability:Q", format=".3f")],
-    ).properties(height=200)  # fmt: skip
+    return (
+        alt.Chart(data)
+        .mark_bar()
+        .encode(
+            alt.X("digit:O"),
+            alt.Y("probability:Q", scale=alt.Scale(domain=[0, 1])),
+            tooltip=["digit:O", alt.Tooltip("probability:Q", format=".3f")],
+        )
+        .properties(height=200)
+    )
 
 
 def per_class_chart(accuracies: list[float]) -> alt.Chart:
     """Test accuracy of each true digit; the axis starts just below the weakest digit so the differences show."""
     data = pd.DataFrame({"digit": list(range(len(accuracies))), "accuracy": [float(a) for a in accuracies]})
     low = max(0.0, float(min(accuracies, default=100.0)) - 1.0)
-    return alt.Chart(data).mark_bar().encode(
-        alt.X("digit:O"), alt.Y("accuracy:Q", title="accuracy (%)", scale=alt.Scale(domain=[low, 100], clamp=True)),
-        tooltip=["digit:O", alt.Tooltip("accuracy:Q", format=".2f")],
-    ).properties(height=360, title="Accuracy per digit (test set)")  # fmt: skip
+    return (
+        alt.Chart(data)
+        .mark_bar()
+        .encode(
+            alt.X("digit:O"),
+            alt.Y("accuracy:Q", title="accuracy (%)", scale=alt.Scale(domain=[low, 100], clamp=True)),
+            tooltip=["digit:O", alt.Tooltip("accuracy:Q", format=".2f")],
+        )
+        .properties(height=360, title="Accuracy per digit (test set)")
+    )
 
 
 DRAW_PARAM = "ink"  # the drawing grid's selection: the cells painted so far
@@ -134,9 +179,23 @@ def drawing_chart(cells: int = 16, side_px: int = 300) -> alt.Chart:
     The painted cells live in the chart's point selection (read back through st.altair_chart(on_select="rerun")).
     """
     grid = pd.DataFrame([{"row": r, "col": c} for r in range(cells) for c in range(cells)])
-    ink = alt.selection_point(name=DRAW_PARAM, fields=["row", "col"], toggle="true", clear=False, empty=False,
-                              on="mousedown, mouseover[event.buttons > 0]")  # fmt: skip
-    return alt.Chart(grid).mark_rect(stroke="#dddddd", strokeWidth=0.5, cursor="crosshair").encode(
-        alt.X("col:O", axis=None), alt.Y("row:O", axis=None),
-        color=alt.condition(ink, alt.value("black"), alt.value("white")), tooltip=alt.value(None),
-    ).add_params(ink).properties(width=side_px, height=side_px)  # fmt: skip
+    ink = alt.selection_point(
+        name=DRAW_PARAM,
+        fields=["row", "col"],
+        toggle="true",
+        clear=False,
+        empty=False,
+        on="mousedown, mouseover[event.buttons > 0]",
+    )
+    return (
+        alt.Chart(grid)
+        .mark_rect(stroke="#dddddd", strokeWidth=0.5, cursor="crosshair")
+        .encode(
+            alt.X("col:O", axis=None),
+            alt.Y("row:O", axis=None),
+            color=alt.condition(ink, alt.value("black"), alt.value("white")),
+            tooltip=alt.value(None),
+        )
+        .add_params(ink)
+        .properties(width=side_px, height=side_px)
+    )

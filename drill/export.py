@@ -46,7 +46,7 @@ def pytorch_script(cfg: RunConfig, title: str = "a custom drill-down step") -> s
         _LOOPS.format(
             loss="F.nll_loss" if cfg.model.log_softmax else "F.cross_entropy",
             on_output="log-probabilities" if cfg.model.log_softmax else "logits",
-        ),  # fmt: skip
+        ),
         _MAIN.format(epochs=epochs, seed=seed, batch=cfg.train.batch_size, subset=_subset_lines(cfg)),
     ]
     # Two blank lines between top-level definitions, as PEP 8 (and ruff format) lay them out.
@@ -99,8 +99,10 @@ def _network(cfg: RunConfig) -> str:
         else:
             row = rows[f"{name}.conv"]
             block_params = sum(r.params for r in rows.values() if r.name.startswith(f"{name}."))
-            init_lines.append(f"# {size}x{size}x{channels} -> {out_size}x{out_size}x{layer.channels}, RF {row.rf}, "
-                              f"{block_params:,} params")  # fmt: skip
+            init_lines.append(
+                f"# {size}x{size}x{channels} -> {out_size}x{out_size}x{layer.channels}, RF {row.rf}, "
+                f"{block_params:,} params"
+            )
             init_lines.append(f"self.{name} = nn.Sequential(")
             shape = f"{channels}, {layer.channels}, kernel_size={layer.kernel}, padding={layer.padding}"
             conv = f"nn.Conv2d({shape}, bias={bias})"
@@ -152,13 +154,17 @@ def _head_lines(head: str, channels: int, size: int, bias: str) -> list[str]:
     gap = "nn.AdaptiveAvgPool2d(1)"
     to_classes = f"nn.Conv2d({channels}, {NUM_CLASSES}, kernel_size=1, bias={bias})"
     parts, comment = {
-        "fc": (["nn.Flatten()", f"nn.Linear({channels} * {size} * {size}, {NUM_CLASSES}, bias={bias})"],
-               "flatten the last map and a fully connected layer to the 10 digits"),
+        "fc": (
+            ["nn.Flatten()", f"nn.Linear({channels} * {size} * {size}, {NUM_CLASSES}, bias={bias})"],
+            "flatten the last map and a fully connected layer to the 10 digits",
+        ),
         "gap_conv": ([gap, to_classes, "nn.Flatten()"], "global average pooling, then a 1x1 conv to the 10 digits"),
-        "gap_linear": ([gap, "nn.Flatten()", f"nn.Linear({channels}, {NUM_CLASSES}, bias={bias})"],
-                       "global average pooling, then a linear layer to the 10 digits"),
+        "gap_linear": (
+            [gap, "nn.Flatten()", f"nn.Linear({channels}, {NUM_CLASSES}, bias={bias})"],
+            "global average pooling, then a linear layer to the 10 digits",
+        ),
         "conv_gap": ([to_classes, gap, "nn.Flatten()"], "a 1x1 conv to the 10 digits, then global average pooling"),
-    }[head]  # fmt: skip
+    }[head]
     return [f"# head: {comment}", "self.head = nn.Sequential(", *("    " + part + "," for part in parts), ")"]
 
 
@@ -237,18 +243,26 @@ def _optimizer(cfg: RunConfig) -> str:
     }[t.optimizer]
     scheduler, when = {
         "none": ("None", "there is no schedule: the learning rate stays put"),
-        "step": (f"torch.optim.lr_scheduler.StepLR(optimizer, step_size={t.step_size}, gamma={t.gamma})",
-                 "stepped once per epoch"),
-        "onecycle": ("# OneCycleLR divides by its warm-up length: a smoke test of a few batches still gets 20 steps.\n"
-                     "    total_steps = max(epochs * steps_per_epoch, 20)\n"
-                     f"    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr={t.max_lr}, "
-                     f"total_steps=total_steps, pct_start={t.pct_start})",
-                     "stepped after every batch"),
-        "plateau": (f"torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode='min', factor={t.gamma}, patience=1)",
-                    "stepped once per epoch with the test loss"),
-        "cosine": ("torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)",
-                   "stepped after every batch"),
-    }[t.schedule]  # fmt: skip
+        "step": (
+            f"torch.optim.lr_scheduler.StepLR(optimizer, step_size={t.step_size}, gamma={t.gamma})",
+            "stepped once per epoch",
+        ),
+        "onecycle": (
+            "# OneCycleLR divides by its warm-up length: a smoke test of a few batches still gets 20 steps.\n"
+            "    total_steps = max(epochs * steps_per_epoch, 20)\n"
+            f"    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr={t.max_lr}, "
+            f"total_steps=total_steps, pct_start={t.pct_start})",
+            "stepped after every batch",
+        ),
+        "plateau": (
+            f"torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode='min', factor={t.gamma}, patience=1)",
+            "stepped once per epoch with the test loss",
+        ),
+        "cosine": (
+            "torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)",
+            "stepped after every batch",
+        ),
+    }[t.schedule]
     per_batch = t.schedule in ("onecycle", "cosine")
     body = scheduler if scheduler.startswith("#") else f"return {scheduler}"
     return f'''
@@ -310,9 +324,10 @@ def _subset_lines(cfg: RunConfig) -> str:
     if not cfg.train.subset:
         return ""
     n = cfg.train.subset
-    return (f"    # The lab trained on a stratified subset: the first {n:,} images, digits as even as possible.\n"
-            f"    train_set = torch.utils.data.Subset(train_set, stratified_subset(train_set.targets, {n}))\n"
-            )  # fmt: skip
+    return (
+        f"    # The lab trained on a stratified subset: the first {n:,} images, digits as even as possible.\n"
+        f"    train_set = torch.utils.data.Subset(train_set, stratified_subset(train_set.targets, {n}))\n"
+    )
 
 
 _MAIN = """

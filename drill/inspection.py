@@ -112,8 +112,10 @@ def mistakes(report: EvalReport, limit: int = 24, true_digit: int | None = None)
         wrong = wrong[report.labels[wrong] == true_digit]
     confidence = report.probabilities[wrong, report.predicted[wrong]]
     order = np.argsort(-confidence, kind="stable")[:limit]
-    return [Mistake(int(wrong[i]), int(report.labels[wrong[i]]), int(report.predicted[wrong[i]]), float(confidence[i]))
-            for i in order]  # fmt: skip
+    return [
+        Mistake(int(wrong[i]), int(report.labels[wrong[i]]), int(report.predicted[wrong[i]]), float(confidence[i]))
+        for i in order
+    ]
 
 
 # -- feature maps ----------------------------------------------------------------------------------------------
@@ -131,8 +133,11 @@ def feature_maps(model: Net, image: np.ndarray | torch.Tensor) -> list[FeatureMa
     captured: dict[str, torch.Tensor] = {}
     x = normalize(to_input(torch.as_tensor(np.asarray(image, dtype=np.uint8)).unsqueeze(0)))
     with _HOOKS:
-        hooks = [block.register_forward_hook(lambda _m, _i, out, name=name: captured.__setitem__(name, out))
-                 for name, block in copy.features.named_children() if name.startswith(("conv", "trans"))]  # fmt: skip
+        hooks = [
+            block.register_forward_hook(lambda _m, _i, out, name=name: captured.__setitem__(name, out))
+            for name, block in copy.features.named_children()
+            if name.startswith(("conv", "trans"))
+        ]
         try:
             with torch.inference_mode():
                 copy(x)
@@ -215,8 +220,10 @@ def _decode(raw: bytes) -> np.ndarray:
         if width < 1 or height < 1:
             raise UploadError(f"The image is {width}x{height} pixels: it has nothing in it.")
         if width > MAX_UPLOAD_SIDE or height > MAX_UPLOAD_SIDE:
-            raise UploadError(f"The image is {width}x{height} pixels; use one of at most {MAX_UPLOAD_SIDE} pixels "
-                              "a side (a digit needs only a few hundred).")  # fmt: skip
+            raise UploadError(
+                f"The image is {width}x{height} pixels; use one of at most {MAX_UPLOAD_SIDE} pixels "
+                "a side (a digit needs only a few hundred)."
+            )
         if getattr(image, "n_frames", 1) > 1:
             raise UploadError("The image is animated; upload a single still image of one digit.")
         try:
@@ -251,8 +258,10 @@ def mnist_like(gray: np.ndarray) -> np.ndarray:
     ink = np.clip(gray - np.median(border), 0.0, None)
     peak = float(ink.max())
     if peak < 0.1:
-        raise UploadError("No digit found: the image is (nearly) one flat colour. Write a dark digit on light paper "
-                          "or a light digit on a dark background.")  # fmt: skip
+        raise UploadError(
+            "No digit found: the image is (nearly) one flat colour. Write a dark digit on light paper "
+            "or a light digit on a dark background."
+        )
     ink = ink / peak
     ink[ink < INK_THRESHOLD] = 0.0
     rows, cols = np.nonzero(ink)

@@ -15,8 +15,8 @@ import threading
 import time
 import weakref
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from drill.config import RunConfig
 from drill.data import Mnist, load_mnist
@@ -87,15 +87,32 @@ class Job:
         done = (payload["epoch"] - 1) * payload["batches"] + payload["batch"]
         total = self.progress["epochs"] * payload["batches"]
         rate = payload["images_per_s"] / self.config.train.batch_size  # batches per second
-        self.progress.update(epoch=payload["epoch"], batch=payload["batch"], images_per_s=payload["images_per_s"],
-                             lr=payload["lr"], eta_s=(total - done) / rate if rate else None)  # fmt: skip
+        self.progress.update(
+            epoch=payload["epoch"],
+            batch=payload["batch"],
+            images_per_s=payload["images_per_s"],
+            lr=payload["lr"],
+            eta_s=(total - done) / rate if rate else None,
+        )
 
     def snapshot(self, queue_position: int | None = None) -> Snapshot:
         """A consistent copy of this job's state."""
         with self.lock:
-            return Snapshot(self.id, self.owner, self.label, self.config, self.status, self.reason, self.params,
-                            tuple(dict(e) for e in self.epochs), tuple(self.batch_losses), dict(self.progress),
-                            queue_position, self.created, self.seconds)  # fmt: skip
+            return Snapshot(
+                self.id,
+                self.owner,
+                self.label,
+                self.config,
+                self.status,
+                self.reason,
+                self.params,
+                tuple(dict(e) for e in self.epochs),
+                tuple(self.batch_losses),
+                dict(self.progress),
+                queue_position,
+                self.created,
+                self.seconds,
+            )
 
 
 def default_max_running() -> int:
@@ -140,10 +157,17 @@ class JobManager:
         """Register a run finished elsewhere (an imported record), so it shows beside this session's runs."""
         config = RunConfig.from_dict(record["config"])
         with self._lock:
-            job = Job(f"run-{next(self._ids)}", owner, label, config, status=record.get("status", "finished"),
-                      reason=record.get("reason", ""), params=record.get("params"),
-                      epochs=[dict(e) for e in record["epochs"]],
-                      seconds=record.get("seconds", 0.0))  # fmt: skip
+            job = Job(
+                f"run-{next(self._ids)}",
+                owner,
+                label,
+                config,
+                status=record.get("status", "finished"),
+                reason=record.get("reason", ""),
+                params=record.get("params"),
+                epochs=[dict(e) for e in record["epochs"]],
+                seconds=record.get("seconds", 0.0),
+            )
             self._jobs[job.id] = job
         return job
 

@@ -11,7 +11,6 @@ from torch import nn
 
 from drill.config import NUM_CLASSES, ModelConfig, feature_sizes
 
-
 # Dropout masks come from 15-bit random integers: four per 64-bit draw, which costs a fifth of bernoulli_'s
 # per-element sampling (that was 40% of a training step). p is honoured to 1/32768 and the kept values are scaled
 # by 1 / (1 - p_effective), so the expected activation is exactly unchanged.
@@ -99,7 +98,9 @@ class Net(nn.Module):
             if layer.kind == "pool":
                 blocks.append((f"pool{counts[name]}", nn.MaxPool2d(2, 2)))
                 continue
-            blocks.append((f"{name}{counts[name]}", conv_block(channels, layer.channels, layer.kernel, layer.padding, cfg)))
+            blocks.append(
+                (f"{name}{counts[name]}", conv_block(channels, layer.channels, layer.kernel, layer.padding, cfg))
+            )
             channels = layer.channels
         self.features = nn.Sequential(OrderedDict(blocks))
         self.head = head(channels, sizes[-1], cfg)

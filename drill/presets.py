@@ -27,8 +27,9 @@ _BN = ModelConfig(layers=_LEAN.layers, head="fc", batch_norm="before_relu")
 _REGULARISED = ModelConfig(layers=_LEAN.layers, head="fc", batch_norm="before_relu", dropout=0.05)
 _ROTATE = AugmentConfig(rotation=7.0)
 _FINAL = ModelConfig(layers="10,10,16,M,T10,10,16,16", head="gap_conv", batch_norm="before_relu", dropout=0.05)
-_ONECYCLE = TrainConfig(epochs=15, batch_size=128, optimizer="sgd", lr=0.01, momentum=0.9, schedule="onecycle",
-                        max_lr=0.1, pct_start=0.2)  # fmt: skip
+_ONECYCLE = TrainConfig(
+    epochs=15, batch_size=128, optimizer="sgd", lr=0.01, momentum=0.9, schedule="onecycle", max_lr=0.1, pct_start=0.2
+)
 
 PRESETS: tuple[Preset, ...] = (
     Preset(

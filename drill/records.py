@@ -105,9 +105,15 @@ def _round(value: float | None) -> float | None:
 # -- export --------------------------------------------------------------------------------------------------------
 def to_record(run: Any) -> dict:
     """A JSON-ready record of a run (run_summary's fields plus its label)."""
-    return {"label": run.label, "config": run.config.to_dict(), "status": run.status, "reason": run.reason,
-            "params": run.params, "seconds": round(run.seconds, 2),
-            "epochs": [dict(e) for e in run.epochs]}  # fmt: skip
+    return {
+        "label": run.label,
+        "config": run.config.to_dict(),
+        "status": run.status,
+        "reason": run.reason,
+        "params": run.params,
+        "seconds": round(run.seconds, 2),
+        "epochs": [dict(e) for e in run.epochs],
+    }
 
 
 def records_json(runs: list[Any]) -> str:
@@ -205,8 +211,15 @@ def _check_record(index: int, record: Any) -> dict:
         raise fail(
             "epochs", f"a finished run has all {config.train.epochs} epochs of its config, this one {len(epochs)}"
         )
-    return {"label": label, "config": config.to_dict(), "status": status, "reason": reason, "params": params,
-            "seconds": float(seconds), "epochs": epochs}  # fmt: skip
+    return {
+        "label": label,
+        "config": config.to_dict(),
+        "status": status,
+        "reason": reason,
+        "params": params,
+        "seconds": float(seconds),
+        "epochs": epochs,
+    }
 
 
 def _check_epochs(epochs: Any, config: RunConfig, fail) -> list[dict]:

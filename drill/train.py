@@ -6,8 +6,9 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -88,7 +89,9 @@ class Schedule:
         self.scheduler = {
             "none": None,
             "step": lambda: sched.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma),
-            "onecycle": lambda: sched.OneCycleLR(optimizer, max_lr=cfg.max_lr, total_steps=total, pct_start=cfg.pct_start),
+            "onecycle": lambda: sched.OneCycleLR(
+                optimizer, max_lr=cfg.max_lr, total_steps=total, pct_start=cfg.pct_start
+            ),
             "plateau": lambda: sched.ReduceLROnPlateau(optimizer, mode="min", factor=cfg.gamma, patience=1),
             "cosine": lambda: sched.CosineAnnealingLR(optimizer, T_max=total),
         }[cfg.schedule]
@@ -241,12 +244,28 @@ def _run(cfg, data, model, generator, report, stop, result) -> None:
             correct += (scores.argmax(1) == target).sum().item()
             seen += len(index)
             elapsed = time.perf_counter() - epoch_start
-            report("batch", {"epoch": epoch, "batch": batch + 1, "batches": batches, "loss": loss_value,
-                             "lr": schedule.lr, "images_per_s": seen / max(elapsed, 1e-9)})  # fmt: skip
+            report(
+                "batch",
+                {
+                    "epoch": epoch,
+                    "batch": batch + 1,
+                    "batches": batches,
+                    "loss": loss_value,
+                    "lr": schedule.lr,
+                    "images_per_s": seen / max(elapsed, 1e-9),
+                },
+            )
         train_seconds = time.perf_counter() - epoch_start
         test_loss, test_acc = evaluate(model, data.test_images, data.test_labels)
-        stats = {"epoch": epoch, "train_loss": loss_sum / seen, "train_acc": 100.0 * correct / seen,
-                 "test_loss": test_loss, "test_acc": test_acc, "lr": lr, "seconds": train_seconds}  # fmt: skip
+        stats = {
+            "epoch": epoch,
+            "train_loss": loss_sum / seen,
+            "train_acc": 100.0 * correct / seen,
+            "test_loss": test_loss,
+            "test_acc": test_acc,
+            "lr": lr,
+            "seconds": train_seconds,
+        }
         result.epochs.append(stats)
         report("epoch", dict(stats))
         schedule.after_epoch(test_loss)
@@ -255,5 +274,11 @@ def _run(cfg, data, model, generator, report, stop, result) -> None:
 
 def run_summary(result: RunResult) -> dict[str, Any]:
     """A JSON-ready record of a run: config, status, params and every epoch."""
-    return {"config": result.config.to_dict(), "status": result.status, "reason": result.reason,
-            "params": result.params, "seconds": round(result.seconds, 2), "epochs": result.epochs}  # fmt: skip
+    return {
+        "config": result.config.to_dict(),
+        "status": result.status,
+        "reason": result.reason,
+        "params": result.params,
+        "seconds": round(result.seconds, 2),
+        "epochs": result.epochs,
+    }

@@ -31,8 +31,13 @@ SCHEDULE_LABELS = {
     "cosine": "Cosine annealing",
 }
 # Which TrainConfig fields each schedule reads; the others are hidden so students only see knobs that matter.
-SCHEDULE_FIELDS = {"none": (), "step": ("step_size", "gamma"), "onecycle": ("max_lr", "pct_start"),
-                   "plateau": ("gamma",), "cosine": ()}  # fmt: skip
+SCHEDULE_FIELDS = {
+    "none": (),
+    "step": ("step_size", "gamma"),
+    "onecycle": ("max_lr", "pct_start"),
+    "plateau": ("gamma",),
+    "cosine": (),
+}
 # Controls as (field, label, step, widget): one declaration per knob, so the Train page stays a short loop.
 SCHEDULE_CONTROLS = (
     ("step_size", "Step every (epochs)", 1, "slider"),
@@ -108,8 +113,16 @@ def canonical_stack(spec: str) -> str | None:
 
 def layer_table(summary: Summary) -> list[dict]:
     """The torchinfo rows as the Build page's table: layer, type, output shape, params and receptive field."""
-    return [{"layer": row.name, "type": row.kind, "output shape": " x ".join(map(str, row.output_shape)),
-             "params": row.params, "RF": f"{row.rf}x{row.rf}"} for row in summary.rows]  # fmt: skip
+    return [
+        {
+            "layer": row.name,
+            "type": row.kind,
+            "output shape": " x ".join(map(str, row.output_shape)),
+            "params": row.params,
+            "RF": f"{row.rf}x{row.rf}",
+        }
+        for row in summary.rows
+    ]
 
 
 def rf_note(rf: int, image: int = 28) -> str:
@@ -178,6 +191,14 @@ def progress_text(progress: dict) -> str:
     return " · ".join(parts)
 
 
+def epoch_line(epoch: dict, epochs_total: int) -> str:
+    """The latest epoch's accuracies, in one line."""
+    return (
+        f"Epoch {epoch['epoch']} of {epochs_total}: train {epoch['train_acc']:.2f}% · "
+        f"test **{epoch['test_acc']:.2f}%** · {epoch['seconds']:.1f} s"
+    )
+
+
 def status_text(status: str, queue_position: int | None, label: str) -> str:
     """The run's status as a headline."""
     if status == "queued":
@@ -192,5 +213,7 @@ def result_line(verdict: Verdict, epochs: list[dict], k: int = LAST_K) -> str:
     last = ", ".join(f"{e['test_acc']:.2f}" for e in epochs[-k:]) or "–"
     best_train = "–" if verdict.best_train is None else f"{verdict.best_train:.2f}%"
     best_test = "–" if verdict.best_test is None else f"{verdict.best_test:.2f}%"
-    return (f"**Result:** {verdict.params:,} parameters · best train {best_train} · best test {best_test} · "
-            f"test in the last {min(k, len(epochs))} epochs: {last}")  # fmt: skip
+    return (
+        f"**Result:** {verdict.params:,} parameters · best train {best_train} · best test {best_test} · "
+        f"test in the last {min(k, len(epochs))} epochs: {last}"
+    )

@@ -24,8 +24,9 @@ def mnist() -> Mnist:
 @pytest.fixture(scope="session")
 def small_mnist(mnist: Mnist) -> Mnist:
     """Real MNIST with the test set cut to its first images: every epoch's test pass stays cheap."""
-    return Mnist(mnist.train_images, mnist.train_labels, mnist.test_images[:SMALL_TEST_SET],
-                 mnist.test_labels[:SMALL_TEST_SET])  # fmt: skip
+    return Mnist(
+        mnist.train_images, mnist.train_labels, mnist.test_images[:SMALL_TEST_SET], mnist.test_labels[:SMALL_TEST_SET]
+    )
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ def build_page(query: dict[str, str] | None = None) -> AppTest:
     at = AppTest.from_file(str(REPO_ROOT / "app.py"), default_timeout=PAGE_TIMEOUT)
     at.query_params.update(query or {})
     at.run()
-    at.switch_page("pages/build.py").run()
+    at.switch_page("views/build.py").run()
     assert not at.exception, at.exception
     return at
 
@@ -111,8 +111,8 @@ def test_the_row_editor_edits_the_stack():
     # Leaving the page drops the editor's edits; coming back shows the stack that is current.
     at.session_state[editor.key] = {"edited_rows": {}, "added_rows": [], "deleted_rows": [7]}
     at.run()
-    at.switch_page("pages/train.py").run()
-    at.switch_page("pages/build.py").run()
+    at.switch_page("views/train.py").run()
+    at.switch_page("views/build.py").run()
     assert not at.error
     assert widget(at.text_input, "Compact stack").value == "10,10,16,M,T10,10,16"
     assert len(at.data_editor[0].value) == 7
@@ -124,7 +124,7 @@ def test_a_malformed_link_falls_back_to_the_default_model_with_a_warning():
     at.query_params["ep"] = "abc"
     at.run()
     assert any("could not be loaded" in w.value and "train.epochs" in w.value for w in at.warning), at.warning
-    at.switch_page("pages/build.py").run()
+    at.switch_page("views/build.py").run()
     assert not at.exception
     assert shown_params(at) == summarize(QUICK.model).total_params
     assert dict(at.query_params) == QUICK.to_query_params()

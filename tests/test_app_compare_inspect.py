@@ -17,9 +17,9 @@ from streamlit.testing.v1 import AppTest
 from drill import records
 from drill.jobs import ACTIVE
 from drill.presets import BY_NAME
-from pages import common
+from views import common
 
-TINY = BY_NAME["quick"].config.replace(train={"subset": 1000, "epochs": 1})
+TINY = BY_NAME["quick"].config.replace(train={"subset": 1000, "epochs": 1, "batch_size": 64})
 PAGE_TIMEOUT = 120  # seconds for one script run: Inspect reads all 10,000 test digits on two busy cores
 
 
@@ -32,14 +32,16 @@ def new_session() -> AppTest:
 
 
 def open_page(at: AppTest, page: str) -> AppTest:
-    at.switch_page(f"pages/{page}.py").run()
+    at.switch_page(f"views/{page}.py").run()
     assert not at.exception, at.exception
     return at
 
 
 def chart_specs(at: AppTest) -> list[str]:
-    return [json.dumps(chart.proto.spec) if hasattr(chart.proto, "spec") else str(chart.proto)
-            for chart in at.get("arrow_vega_lite_chart") + at.get("vega_lite_chart")]  # fmt: skip
+    return [
+        json.dumps(chart.proto.spec) if hasattr(chart.proto, "spec") else str(chart.proto)
+        for chart in at.get("arrow_vega_lite_chart") + at.get("vega_lite_chart")
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +50,12 @@ def finished(mnist):
     at = new_session()
     manager = common.manager()
     job = manager.submit(at.session_state["owner"], TINY, label="tiny run")
-    snapshot = wait_until(lambda: (s := manager.snapshot(job.id)).status not in ACTIVE and s, timeout=300,
-                          interval=0.1, what="the tiny run to finish")  # fmt: skip
+    snapshot = wait_until(
+        lambda: (s := manager.snapshot(job.id)).status not in ACTIVE and s,
+        timeout=300,
+        interval=0.1,
+        what="the tiny run to finish",
+    )
     assert snapshot.status == "finished", snapshot.reason
     return at, snapshot
 

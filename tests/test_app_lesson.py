@@ -8,7 +8,7 @@ from streamlit.testing.v1 import AppTest
 from drill.analysis import analyse
 from drill.presets import BY_NAME, LESSON
 from drill.summary import summarize
-from pages import common
+from views import common
 
 PAGE_TIMEOUT = 60  # seconds per script run on a busy 2-core machine
 
@@ -57,11 +57,25 @@ def test_a_trained_step_shows_its_result_and_analysis():
     at = landing()
     step = BY_NAME["lean"]
     # A finished 15-epoch run of this step, as the job manager would hold it (training it here would take minutes).
-    epochs = [{"epoch": e, "train_loss": 0.1, "train_acc": 97.0 + e / 10, "test_loss": 0.1, "test_acc": 97.5 + e / 20,
-               "lr": 0.01, "seconds": 1.0} for e in range(1, 16)]  # fmt: skip
+    epochs = [
+        {
+            "epoch": e,
+            "train_loss": 0.1,
+            "train_acc": 97.0 + e / 10,
+            "test_loss": 0.1,
+            "test_acc": 97.5 + e / 20,
+            "lr": 0.01,
+            "seconds": 1.0,
+        }
+        for e in range(1, 16)
+    ]
     params = summarize(step.config.model).total_params
-    record = {"config": step.config.replace(train={"seed": 7}).to_dict(), "status": "finished", "params": params,
-              "epochs": epochs}  # fmt: skip
+    record = {
+        "config": step.config.replace(train={"seed": 7}).to_dict(),
+        "status": "finished",
+        "params": params,
+        "epochs": epochs,
+    }
     common.manager().add_finished(at.session_state["owner"], record, label=step.title)
     at.run()
     results = [m.value for m in at.markdown if m.value.startswith("**Result:**")]

@@ -14,7 +14,7 @@ from conftest import REPO_ROOT, wait_until
 from streamlit.testing.v1 import AppTest
 
 from drill.presets import BY_NAME
-from pages import common
+from views import common
 
 PAGE_TIMEOUT = 60  # seconds per script run on a busy 2-core machine
 RUN_DEADLINE = 120  # seconds for a tiny run to finish, queue included
@@ -33,7 +33,7 @@ def train_page(config) -> AppTest:
     at = AppTest.from_file(str(REPO_ROOT / "app.py"), default_timeout=PAGE_TIMEOUT)
     at.query_params.update(config.to_query_params())
     at.run()
-    at.switch_page("pages/train.py").run()
+    at.switch_page("views/train.py").run()
     assert not at.exception, at.exception
     assert not at.error, [e.value for e in at.error]
     return at
@@ -50,8 +50,12 @@ def status_line(at: AppTest) -> str:
 
 def rerun_until(at: AppTest, word: str) -> str:
     """Rerun the page (as the fragment's timer would) until the status line ends with word."""
-    return wait_until(lambda: at.run() and status_line(at).endswith(word) and status_line(at), RUN_DEADLINE,
-                      interval=0.2, what=f"the run to be {word}")  # fmt: skip
+    return wait_until(
+        lambda: at.run() and status_line(at).endswith(word) and status_line(at),
+        RUN_DEADLINE,
+        interval=0.2,
+        what=f"the run to be {word}",
+    )
 
 
 def progress_text(at: AppTest) -> str:
@@ -95,8 +99,8 @@ def test_a_tiny_run_streams_to_the_end_and_survives_a_page_switch():
     assert any("Analysis:" in box.value for box in [*at.info, *at.success])
     assert not button(at, "Start").disabled and button(at, "Stop").disabled
     # Another page and back: the run is found again, curves and all.
-    at.switch_page("pages/build.py").run()
-    at.switch_page("pages/train.py").run()
+    at.switch_page("views/build.py").run()
+    at.switch_page("views/train.py").run()
     assert status_line(at).endswith("finished") and test_acc in chart_values(at)
 
 
@@ -114,8 +118,12 @@ def watch_and_stop(at: AppTest) -> None:
     """Watch a long run train for a few batches, stop it from the page, and check it ends stopped."""
     assert not button(at, "Stop").disabled
     # Watch it train for a few batches first: the progress line streams epoch, batch, speed and time left.
-    progress = wait_until(lambda: at.run() and "images/s" in progress_text(at) and progress_text(at), RUN_DEADLINE,
-                          interval=0.2, what="the progress bar to show a batch")  # fmt: skip
+    progress = wait_until(
+        lambda: at.run() and "images/s" in progress_text(at) and progress_text(at),
+        RUN_DEADLINE,
+        interval=0.2,
+        what="the progress bar to show a batch",
+    )
     assert "epoch 1/3" in progress and "left" in progress and "LR" in progress, progress
     button(at, "Stop").click().run()
     rerun_until(at, "stopped")

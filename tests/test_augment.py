@@ -239,8 +239,15 @@ def test_affine_pass_skipped_when_no_geometric_augmentation(monkeypatch):
 
 def test_single_augmentations_each_apply_alone():
     x = digit_like(8, seed=18)
-    for name, value in [("rotation", 10.0), ("translate", 0.1), ("scale", 0.1), ("shear", 10.0), ("brightness", 0.3),
-                        ("contrast", 0.3), ("erase_prob", 1.0)]:  # fmt: skip
+    for name, value in [
+        ("rotation", 10.0),
+        ("translate", 0.1),
+        ("scale", 0.1),
+        ("shear", 10.0),
+        ("brightness", 0.3),
+        ("contrast", 0.3),
+        ("erase_prob", 1.0),
+    ]:
         out = augment_batch(x, make_cfg(**{name: value}), torch.Generator().manual_seed(19))
         assert not torch.equal(out, x), name
 

@@ -22,8 +22,9 @@ from drill.train import EPOCH_KEYS
 def drill(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run `python -m drill ARGS` from the repository root (DRILL_DATA_DIR and the rest of the environment kept)."""
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}  # one thread: see one_torch_thread
-    return subprocess.run([sys.executable, "-m", "drill", *args], cwd=REPO_ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "drill", *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_presets_table():
@@ -51,8 +52,18 @@ def test_presets_json():
 
 
 def layer_dicts(cfg: RunConfig) -> list[dict]:
-    return [{"name": r.name, "type": r.kind, "output_shape": list(r.output_shape), "params": r.params, "rf": r.rf,
-             "jump": r.jump, "start": r.start} for r in summarize(cfg.model).rows]  # fmt: skip
+    return [
+        {
+            "name": r.name,
+            "type": r.kind,
+            "output_shape": list(r.output_shape),
+            "params": r.params,
+            "rf": r.rf,
+            "jump": r.jump,
+            "start": r.start,
+        }
+        for r in summarize(cfg.model).rows
+    ]
 
 
 def test_summary_of_a_preset_as_json():
@@ -62,8 +73,15 @@ def test_summary_of_a_preset_as_json():
     cfg = get_preset("final").config
     assert data == {"layers": layer_dicts(cfg), "total_params": summarize(cfg.model).total_params}
     assert data["total_params"] == 7_570
-    assert data["layers"][0] == {"name": "conv1.conv", "type": "Conv2d", "output_shape": [10, 26, 26], "params": 90,
-                                 "rf": 3, "jump": 1, "start": 1.5}  # fmt: skip
+    assert data["layers"][0] == {
+        "name": "conv1.conv",
+        "type": "Conv2d",
+        "output_shape": [10, 26, 26],
+        "params": 90,
+        "rf": 3,
+        "jump": 1,
+        "start": 1.5,
+    }
 
 
 def test_summary_table():
@@ -91,10 +109,10 @@ def test_summary_of_a_config_file(tmp_path: Path):
 
 def test_train_a_preset_and_write_the_run(tmp_path: Path):
     out = tmp_path / "RUN.json"
-    result = drill("train", "--preset", "quick", "--subset", "1000", "--epochs", "1", "--out", str(out))
+    result = drill("train", "--preset", "quick", "--subset", "2000", "--epochs", "1", "--out", str(out))
     assert result.returncode == 0, result.stderr
     run = json.loads(out.read_text())
-    expected = get_preset("quick").config.replace(train={"subset": 1000, "epochs": 1})
+    expected = get_preset("quick").config.replace(train={"subset": 2000, "epochs": 1})
     assert RunConfig.from_dict(run["config"]) == expected
     assert (run["status"], run["reason"], run["params"]) == ("finished", "", 7_570)
     assert len(run["epochs"]) == 1 and set(run["epochs"][0]) == set(EPOCH_KEYS)
@@ -104,8 +122,10 @@ def test_train_a_preset_and_write_the_run(tmp_path: Path):
     assert any(line.startswith("finished in ") for line in lines)
     verdict = lines[-1]
     test_acc = run["epochs"][0]["test_acc"]
-    assert verdict == (f"params 7,570; best test {test_acc:.2f}%; last test {test_acc:.2f}%; "
-                       f">= {TARGET_ACC}% in each of the last 4: no")  # fmt: skip
+    assert verdict == (
+        f"params 7,570; best test {test_acc:.2f}%; last test {test_acc:.2f}%; "
+        f">= {TARGET_ACC}% in each of the last 4: no"
+    )
     assert "Traceback" not in result.stderr
 
 
@@ -125,25 +145,41 @@ BAD_ARGUMENTS = [
     ("invalid JSON", lambda tmp: ["summary", "--config", write(tmp, "bad.json", '{"model": ')], "valid JSON"),
     ("not UTF-8", lambda tmp: ["summary", "--config", write(tmp, "bin.json", b"\xff\xfe{\x00")], "cannot read"),
     ("not an object", lambda tmp: ["summary", "--config", write(tmp, "list.json", "[1, 2]")], "a JSON object"),
-    ("invalid config", lambda tmp: ["summary", "--config", write(tmp, "zero.json", '{"train": {"epochs": 0}}')],
-     "train.epochs = 0 is not allowed"),
-    ("unknown key", lambda tmp: ["train", "--config", write(tmp, "key.json", '{"model": {"layer": "8"}}')],
-     "model.layer"),
-    ("invalid stack", lambda tmp: ["summary", "--config", write(tmp, "stack.json", '{"model": {"layers": "8,Q"}}')],
-     "layer 2 ('Q')"),
+    (
+        "invalid config",
+        lambda tmp: ["summary", "--config", write(tmp, "zero.json", '{"train": {"epochs": 0}}')],
+        "train.epochs = 0 is not allowed",
+    ),
+    (
+        "unknown key",
+        lambda tmp: ["train", "--config", write(tmp, "key.json", '{"model": {"layer": "8"}}')],
+        "model.layer",
+    ),
+    (
+        "invalid stack",
+        lambda tmp: ["summary", "--config", write(tmp, "stack.json", '{"model": {"layers": "8,Q"}}')],
+        "layer 2 ('Q')",
+    ),
     ("epochs out of range", lambda tmp: ["train", "--preset", "quick", "--epochs", "0"], "train.epochs = 0"),
     ("subset below a batch", lambda tmp: ["train", "--preset", "quick", "--subset", "5"], "train.subset = 5"),
     ("epochs not a number", lambda tmp: ["train", "--preset", "quick", "--epochs", "two"], "invalid int value"),
     ("unknown command", lambda tmp: ["frobnicate"], "invalid choice: 'frobnicate'"),
     ("no command", lambda tmp: [], "required: command"),
     ("unknown option", lambda tmp: ["presets", "--colour"], "unrecognized arguments: --colour"),
-]  # fmt: skip
+]
 
 
 # Each subprocess pays for importing torch (a couple of seconds on a busy machine): the cases the command line must
 # get right in a real process run as one; every case also runs through main() in this process.
-SUBPROCESS_CASES = {"unknown preset", "no preset or config", "missing file", "invalid JSON", "not UTF-8",
-                    "invalid config", "unknown command"}  # fmt: skip
+SUBPROCESS_CASES = {
+    "unknown preset",
+    "no preset or config",
+    "missing file",
+    "invalid JSON",
+    "not UTF-8",
+    "invalid config",
+    "unknown command",
+}
 
 
 def check_usage_error(returncode: int, stdout: str, stderr: str, needle: str) -> None:

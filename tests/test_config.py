@@ -190,9 +190,19 @@ def test_empty_stack_is_rejected(spec):
 
 @pytest.mark.parametrize(
     ("spec", "position", "token"),
-    [("8,X", 2, "X"), ("8p1", 1, "8p1"), ("8,T", 2, "T"), ("Tp8", 1, "Tp8"), ("M8", 1, "M8"), ("8,m", 2, "m"),
-     ("8,16,3x3", 3, "3x3"), ("8;16", 1, "8;16"), ("-8", 1, "-8"), ("8P", 1, "8P")],
-)  # fmt: skip
+    [
+        ("8,X", 2, "X"),
+        ("8p1", 1, "8p1"),
+        ("8,T", 2, "T"),
+        ("Tp8", 1, "Tp8"),
+        ("M8", 1, "M8"),
+        ("8,m", 2, "m"),
+        ("8,16,3x3", 3, "3x3"),
+        ("8;16", 1, "8;16"),
+        ("-8", 1, "-8"),
+        ("8P", 1, "8P"),
+    ],
+)
 def test_stack_syntax_errors_name_the_layer(spec, position, token):
     with raises_for("model.layers", f"layer {position} ({token!r})", "3x3 conv", "max-pool"):
         ModelConfig(layers=spec)
@@ -232,8 +242,9 @@ def test_feature_sizes_follow_the_arithmetic():
 
 def test_a_conv_that_would_shrink_the_map_below_1x1_names_the_layer_and_suggests_padding():
     # 28 -> 26 -> 13 -> 11 -> 5 -> 3 -> 1, then a 3x3 conv on a 1x1 map would leave -1.
-    with raises_for("model.layers", "after layer 7 (3x3 conv to 8 channels)", "from 1x1 below 1x1", "padding",
-                    "one max-pool fewer"):  # fmt: skip
+    with raises_for(
+        "model.layers", "after layer 7 (3x3 conv to 8 channels)", "from 1x1 below 1x1", "padding", "one max-pool fewer"
+    ):
         ModelConfig(layers="8,M,8,M,8,M,8")
     # The same stack with the last conv padded is fine: 1 + 2 - 3 + 1 = 1.
     assert feature_sizes(ModelConfig(layers="8,M,8,M,8,M,8p").parsed_layers)[-1] == 1
@@ -293,14 +304,43 @@ def test_replace_changes_single_fields_and_rejects_unknown_sections():
 def everything_changed() -> RunConfig:
     """A valid config in which every single field differs from its default."""
     cfg = RunConfig(
-        ModelConfig(layers="10p,12,M,T8,16 16", batch_norm="after_relu", dropout=0.123456789, dropout_kind="channel",
-                    head="conv_gap", bias=True, log_softmax=False),
-        AugmentConfig(rotation=7.25, fill=0.5, translate=0.1, scale=0.05, shear=3.3, brightness=0.2, contrast=0.3,
-                      erase_prob=0.5, erase_size=0.2),
-        TrainConfig(epochs=3, batch_size=64, optimizer="adamw", lr=1 / 3, momentum=0.5, weight_decay=1e-4,
-                    schedule="onecycle", step_size=2, gamma=0.5, max_lr=0.05, pct_start=0.3, subset=1000, seed=42,
-                    threads=2),
-    )  # fmt: skip
+        ModelConfig(
+            layers="10p,12,M,T8,16 16",
+            batch_norm="after_relu",
+            dropout=0.123456789,
+            dropout_kind="channel",
+            head="conv_gap",
+            bias=True,
+            log_softmax=False,
+        ),
+        AugmentConfig(
+            rotation=7.25,
+            fill=0.5,
+            translate=0.1,
+            scale=0.05,
+            shear=3.3,
+            brightness=0.2,
+            contrast=0.3,
+            erase_prob=0.5,
+            erase_size=0.2,
+        ),
+        TrainConfig(
+            epochs=3,
+            batch_size=64,
+            optimizer="adamw",
+            lr=1 / 3,
+            momentum=0.5,
+            weight_decay=1e-4,
+            schedule="onecycle",
+            step_size=2,
+            gamma=0.5,
+            max_lr=0.05,
+            pct_start=0.3,
+            subset=1000,
+            seed=42,
+            threads=2,
+        ),
+    )
     default = RunConfig()
     for section in SECTIONS:
         for f in dataclasses.fields(getattr(cfg, section)):

@@ -19,10 +19,18 @@ from drill.presets import BY_NAME, PRESETS
 
 EVERYTHING = BY_NAME["final"].config.replace(
     model={"head": "fc", "batch_norm": "after_relu", "dropout_kind": "channel", "bias": True, "log_softmax": False},
-    augment={"rotation": 10.0, "translate": 0.1, "scale": 0.1, "shear": 5.0, "brightness": 0.2, "contrast": 0.2,
-             "erase_prob": 0.5, "fill": 0.1},
+    augment={
+        "rotation": 10.0,
+        "translate": 0.1,
+        "scale": 0.1,
+        "shear": 5.0,
+        "brightness": 0.2,
+        "contrast": 0.2,
+        "erase_prob": 0.5,
+        "fill": 0.1,
+    },
     train={"optimizer": "adamw", "schedule": "plateau", "subset": 1000},
-)  # fmt: skip
+)
 VARIANTS = {
     **{preset.name: preset.config for preset in PRESETS},
     "everything": EVERYTHING,
@@ -100,8 +108,22 @@ def test_generated_script_trains_offline(name, mnist_root, tmp_path):
     cfg = VARIANTS[name]
     path = tmp_path / script_filename(name)
     path.write_text(pytorch_script(cfg, name))
-    command = [sys.executable, str(path), "--data-root", str(mnist_root), "--epochs", "1", "--max-batches", "5",
-               "--workers", "0", "--test-batch-size", "200", "--device", "cpu"]  # fmt: skip
+    command = [
+        sys.executable,
+        str(path),
+        "--data-root",
+        str(mnist_root),
+        "--epochs",
+        "1",
+        "--max-batches",
+        "5",
+        "--workers",
+        "0",
+        "--test-batch-size",
+        "200",
+        "--device",
+        "cpu",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two shared cores: one thread each is plenty for 5 batches
     done = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]

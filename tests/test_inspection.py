@@ -22,7 +22,7 @@ from drill.records import RecordError
 from drill.train import evaluate, train
 
 TEST_CLASS_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
-TINY = BY_NAME["quick"].config.replace(train={"subset": 1000, "epochs": 1})
+TINY = BY_NAME["quick"].config.replace(train={"subset": 1000, "epochs": 1, "batch_size": 64})
 
 
 @pytest.fixture(scope="module")
@@ -225,15 +225,33 @@ def test_animated_png_is_rejected():
 
 # -- records: the table, export and import ---------------------------------------------------------------------
 def epochs_for(accuracies: list[float]) -> list[dict]:
-    return [{"epoch": i, "train_loss": 0.1, "train_acc": acc + 0.1, "test_loss": 0.03, "test_acc": acc, "lr": 0.01,
-             "seconds": 2.5} for i, acc in enumerate(accuracies, start=1)]  # fmt: skip
+    return [
+        {
+            "epoch": i,
+            "train_loss": 0.1,
+            "train_acc": acc + 0.1,
+            "test_loss": 0.03,
+            "test_acc": acc,
+            "lr": 0.01,
+            "seconds": 2.5,
+        }
+        for i, acc in enumerate(accuracies, start=1)
+    ]
 
 
 def fake_run(label="tiny", config=TINY, status="finished", reason="", accuracies=(97.5,), run_id="run-1"):
     """Something shaped like a jobs Snapshot."""
     params = count_params(build_model(config.model))
-    return SimpleNamespace(id=run_id, label=label, config=config, status=status, reason=reason, params=params,
-                           seconds=12.345, epochs=tuple(epochs_for(list(accuracies))))  # fmt: skip
+    return SimpleNamespace(
+        id=run_id,
+        label=label,
+        config=config,
+        status=status,
+        reason=reason,
+        params=params,
+        seconds=12.345,
+        epochs=tuple(epochs_for(list(accuracies))),
+    )
 
 
 def test_table_row_and_markdown_read_like_a_write_up():
@@ -255,8 +273,11 @@ def test_table_row_and_markdown_read_like_a_write_up():
 
 
 def test_records_round_trip():
-    runs = [fake_run(), fake_run(label="stopped one", status="stopped", reason="stopped by the student", run_id="r2"),
-            fake_run(label="going", status="running", run_id="r3")]  # fmt: skip
+    runs = [
+        fake_run(),
+        fake_run(label="stopped one", status="stopped", reason="stopped by the student", run_id="r2"),
+        fake_run(label="going", status="running", run_id="r3"),
+    ]
     text = records.records_json(runs)
     loaded = records.parse_records(text.encode())
     assert [r["label"] for r in loaded] == ["tiny", "stopped one"]  # a running run has nothing to export yet
@@ -311,7 +332,7 @@ def file_of(*items) -> bytes:
             file_of(with_epoch(test_acc=101.0)),
             "epochs[0].test_acc: 101.0 is not a number from 0 to 100",
             id="accuracy-101",
-        ),  # fmt: skip
+        ),
         pytest.param(file_of(with_epoch(test_acc="99")), "epochs[0].test_acc: '99'", id="accuracy-text"),
         pytest.param(file_of(with_epoch(test_acc=True)), "epochs[0].test_acc: True", id="accuracy-bool"),
         pytest.param(file_of(with_epoch(train_loss=-0.5)), "train_loss: -0.5", id="negative-loss"),
@@ -325,12 +346,12 @@ def file_of(*items) -> bytes:
             json.dumps([with_epoch(seconds=1)]).replace('"seconds": 1}', '"seconds": 1e999}').encode(),
             "seconds: inf",
             id="infinite",
-        ),  # fmt: skip
+        ),
         pytest.param(
             json.dumps([with_epoch(seconds=1)]).replace('"seconds": 1}', '"seconds": NaN}').encode(),
             "contains NaN",
             id="nan",
-        ),  # fmt: skip
+        ),
         pytest.param(file_of(good_record(params=10**400)), "params: 1000000000", id="huge-int"),
         pytest.param(b"[" + b"9" * 5000 + b"]", "not valid JSON", id="5000-digit-int"),
         pytest.param(file_of(good_record(label="L" * 300)), "at most 200 characters", id="long-label"),

@@ -60,8 +60,10 @@ class FakeRunner:
                 status, reason = self.results.get(seed, ("finished", ""))
                 return RunResult(config, status, reason, FAKE_PARAMS, [epoch], seconds=1.5)
             batch += 1
-            callback("batch", {"epoch": 1, "batch": batch, "batches": 10**6, "loss": 1.0 / batch, "lr": 0.01,
-                               "images_per_s": 1280.0})  # fmt: skip
+            callback(
+                "batch",
+                {"epoch": 1, "batch": batch, "batches": 10**6, "loss": 1.0 / batch, "lr": 0.01, "images_per_s": 1280.0},
+            )
             stop.wait(0.005)  # a little "work", cut short by a stop
 
 
@@ -337,8 +339,9 @@ def test_job_records_progress_eta_and_thins_batch_losses():
     job.on_event("batch", {"epoch": 2, "batch": 5, "batches": 10, "loss": 0.3, "lr": 0.05, "images_per_s": 0.0})
     assert job.batch_losses[-1] == (1.5, 0.3) and job.progress["eta_s"] is None
     for i in range(MAX_BATCH_POINTS + 10):
-        job.on_event("batch", {"epoch": 1, "batch": 1, "batches": 10, "loss": float(i), "lr": 0.05,
-                               "images_per_s": 100.0})  # fmt: skip
+        job.on_event(
+            "batch", {"epoch": 1, "batch": 1, "batches": 10, "loss": float(i), "lr": 0.05, "images_per_s": 100.0}
+        )
     assert len(job.batch_losses) <= MAX_BATCH_POINTS
     assert job.batch_losses[-1][1] >= MAX_BATCH_POINTS  # the newest points survive the thinning
     job.on_event("epoch", {"epoch": 1})
@@ -350,8 +353,14 @@ def test_add_finished_registers_an_imported_record(make_manager):
     manager = make_manager(runner, max_running=1)
     config = get_preset("final").config
     epochs = [dict(zip(EPOCH_KEYS, (e, 0.1, 99.0, 0.02, 99.4 + e / 100, 0.1, 20.0), strict=True)) for e in (1, 2)]
-    record = {"config": config.to_dict(), "status": "finished", "reason": "", "params": 7570, "seconds": 41.5,
-              "epochs": epochs}  # fmt: skip
+    record = {
+        "config": config.to_dict(),
+        "status": "finished",
+        "reason": "",
+        "params": 7570,
+        "seconds": 41.5,
+        "epochs": epochs,
+    }
     job = manager.add_finished("ann", record, label="imported")
     snap = manager.snapshot(job.id)
     assert (snap.status, snap.reason, snap.params, snap.seconds, snap.label) == ("finished", "", 7570, 41.5, "imported")
@@ -363,8 +372,9 @@ def test_add_finished_registers_an_imported_record(make_manager):
     assert manager.snapshot(job.id).epochs[0]["test_acc"] == pytest.approx(99.41)
     assert len(manager.snapshot(job.id).epochs) == 2
 
-    stopped = manager.add_finished("ann", {"config": config.to_dict(), "epochs": [], "status": "stopped",
-                                           "reason": "stopped during epoch 1"})  # fmt: skip
+    stopped = manager.add_finished(
+        "ann", {"config": config.to_dict(), "epochs": [], "status": "stopped", "reason": "stopped during epoch 1"}
+    )
     assert (stopped.status, stopped.reason, stopped.params) == ("stopped", "stopped during epoch 1", None)
     minimal = manager.add_finished("ann", {"config": {}, "epochs": []})
     assert (minimal.status, minimal.config, minimal.seconds) == ("finished", RunConfig(), 0.0)

@@ -84,8 +84,9 @@ def test_every_head_gives_ten_scores(head, log_softmax):
 
 
 def test_head_structure():
-    names = {head: [n for n, _ in build_model(ModelConfig(layers="8,M", head=head)).head.named_children()]
-             for head in HEADS}  # fmt: skip
+    names = {
+        head: [n for n, _ in build_model(ModelConfig(layers="8,M", head=head)).head.named_children()] for head in HEADS
+    }
     assert names == {
         "fc": ["flatten", "fc"],
         "gap_conv": ["gap", "conv1x1", "flatten"],
@@ -161,8 +162,15 @@ def test_conv_bias_follows_the_config():
 def test_block_names_number_each_kind_separately():
     model = build_model(ModelConfig(layers="8,16,M,T8,16,M,T8,16p", head="gap_conv"))
     assert [n for n, _ in model.features.named_children()] == [
-        "conv1", "conv2", "pool1", "trans1", "conv3", "pool2", "trans2", "conv4",
-    ]  # fmt: skip
+        "conv1",
+        "conv2",
+        "pool1",
+        "trans1",
+        "conv3",
+        "pool2",
+        "trans2",
+        "conv4",
+    ]
     assert model.features.trans1.conv.kernel_size == (1, 1)
     assert model.features.conv4.conv.padding == (1, 1)
     assert isinstance(model.features.pool2, nn.MaxPool2d)

@@ -102,9 +102,16 @@ def test_runs_are_reproducible_for_a_seed_and_differ_between_seeds(small_mnist):
 def test_the_callback_sees_start_batches_epochs_and_end(small_mnist):
     # 200 images in batches of 64: three full batches and a last one of 8. A step schedule halves the LR each epoch.
     cfg = get_preset("lean").config.replace(
-        train={"subset": 200, "batch_size": 64, "epochs": 2, "lr": 0.02, "schedule": "step", "step_size": 1,
-               "gamma": 0.5}
-    )  # fmt: skip
+        train={
+            "subset": 200,
+            "batch_size": 64,
+            "epochs": 2,
+            "lr": 0.02,
+            "schedule": "step",
+            "step_size": 1,
+            "gamma": 0.5,
+        }
+    )
     recorder = Recorder()
     result = train(cfg, small_mnist, recorder)
     assert result.status == "finished"
@@ -116,8 +123,9 @@ def test_the_callback_sees_start_batches_epochs_and_end(small_mnist):
     batches = recorder.payloads("batch")
     assert all(set(p) == BATCH_KEYS for p in batches)
     assert [(p["epoch"], p["batch"]) for p in batches] == [(e, b) for e in (1, 2) for b in (1, 2, 3, 4)]
-    assert all(p["batches"] == 4 and math.isfinite(p["loss"]) and p["loss"] > 0 and p["images_per_s"] > 0
-               for p in batches)  # fmt: skip
+    assert all(
+        p["batches"] == 4 and math.isfinite(p["loss"]) and p["loss"] > 0 and p["images_per_s"] > 0 for p in batches
+    )
     assert [p["lr"] for p in batches] == pytest.approx([0.02] * 4 + [0.01] * 4)
 
     epochs = recorder.payloads("epoch")
@@ -211,8 +219,9 @@ def test_an_error_inside_the_run_fails_it_with_the_reason(small_mnist, monkeypat
 def test_a_subset_larger_than_the_scarcest_class_times_ten_still_trains(mnist):
     # The first 2,000 training images hold only 172 eights and 180 fives: a stratified 1,990 must borrow from the
     # other classes, or the epoch runs out of images before its last batch (an empty batch has a NaN loss).
-    first = Mnist(mnist.train_images[:2000], mnist.train_labels[:2000], mnist.test_images[:200],
-                  mnist.test_labels[:200])  # fmt: skip
+    first = Mnist(
+        mnist.train_images[:2000], mnist.train_labels[:2000], mnist.test_images[:200], mnist.test_labels[:200]
+    )
     assert min(first.train_labels.bincount().tolist()) < 199
     cfg = get_preset("lean").config.replace(train={"subset": 1990, "batch_size": 64, "epochs": 1})
     recorder = Recorder()

@@ -9,7 +9,7 @@ from drill import export, inspection
 from drill.charts import DRAW_PARAM, confusion_chart, drawing_chart, per_class_chart, probability_chart
 from drill.data import load_mnist
 from drill.records import step_name
-from pages import common
+from views import common
 
 log = logging.getLogger(__name__)
 GRID = 24  # mistakes shown at once
@@ -41,8 +41,10 @@ def pick_run(manager):
 def show_mistakes(report, images) -> None:
     digit = st.selectbox("True digit", ["all", *range(10)], key="inspect_mistake_digit")
     wrong = inspection.mistakes(report, GRID, None if digit == "all" else digit)
-    st.caption(f"{int((report.predicted != report.labels).sum())} of {len(report.labels):,} test digits are "
-               "misclassified; most confident mistakes first (test-set number: true digit read as ...).")  # fmt: skip
+    st.caption(
+        f"{int((report.predicted != report.labels).sum())} of {len(report.labels):,} test digits are "
+        "misclassified; most confident mistakes first (test-set number: true digit read as ...)."
+    )
     if wrong:
         captions = [f"#{m.index}: {m.true} read as {m.predicted} ({m.confidence:.0%})" for m in wrong]
         st.image([inspection.enlarge(images[m.index].numpy()) for m in wrong], caption=captions, width=84)
@@ -59,8 +61,10 @@ def show_confusion(report) -> None:
 def show_feature_maps(model, report, images) -> None:
     index = st.number_input("Test image number", 0, len(images) - 1, 0, key="inspect_index")
     said = int(report.predicted[index])
-    st.image(inspection.enlarge(images[index].numpy(), 4), caption=f"#{index}: true {int(report.labels[index])}, "
-             f"read as {said} ({report.probabilities[index, said]:.0%})")  # fmt: skip
+    st.image(
+        inspection.enlarge(images[index].numpy(), 4),
+        caption=f"#{index}: true {int(report.labels[index])}, read as {said} ({report.probabilities[index, said]:.0%})",
+    )
     st.caption("Each conv block's output channels for this digit, each stretched to its own range: bright is strong.")
     for block in inspection.feature_maps(model, images[index].numpy()):
         channels, height, width = block.maps.shape
@@ -79,8 +83,9 @@ def show_reading(model, digit) -> None:
 def draw_digit(model) -> None:
     """Press and drag on the grid to paint (painting a cell again erases it); only this part reruns meanwhile."""
     version = st.session_state.setdefault("inspect_draw_version", 0)
-    event = st.altair_chart(drawing_chart(), on_select="rerun", selection_mode=DRAW_PARAM, key=f"draw_{version}",
-                            width="content")  # fmt: skip
+    event = st.altair_chart(
+        drawing_chart(), on_select="rerun", selection_mode=DRAW_PARAM, key=f"draw_{version}", width="content"
+    )
     if st.button("Clear the drawing", icon="🧽"):
         st.session_state.inspect_draw_version = version + 1
         st.rerun(scope="fragment")
@@ -91,12 +96,18 @@ def draw_digit(model) -> None:
 
 
 def show_own_digit(model) -> None:
-    st.caption("Draw a digit, or upload a photo or scan of one: it is cut out, fitted into 20x20 and centred in "
-               "28x28 the way MNIST's digits were.")  # fmt: skip
+    st.caption(
+        "Draw a digit, or upload a photo or scan of one: it is cut out, fitted into 20x20 and centred in "
+        "28x28 the way MNIST's digits were."
+    )
     if st.radio("Digit from", ["Drawing", "Photo"], horizontal=True, key="inspect_source") == "Drawing":
         return draw_digit(model)
-    upload = st.file_uploader("Your digit (PNG or JPEG, at most 2 MB)", type=["png", "jpg", "jpeg"],
-                              key="inspect_upload", max_upload_size=inspection.MAX_UPLOAD_BYTES // 2**20)  # fmt: skip
+    upload = st.file_uploader(
+        "Your digit (PNG or JPEG, at most 2 MB)",
+        type=["png", "jpg", "jpeg"],
+        key="inspect_upload",
+        max_upload_size=inspection.MAX_UPLOAD_BYTES // 2**20,
+    )
     try:
         if upload is not None:
             show_reading(model, inspection.prepare_upload(upload.getvalue()))
@@ -111,12 +122,14 @@ def show_scripts(run) -> None:
     )
     name, script = export.named_script(common.config(), common.matching_preset(common.config()))
     left, right = st.columns(2)
-    left.download_button("Script for the current model", script, file_name=name, mime="text/x-python", icon="🐍",
-                         on_click="ignore")  # fmt: skip
+    left.download_button(
+        "Script for the current model", script, file_name=name, mime="text/x-python", icon="🐍", on_click="ignore"
+    )
     if run is not None:
         run_file, run_script = export.named_script(run.config, common.matching_preset(run.config), run.id)
-        right.download_button(f"Script for {run.id}", run_script, file_name=run_file, mime="text/x-python",
-                              icon="🐍", on_click="ignore")  # fmt: skip
+        right.download_button(
+            f"Script for {run.id}", run_script, file_name=run_file, mime="text/x-python", icon="🐍", on_click="ignore"
+        )
     with st.expander("Read the script for the current model"):
         st.code(script, language="python")
 
@@ -141,8 +154,10 @@ run = None
 with explained("Inspecting the run"):
     run, model = pick_run(common.manager())
     if run is not None and model is None:
-        st.info(f"{run.id} has its numbers but no trained model to look into: it was imported from a file (or "
-                "stopped before it started). Pick a run trained in this session.")  # fmt: skip
+        st.info(
+            f"{run.id} has its numbers but no trained model to look into: it was imported from a file (or "
+            "stopped before it started). Pick a run trained in this session."
+        )
     elif model is not None:
         show_run(model)
 st.subheader("As a plain PyTorch script")

@@ -6,7 +6,7 @@ from drill import ui_logic as ui
 from drill.analysis import EPOCH_BUDGET, PARAM_BUDGET, TARGET_ACC, analyse
 from drill.presets import LESSON
 from drill.summary import summarize
-from pages import common
+from views import common
 
 # -- title (the inputs are the cards' load buttons, drawn below) -------------------------------------------------------
 st.title("🪜 The MNIST coding drill-down")
@@ -16,8 +16,10 @@ st.markdown(
     "works, then change one thing per step (batch norm, global average pooling, dropout, augmentation, 1x1 "
     "transitions, an LR schedule). Write every step up as **Target → Result → Analysis**."
 )
-st.caption("Load a step into the builder, look at its layer table, train it, and come back here: the card then "
-           "shows your Result and its Analysis.")  # fmt: skip
+st.caption(
+    "Load a step into the builder, look at its layer table, train it, and come back here: the card then "
+    "shows your Result and its Analysis."
+)
 
 # -- state set-up: the latest finished run of each step in this session --------------------------------------------
 finished = {}
@@ -40,7 +42,7 @@ for preset in LESSON:
             if st.button("Load into the builder", key=f"load_{preset.name}", type="primary", width="stretch"):
                 common.set_config(preset.config, from_widgets=False)
                 st.session_state.preset_name = preset.name
-                st.switch_page("pages/build.py", query_params=preset.config.to_query_params())
+                st.switch_page("views/build.py", query_params=preset.config.to_query_params())
         run = finished.get(preset.name)
         if run is not None:
             epochs = list(run.epochs)

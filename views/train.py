@@ -9,7 +9,7 @@ from drill.config import AugmentConfig, ConfigError, TrainConfig, field_choices,
 from drill.data import DataUnavailable, load_mnist
 from drill.jobs import ACTIVE
 from drill.presets import BY_NAME
-from pages import common
+from views import common
 
 # -- title --------------------------------------------------------------------------------------------------------
 st.title("📈 Train")
@@ -30,12 +30,23 @@ with train_col:
     t, left, right = cfg.train, *st.columns(2)
     with left:
         epochs = common.field_slider(TrainConfig, "epochs", "Epochs", t.epochs, 1)
-        batch_size = st.select_slider("Batch size", sorted({8, 16, 32, 64, 128, 256, 512, t.batch_size}),
-                                      value=t.batch_size, key=f"train.batch_size_{v}",
-                                      help=field_help(TrainConfig, "batch_size"))  # fmt: skip
-        optimizer = st.segmented_control("Optimizer", field_choices(TrainConfig, "optimizer"), default=t.optimizer,
-                                         format_func=ui.OPTIMIZER_LABELS.get, required=True, key=f"train.opt_{v}",
-                                         width="stretch", help=field_help(TrainConfig, "optimizer"))  # fmt: skip
+        batch_size = st.select_slider(
+            "Batch size",
+            sorted({8, 16, 32, 64, 128, 256, 512, t.batch_size}),
+            value=t.batch_size,
+            key=f"train.batch_size_{v}",
+            help=field_help(TrainConfig, "batch_size"),
+        )
+        optimizer = st.segmented_control(
+            "Optimizer",
+            field_choices(TrainConfig, "optimizer"),
+            default=t.optimizer,
+            format_func=ui.OPTIMIZER_LABELS.get,
+            required=True,
+            key=f"train.opt_{v}",
+            width="stretch",
+            help=field_help(TrainConfig, "optimizer"),
+        )
         lr = common.field_number(TrainConfig, "lr", "Learning rate", t.lr, 0.001, "%.5g")
         momentum = t.momentum  # Adam and AdamW have no momentum knob, so it is only shown for SGD
         if optimizer == "sgd":
@@ -43,17 +54,31 @@ with train_col:
         weight_decay = common.field_number(TrainConfig, "weight_decay", "Weight decay", t.weight_decay, 0.0001, "%.5g")
     with right:
         schedules = field_choices(TrainConfig, "schedule")
-        schedule = st.selectbox("LR schedule", schedules, index=schedules.index(t.schedule),
-                                format_func=ui.SCHEDULE_LABELS.get, key=f"train.schedule_{v}",
-                                help=field_help(TrainConfig, "schedule"))  # fmt: skip
+        schedule = st.selectbox(
+            "LR schedule",
+            schedules,
+            index=schedules.index(t.schedule),
+            format_func=ui.SCHEDULE_LABELS.get,
+            key=f"train.schedule_{v}",
+            help=field_help(TrainConfig, "schedule"),
+        )
         relevant = [control for control in ui.SCHEDULE_CONTROLS if control[0] in ui.SCHEDULE_FIELDS[schedule]]
         train = common.field_widgets(TrainConfig, t, relevant)  # the schedule's other fields keep their values
         subset = common.field_number(TrainConfig, "subset", "Training images (0 = all 60,000)", t.subset, 1000)
         seed = common.field_number(TrainConfig, "seed", "Seed", t.seed, 1)
 
 # -- state set-up: a valid config becomes current; the run shown is this session's latest -------------------------
-train |= {"epochs": epochs, "batch_size": batch_size, "optimizer": optimizer, "lr": lr, "schedule": schedule,
-          "momentum": momentum, "weight_decay": weight_decay, "subset": subset, "seed": seed}  # fmt: skip
+train |= {
+    "epochs": epochs,
+    "batch_size": batch_size,
+    "optimizer": optimizer,
+    "lr": lr,
+    "schedule": schedule,
+    "momentum": momentum,
+    "weight_decay": weight_decay,
+    "subset": subset,
+    "seed": seed,
+}
 try:
     new, config_error = cfg.replace(augment=augment, train=train), None
 except ConfigError as error:
@@ -76,8 +101,10 @@ with augment_col:
     try:
         data = load_mnist()
         digits = data.test_images[ui.preview_digits(data.test_labels)]
-        st.image(ui.preview_grid(digits, new.augment if new else cfg.augment),
-                 caption="The same 8 test digits, augmented 3 times each (one digit per column)")  # fmt: skip
+        st.image(
+            ui.preview_grid(digits, new.augment if new else cfg.augment),
+            caption="The same 8 test digits, augmented 3 times each (one digit per column)",
+        )
     except DataUnavailable as error:
         st.warning(f"MNIST is not available, so there is no preview (and no training): {error}")
 with train_col:
@@ -87,8 +114,10 @@ with train_col:
 start_col, stop_col, note_col = st.columns([1, 1, 4], vertical_alignment="center")
 start = start_col.button("Start", type="primary", disabled=bool(active) or new is None, width="stretch")
 stop = stop_col.button("Stop", disabled=not active, width="stretch")
-note_col.caption("One run at a time per student: the class shares this server's few CPU cores, and every extra run "
-                 "would wait in the queue behind everyone else's. Stop your run to start another.")  # fmt: skip
+note_col.caption(
+    "One run at a time per student: the class shares this server's few CPU cores, and every extra run "
+    "would wait in the queue behind everyone else's. Stop your run to start another."
+)
 if start and new is not None:
     if active:
         st.warning("Your previous run is still going: stop it first.")
@@ -119,6 +148,8 @@ def show_run(job_id: str, was_active: bool) -> None:
     elif run.status == "stopped":
         st.warning(f"The run stopped: {run.reason}")
     epochs = list(run.epochs)
+    if epochs:
+        st.markdown(ui.epoch_line(epochs[-1], run.config.train.epochs))
     if epochs or run.batch_losses:
         accuracy, loss = st.columns(2)
         accuracy.altair_chart(accuracy_chart(epochs, run.config.train.epochs), width="stretch")

@@ -8,7 +8,7 @@ from drill.analysis import PARAM_BUDGET
 from drill.charts import budget_chart
 from drill.config import ConfigError, ModelConfig, field_choices, field_help
 from drill.summary import summarize
-from pages import common
+from views import common
 
 
 def stack_state() -> dict:
@@ -45,32 +45,70 @@ st.title("🧱 Build")
 st.caption("Every change rebuilds the model at once: watch the parameters and the receptive field move.")
 controls, results = st.columns([2, 3], gap="large")
 with controls:
-    bn = st.segmented_control("Batch norm", field_choices(ModelConfig, "batch_norm"), default=cfg.model.batch_norm,
-                              format_func=ui.BN_LABELS.get, required=True, key=f"bn_{v}",
-                              help=field_help(ModelConfig, "batch_norm"))  # fmt: skip
-    dropout = st.slider("Dropout rate", 0.0, 0.5, float(cfg.model.dropout), 0.01, key=f"drop_{v}",
-                        help=field_help(ModelConfig, "dropout"))  # fmt: skip
-    dropout_kind = st.segmented_control("Dropout kind", field_choices(ModelConfig, "dropout_kind"),
-                                        default=cfg.model.dropout_kind, format_func=ui.DROPOUT_KIND_LABELS.get,
-                                        required=True, disabled=dropout == 0, key=f"dk_{v}",
-                                        help=field_help(ModelConfig, "dropout_kind"))  # fmt: skip
+    bn = st.segmented_control(
+        "Batch norm",
+        field_choices(ModelConfig, "batch_norm"),
+        default=cfg.model.batch_norm,
+        format_func=ui.BN_LABELS.get,
+        required=True,
+        key=f"bn_{v}",
+        help=field_help(ModelConfig, "batch_norm"),
+    )
+    dropout = st.slider(
+        "Dropout rate",
+        0.0,
+        0.5,
+        float(cfg.model.dropout),
+        0.01,
+        key=f"drop_{v}",
+        help=field_help(ModelConfig, "dropout"),
+    )
+    dropout_kind = st.segmented_control(
+        "Dropout kind",
+        field_choices(ModelConfig, "dropout_kind"),
+        default=cfg.model.dropout_kind,
+        format_func=ui.DROPOUT_KIND_LABELS.get,
+        required=True,
+        disabled=dropout == 0,
+        key=f"dk_{v}",
+        help=field_help(ModelConfig, "dropout_kind"),
+    )
     heads = field_choices(ModelConfig, "head")
-    head = st.selectbox("Head", heads, index=heads.index(cfg.model.head), format_func=ui.HEAD_LABELS.get,
-                        key=f"head_{v}", help=field_help(ModelConfig, "head"))  # fmt: skip
+    head = st.selectbox(
+        "Head",
+        heads,
+        index=heads.index(cfg.model.head),
+        format_func=ui.HEAD_LABELS.get,
+        key=f"head_{v}",
+        help=field_help(ModelConfig, "head"),
+    )
     bias = st.toggle("Bias in convolutions", cfg.model.bias, key=f"bias_{v}", help=field_help(ModelConfig, "bias"))
-    log_softmax = st.toggle("Log-softmax output (NLL loss)", cfg.model.log_softmax, key=f"lsm_{v}",
-                            help=field_help(ModelConfig, "log_softmax"))  # fmt: skip
+    log_softmax = st.toggle(
+        "Log-softmax output (NLL loss)",
+        cfg.model.log_softmax,
+        key=f"lsm_{v}",
+        help=field_help(ModelConfig, "log_softmax"),
+    )
     st.markdown("**Layer stack** (top = first layer; add or delete rows at the bottom)")
     edited = st.data_editor(
         pd.DataFrame(ui.stack_rows(state["base"]), columns=["kind", "channels", "padding"]),
-        key=editor_key, num_rows="dynamic", hide_index=True, width="stretch",
+        key=editor_key,
+        num_rows="dynamic",
+        hide_index=True,
+        width="stretch",
         column_config={
             "kind": st.column_config.SelectboxColumn("kind", options=ui.LAYER_KINDS, default=ui.CONV, required=True),
-            "channels": st.column_config.NumberColumn("channels", min_value=1, max_value=128, step=1, default=8,
-                                                      help="output channels of a conv or transition"),
+            "channels": st.column_config.NumberColumn(
+                "channels",
+                min_value=1,
+                max_value=128,
+                step=1,
+                default=8,
+                help="output channels of a conv or transition",
+            ),
             "padding": st.column_config.CheckboxColumn("padding", default=False, help="pad a 3x3 conv by 1"),
         },
-    )  # fmt: skip
+    )
     row_error = None
     if has_edits(st.session_state.get(editor_key)):
         try:
@@ -78,16 +116,26 @@ with controls:
         except ConfigError as error:
             row_error = error
     st.session_state[text_key] = state["text"]
-    st.text_input("Compact stack", key=text_key, on_change=typed, args=(text_key,),
-                  help=field_help(ModelConfig, "layers"))  # fmt: skip
+    st.text_input(
+        "Compact stack", key=text_key, on_change=typed, args=(text_key,), help=field_help(ModelConfig, "layers")
+    )
 
 # -- state set-up: the new config, if valid, becomes current (and goes into the URL) --------------------------------
 dropout_kind = dropout_kind if dropout > 0 else cfg.model.dropout_kind
 try:
     if row_error:
         raise row_error
-    new = cfg.replace(model={"layers": state["text"], "batch_norm": bn, "dropout": dropout, "head": head,
-                             "dropout_kind": dropout_kind, "bias": bias, "log_softmax": log_softmax})  # fmt: skip
+    new = cfg.replace(
+        model={
+            "layers": state["text"],
+            "batch_norm": bn,
+            "dropout": dropout,
+            "head": head,
+            "dropout_kind": dropout_kind,
+            "bias": bias,
+            "log_softmax": log_softmax,
+        }
+    )
 except ConfigError as error:
     new, config_error = None, error
 else:
@@ -102,13 +150,24 @@ with results:
         summary = summarize(new.model)
         total = summary.total_params
         params_col, rf_col = st.columns(2)
-        params_col.metric("Parameters", f"{total:,}", delta=f"{total - PARAM_BUDGET:+,} vs the {PARAM_BUDGET:,} budget",
-                          delta_color="inverse")  # fmt: skip
+        params_col.metric(
+            "Parameters",
+            f"{total:,}",
+            delta=f"{total - PARAM_BUDGET:+,} vs the {PARAM_BUDGET:,} budget",
+            delta_color="inverse",
+        )
         rf_col.metric("Receptive field at the head", f"{summary.head_rf}x{summary.head_rf}")
         st.altair_chart(budget_chart(total), width="stretch")
         st.caption(ui.rf_note(summary.head_rf))
         table = pd.DataFrame(ui.layer_table(summary))
-        st.dataframe(table, hide_index=True, width="stretch", height=min(36 * (len(table) + 1) + 2, 1200),
-                     column_config={"params": st.column_config.NumberColumn(format="localized")})  # fmt: skip
-        st.caption(f"{summary.mult_adds:,} multiply-adds per image · about {summary.memory_mb:.2f} MB per image "
-                   "(input, activations and parameters)")  # fmt: skip
+        st.dataframe(
+            table,
+            hide_index=True,
+            width="stretch",
+            height=min(36 * (len(table) + 1) + 2, 1200),
+            column_config={"params": st.column_config.NumberColumn(format="localized")},
+        )
+        st.caption(
+            f"{summary.mult_adds:,} multiply-adds per image · about {summary.memory_mb:.2f} MB per image "
+            "(input, activations and parameters)"
+        )

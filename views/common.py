@@ -48,10 +48,6 @@ def init_config() -> None:
 
 def config() -> RunConfig:
     """The current config."""
-    if "config" not in st.session_state:
-        # Only when a page runs without app.py: until some session has called st.navigation, Streamlit serves a
-        # folder named pages/ as a v1 multipage app, so the first deep link after a server start runs a page alone.
-        init_config()
     return st.session_state.config
 
 
@@ -87,16 +83,31 @@ def field_slider(section, name: str, label: str, value, step) -> float | int:
     """A slider over a config field's declared range, keyed to the config version, with the field's help text."""
     low, high = field_range(section, name)
     cast = int if isinstance(value, int) and not isinstance(value, bool) and isinstance(step, int) else float
-    return st.slider(label, cast(low), cast(high), cast(value), cast(step), key=f"{section.SECTION}.{name}_{version()}",
-                     help=field_help(section, name))  # fmt: skip
+    return st.slider(
+        label,
+        cast(low),
+        cast(high),
+        cast(value),
+        cast(step),
+        key=f"{section.SECTION}.{name}_{version()}",
+        help=field_help(section, name),
+    )
 
 
 def field_number(section, name: str, label: str, value, step, fmt: str | None = None) -> float | int:
     """A number box over a config field's declared range (for values a slider can't place well, like 0.0005)."""
     low, high = field_range(section, name)
     cast = int if isinstance(step, int) else float
-    return st.number_input(label, cast(low), cast(high), cast(value), cast(step), format=fmt,
-                           key=f"{section.SECTION}.{name}_{version()}", help=field_help(section, name))  # fmt: skip
+    return st.number_input(
+        label,
+        cast(low),
+        cast(high),
+        cast(value),
+        cast(step),
+        format=fmt,
+        key=f"{section.SECTION}.{name}_{version()}",
+        help=field_help(section, name),
+    )
 
 
 def field_widgets(section, current, controls) -> dict:

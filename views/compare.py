@@ -9,7 +9,7 @@ from drill import records
 from drill.analysis import LAST_K
 from drill.charts import compare_chart
 from drill.presets import BY_NAME
-from pages import common
+from views import common
 
 log = logging.getLogger(__name__)
 METRICS = {
@@ -61,12 +61,16 @@ def draw(manager, me: str) -> None:
     rows = [records.table_row(run, preset_of(run)) for run in runs]
     table = pd.DataFrame(rows).assign(Run=[run.id for run in runs]).set_index("Run")
     order = ("Step", "Status", "Params", "Best train", "Best test", f"Last {LAST_K}", "Analysis", "Target")
-    st.dataframe(table, column_order=order, column_config={
-        "Params": st.column_config.NumberColumn(format="localized"),
-        "Best train": st.column_config.NumberColumn(format="%.2f%%"),
-        "Best test": st.column_config.NumberColumn(format="%.2f%%"),
-        "Analysis": st.column_config.TextColumn(width="large"),
-    })  # fmt: skip
+    st.dataframe(
+        table,
+        column_order=order,
+        column_config={
+            "Params": st.column_config.NumberColumn(format="localized"),
+            "Best train": st.column_config.NumberColumn(format="%.2f%%"),
+            "Best test": st.column_config.NumberColumn(format="%.2f%%"),
+            "Analysis": st.column_config.TextColumn(width="large"),
+        },
+    )
 
     st.subheader("Curves")
     with_epochs = [run for run in runs if run.epochs]
@@ -74,8 +78,9 @@ def draw(manager, me: str) -> None:
         ids = [run.id for run in with_epochs]
         names = {run.id: run_name(run) for run in with_epochs}
         # Keyed by the runs there are: when one is added the picker starts over with the newest runs selected.
-        chosen = st.multiselect("Runs to overlay", ids, default=ids[-6:], format_func=names.get,
-                                key=f"compare_runs_{len(ids)}_{ids[-1]}")  # fmt: skip
+        chosen = st.multiselect(
+            "Runs to overlay", ids, default=ids[-6:], format_func=names.get, key=f"compare_runs_{len(ids)}_{ids[-1]}"
+        )
         metric = st.radio("Metric", list(METRICS), horizontal=True, key="compare_metric")
         picked = [(names[run.id], list(run.epochs)) for run in with_epochs if run.id in chosen]
         if picked:
@@ -89,12 +94,25 @@ def draw(manager, me: str) -> None:
     with st.expander("Markdown source, to paste into a README"):
         st.code(markdown, language="markdown", wrap_lines=True)
     left, right = st.columns(2)
-    left.download_button("Download the table (Markdown)", markdown, file_name="drill-down-results.md",
-                         mime="text/markdown", icon="📝", on_click="ignore")  # fmt: skip
+    left.download_button(
+        "Download the table (Markdown)",
+        markdown,
+        file_name="drill-down-results.md",
+        mime="text/markdown",
+        icon="📝",
+        on_click="ignore",
+    )
     ended = any(run.status in records.ENDED for run in runs)
-    right.download_button("Download the runs (JSON)", records.records_json(runs), file_name="drill-down-runs.json",
-                          mime="application/json", icon="💾", on_click="ignore", disabled=not ended,
-                          help="Every ended run with its config and epochs, to import in another session.")  # fmt: skip
+    right.download_button(
+        "Download the runs (JSON)",
+        records.records_json(runs),
+        file_name="drill-down-runs.json",
+        mime="application/json",
+        icon="💾",
+        on_click="ignore",
+        disabled=not ended,
+        help="Every ended run with its config and epochs, to import in another session.",
+    )
 
 
 st.title("Compare runs")
@@ -108,8 +126,12 @@ except Exception as error:  # the page must explain, never show a traceback
     st.error(f"Something went wrong showing your runs ({type(error).__name__}: {error}). Reload the page to retry.")
 
 st.subheader("Import runs")
-st.file_uploader("A runs file (JSON) exported from this page, in this or another session", type=["json"],
-                 key=IMPORT_KEY, max_upload_size=records.MAX_IMPORT_BYTES // 2**20)  # fmt: skip
+st.file_uploader(
+    "A runs file (JSON) exported from this page, in this or another session",
+    type=["json"],
+    key=IMPORT_KEY,
+    max_upload_size=records.MAX_IMPORT_BYTES // 2**20,
+)
 kind, message = st.session_state.pop("compare_import_msg", (None, None))
 if kind == "error":
     st.error(message)

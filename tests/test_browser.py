@@ -1,0 +1,98 @@
+"""End to end in a real browser: `streamlit run app.py` on a free port, driven by headless Chromium via Playwright.
+
+Saves a screenshot of every page to artifacts/screenshots/.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from streamlit_server import CHROMIUM, CHROMIUM_ARGS, ROOT, serve
+
+pytestmark = pytest.mark.browser
+
+SHOTS = ROOT / "artifacts" / "screenshots"
+IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
+# The first epoch of the quick preset (6,000 images) takes seconds alone, but CI may share the cores.
+EPOCH_DEADLINE_MS = 180_000
+
+
+@pytest.fixture(scope="module")
+def server():
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed (scripts/test.sh installs it when run as root)")
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with serve(log_path=ROOT / "artifacts" / "streamlit-browser.log") as (url, _process):
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser(server):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    yield page
+    context.close()
+
+
+def settle(page) -> None:
+    """Wait until the script run has finished and nothing on the page is an exception."""
+    page.wait_for_selector(IDLE)
+    assert page.locator("[data-testid='stException']").count() == 0, page.locator("[data-testid='stException']").first.inner_text()
+
+
+def open_page(page, name: str) -> None:
+    """Click a page in the sidebar navigation and wait for it to render."""
+    page.locator("[data-testid='stSidebarNav']").get_by_text(name, exact=True).click()
+    page.get_by_role("heading", name=re.compile(name)).first.wait_for()
+    settle(page)
+
+
+def test_a_deep_link_on_a_fresh_server_opens_the_page_inside_the_app(server, page):
+    # The first visit after a start is a shared link straight to a page: it must get the app's sidebar and config.
+    page.goto(f"{server}/train?ep=2")
+    page.get_by_role("heading", name=re.compile("Train")).first.wait_for()
+    settle(page)
+    assert page.locator("[data-testid='stSidebar']").get_by_text("Current model").count() == 1
+    assert "ep=2" in page.url
+
+
+def test_the_lesson_end_to_end(server, page):
+    page.goto(server)
+    page.get_by_text("Load into the builder").first.wait_for()
+    settle(page)
+    page.screenshot(path=SHOTS / "1-drilldown.png", full_page=True)
+
+    open_page(page, "Build")
+    assert page.get_by_text(re.compile(r"7,570")).count() > 0  # the quick preset's parameter count
+    page.screenshot(path=SHOTS / "2-build.png", full_page=True)
+
+    open_page(page, "Train")
+    page.get_by_role("button", name="Start").click()
+    page.get_by_text(re.compile(r"Epoch 1 of 3: train")).wait_for(timeout=EPOCH_DEADLINE_MS)
+    # The live fragment draws the accuracy and loss charts beside the LR plot once an epoch has a point.
+    assert page.locator("[data-testid='stVegaLiteChart']").count() >= 3
+    page.screenshot(path=SHOTS / "3-train-running.png", full_page=True)
+
+    page.get_by_role("button", name="Stop").click()
+    page.get_by_text(re.compile("stopped")).first.wait_for()
+    settle(page)
+    page.screenshot(path=SHOTS / "4-train-stopped.png", full_page=True)
+
+    open_page(page, "Compare")
+    assert page.get_by_text("Quick demo").count() > 0  # the stopped run is kept in the session's table
+    page.screenshot(path=SHOTS / "5-compare.png", full_page=True)
+
+    open_page(page, "Inspect")
+    page.screenshot(path=SHOTS / "6-inspect.png", full_page=True)
