@@ -57,18 +57,7 @@ def cmd_presets(args) -> None:
 def cmd_summary(args) -> None:
     summary = summarize(load_config(args).model)
     if args.json:
-        layers = [
-            {
-                "name": r.name,
-                "type": r.kind,
-                "output_shape": list(r.output_shape),
-                "params": r.params,
-                "rf": r.rf,
-                "jump": r.jump,
-                "start": r.start,
-            }
-            for r in summary.rows
-        ]
+        layers = [row.as_dict() for row in summary.rows]
         print(json.dumps({"layers": layers, "total_params": summary.total_params}, indent=2))
         return
     print(f"{'layer':<18} {'type':<18} {'output':<14} {'params':>8} {'RF':>4} {'jump':>5}")

@@ -8,6 +8,7 @@ import pandas as pd
 from drill.analysis import PARAM_BUDGET, TARGET_ACC
 
 SPLIT_COLORS = alt.Scale(domain=["train", "test", "batch"], range=["#1f77b4", "#d62728", "#9ecae1"])
+EPOCH_COLORS = alt.Scale(domain=["train", "test"], range=["#1f77b4", "#d62728"])  # no batch line, no batch legend
 LOOSE_BUDGET = 20_000  # the drill-down's first, looser budget (99.4% under 20k parameters)
 
 
@@ -37,7 +38,7 @@ def accuracy_chart(epochs: list[dict], epochs_total: int | None = None, target: 
         .encode(
             _x_epoch(epochs_total),
             y,
-            color=alt.Color("split:N", scale=SPLIT_COLORS, title=None),
+            color=alt.Color("split:N", scale=EPOCH_COLORS, title=None),
             tooltip=["epoch:Q", "split:N", alt.Tooltip("value:Q", format=".2f")],
         )
     )

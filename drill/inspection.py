@@ -18,7 +18,9 @@ from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 from torch import nn
 
 from drill.config import IMAGE_SIZE, NUM_CLASSES
+from drill.jobs import JobManager, Snapshot
 from drill.model import Net
+from drill.records import step_name
 from drill.train import normalize, predict, to_input
 
 MAX_UPLOAD_BYTES = 2 * 2**20
@@ -32,6 +34,43 @@ BACKGROUND = 64  # grey of the gaps between feature-map tiles
 
 class UploadError(ValueError):
     """An uploaded file that cannot be turned into a digit; the message says why and what would work."""
+
+
+# -- which run to inspect --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Candidate:
+    """A run the Inspect page offers, with its trained model: None for a run imported from a file, numbers only."""
+
+    run: Snapshot
+    model: Net | None
+
+    @property
+    def title(self) -> str:
+        """The run as the picker names it."""
+        return f"{self.run.id}: {step_name(self.run.label, None, self.run.id)} ({self.run.status})"
+
+    @property
+    def no_model_note(self) -> str:
+        """Why there is nothing to look into, for a run without a model."""
+        return (
+            f"{self.run.id} has its numbers but no trained model to look into: it was imported from a file (or "
+            "stopped before it started). Pick a run trained in this session."
+        )
+
+
+def candidates(manager: JobManager, owner: str) -> dict[str, Candidate]:
+    """An owner's finished and stopped runs, oldest first, by id."""
+    return {
+        run.id: Candidate(run, getattr(getattr(manager.get(run.id), "result", None), "model", None))
+        for run in manager.snapshots(owner)
+        if run.status in ("finished", "stopped")
+    }
+
+
+def default_pick(runs: dict[str, Candidate]) -> int:
+    """Where the picker starts: the latest run with a model to look into, else the latest run."""
+    trained = [position for position, candidate in enumerate(runs.values()) if candidate.model is not None]
+    return trained[-1] if trained else len(runs) - 1
 
 
 # -- the test-set report ---------------------------------------------------------------------------------------
@@ -55,6 +94,19 @@ class EvalReport:
         totals = self.confusion.sum(axis=1)
         return 100.0 * np.diag(self.confusion) / np.maximum(totals, 1)
 
+    @property
+    def mistakes_note(self) -> str:
+        """How many test digits the model gets wrong, and how the mistakes grid is ordered and captioned."""
+        return (
+            f"{int((self.predicted != self.labels).sum())} of {len(self.labels):,} test digits are misclassified; "
+            "most confident mistakes first (test-set number: true digit read as ...)."
+        )
+
+    def describe(self, index: int) -> str:
+        """One test digit's caption: its number, its true digit and how the model read it."""
+        said = int(self.predicted[index])
+        return f"#{index}: true {int(self.labels[index])}, read as {said} ({self.probabilities[index, said]:.0%})"
+
 
 @dataclass(frozen=True)
 class Mistake:
@@ -64,6 +116,11 @@ class Mistake:
     true: int
     predicted: int
     confidence: float  # probability the model gave its (wrong) answer
+
+    @property
+    def caption(self) -> str:
+        """The mistake under its picture: test-set number, true digit and the model's reading."""
+        return f"#{self.index}: {self.true} read as {self.predicted} ({self.confidence:.0%})"
 
 
 _COPIES: weakref.WeakKeyDictionary[nn.Module, Net] = weakref.WeakKeyDictionary()
@@ -118,6 +175,14 @@ def mistakes(report: EvalReport, limit: int = 24, true_digit: int | None = None)
     ]
 
 
+def mistake_tiles(
+    report: EvalReport, images: torch.Tensor, limit: int, true_digit: int | None = None
+) -> tuple[list[np.ndarray], list[str]]:
+    """The mistakes() as a grid shows them: each test image (images is the test set) enlarged, and its caption."""
+    wrong = mistakes(report, limit, true_digit)
+    return [enlarge(images[m.index].numpy()) for m in wrong], [m.caption for m in wrong]
+
+
 # -- feature maps ----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class FeatureMaps:
@@ -125,6 +190,12 @@ class FeatureMaps:
 
     name: str  # block name in the model, e.g. "conv1" or "trans1"
     maps: np.ndarray  # [channels, height, width] float32
+
+    @property
+    def caption(self) -> str:
+        """The block's name and the shape of its output."""
+        channels, height, width = self.maps.shape
+        return f"{self.name}: {channels} channels of {height}x{width}"
 
 
 def feature_maps(model: Net, image: np.ndarray | torch.Tensor) -> list[FeatureMaps]:
@@ -173,6 +244,11 @@ def enlarge(image: np.ndarray, factor: int = 3) -> np.ndarray:
 def predict_digit(model: Net, image: np.ndarray) -> np.ndarray:
     """Class probabilities [10] for one uint8 28x28 digit."""
     return predict(inference_copy(model), torch.as_tensor(np.asarray(image, dtype=np.uint8)).unsqueeze(0))[0].numpy()
+
+
+def reading_text(probabilities: np.ndarray) -> str:
+    """How the model reads a digit, given its class probabilities."""
+    return f"The model reads **{int(probabilities.argmax())}** ({probabilities.max():.1%} sure)."
 
 
 # -- a student's own digit -------------------------------------------------------------------------------------

@@ -26,6 +26,18 @@ class LayerRow:
     jump: int  # input pixels between neighbouring output values
     start: float  # input coordinate of the centre of the first output value's window
 
+    def as_dict(self) -> dict:
+        """The row as JSON-ready data (the CLI's --json layer format)."""
+        return {
+            "name": self.name,
+            "type": self.kind,
+            "output_shape": list(self.output_shape),
+            "params": self.params,
+            "rf": self.rf,
+            "jump": self.jump,
+            "start": self.start,
+        }
+
 
 @dataclass(frozen=True)
 class Summary:

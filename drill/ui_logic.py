@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from drill.analysis import LAST_K, Verdict
+from drill.analysis import LAST_K, PARAM_BUDGET, Verdict
 from drill.augment import preview
 from drill.config import MAX_CHANNELS, TRAIN_SIZE, AugmentConfig, ConfigError, TrainConfig, parse_layers
+from drill.data import Mnist
+from drill.jobs import Snapshot
 from drill.summary import Summary
 from drill.train import batches_per_epoch, lr_curve
 
@@ -30,7 +33,13 @@ SCHEDULE_LABELS = {
     "plateau": "ReduceLROnPlateau",
     "cosine": "Cosine annealing",
 }
-# Which TrainConfig fields each schedule reads; the others are hidden so students only see knobs that matter.
+# Which TrainConfig fields each optimizer and schedule reads; the others are hidden so students only see knobs that
+# matter (Adam and AdamW have no momentum knob).
+OPTIMIZER_FIELDS = {
+    "sgd": ("lr", "momentum", "weight_decay"),
+    "adam": ("lr", "weight_decay"),
+    "adamw": ("lr", "weight_decay"),
+}
 SCHEDULE_FIELDS = {
     "none": (),
     "step": ("step_size", "gamma"),
@@ -38,8 +47,12 @@ SCHEDULE_FIELDS = {
     "plateau": ("gamma",),
     "cosine": (),
 }
-# Controls as (field, label, step, widget): one declaration per knob, so the Train page stays a short loop.
-SCHEDULE_CONTROLS = (
+# Controls as (field, label, step, widget[, number format]): one declaration per knob, so the Train page stays a
+# short loop.
+TRAIN_CONTROLS = (
+    ("lr", "Learning rate", 0.001, "number", "%.5g"),
+    ("momentum", "Momentum", 0.01, "slider"),
+    ("weight_decay", "Weight decay", 0.0001, "number", "%.5g"),
     ("step_size", "Step every (epochs)", 1, "slider"),
     ("gamma", "Decay factor (gamma)", 0.01, "slider"),
     ("max_lr", "Peak LR (max_lr)", 0.01, "number"),
@@ -65,7 +78,13 @@ LAYER_KINDS = (CONV, TRANSITION, POOL)
 PREVIEW_DIGITS = 8
 PREVIEW_COPIES = 3
 PREVIEW_SEED = 0
+PREVIEW_CAPTION = f"The same {PREVIEW_DIGITS} test digits, augmented {PREVIEW_COPIES} times each (one digit per column)"
 LR_POINTS_PER_EPOCH = 40  # the LR plot samples each epoch this often: the curve's shape, at a fraction of the cost
+
+
+def train_controls(fields: tuple[str, ...]) -> list[tuple]:
+    """The TRAIN_CONTROLS of these fields, in the order the page shows them."""
+    return [control for control in TRAIN_CONTROLS if control[0] in fields]
 
 
 def stack_rows(spec: str) -> list[dict]:
@@ -111,6 +130,46 @@ def canonical_stack(spec: str) -> str | None:
         return None
 
 
+def _has_edits(editor_state: dict | None) -> bool:
+    """Whether a row editor's widget state holds any edit since the editor was created."""
+    return bool(editor_state) and any(editor_state.get(part) for part in ("edited_rows", "added_rows", "deleted_rows"))
+
+
+@dataclass
+class StackDraft:
+    """The layer stack being edited on the Build page, kept in the session across reruns.
+
+    `text` is its latest spelling (maybe invalid); `base` is what the row editor started from. Bumping `editor`
+    gives the row editor a new key, the only way to make it start over from `base`.
+    """
+
+    version: int  # the config version it began from: a config replaced from outside (a preset) starts a new draft
+    base: str
+    text: str
+    editor: int = 0
+
+    def typed(self, text: str) -> None:
+        """The compact text changed: it becomes the stack, and the row editor restarts from it."""
+        canonical = canonical_stack(text)
+        self.text = canonical or text  # "8, 16p" and "8,16p" are one model, one link
+        self.base = canonical or self.base
+        self.editor += 1
+
+    def rebase(self) -> None:
+        """Point a row editor that is about to be created (or re-created) at the text, if the text parses."""
+        self.base = canonical_stack(self.text) or self.base
+
+    def take_rows(self, editor_state: dict | None, rows: list[dict]) -> ConfigError | None:
+        """Once the row editor holds an edit, its rows become the text; a bad row is returned and leaves the text."""
+        if not _has_edits(editor_state):
+            return None
+        try:
+            self.text = rows_to_stack(rows)
+        except ConfigError as error:
+            return error
+        return None
+
+
 def layer_table(summary: Summary) -> list[dict]:
     """The torchinfo rows as the Build page's table: layer, type, output shape, params and receptive field."""
     return [
@@ -123,6 +182,24 @@ def layer_table(summary: Summary) -> list[dict]:
         }
         for row in summary.rows
     ]
+
+
+def table_height(rows: int) -> int:
+    """Pixels that show a table's header and every row without a scrollbar, up to a screenful."""
+    return min(36 * (rows + 1) + 2, 1200)
+
+
+def budget_delta(params: int) -> str:
+    """The parameter count against the budget, as the metric's delta."""
+    return f"{params - PARAM_BUDGET:+,} vs the {PARAM_BUDGET:,} budget"
+
+
+def cost_note(summary: Summary) -> str:
+    """The model's compute and memory per image, in one line."""
+    return (
+        f"{summary.mult_adds:,} multiply-adds per image · about {summary.memory_mb:.2f} MB per image "
+        "(input, activations and parameters)"
+    )
 
 
 def rf_note(rf: int, image: int = 28) -> str:
@@ -158,6 +235,11 @@ def preview_grid(images: torch.Tensor, cfg: AugmentConfig, zoom: int = 3, gap: i
         grid[top : top + side - gap, left : left + side - gap] = image
     pixels = (grid.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
     return np.kron(pixels, np.ones((zoom, zoom), dtype=np.uint8))
+
+
+def augment_preview(data: Mnist, cfg: AugmentConfig) -> np.ndarray:
+    """The Train page's preview: the PREVIEW_DIGITS test digits through preview_grid."""
+    return preview_grid(data.test_images[preview_digits(data.test_labels)], cfg)
 
 
 def format_seconds(seconds: float | None) -> str:
@@ -197,6 +279,13 @@ def epoch_line(epoch: dict, epochs_total: int) -> str:
         f"Epoch {epoch['epoch']} of {epochs_total}: train {epoch['train_acc']:.2f}% · "
         f"test **{epoch['test_acc']:.2f}%** · {epoch['seconds']:.1f} s"
     )
+
+
+def shown_run(remembered: Snapshot | None, runs: list[Snapshot], owner: str) -> Snapshot | None:
+    """The run the Train page shows: the one it started, if it is this student's; else (a new tab) the latest."""
+    if remembered is not None and remembered.owner == owner:
+        return remembered
+    return runs[-1] if runs else None
 
 
 def status_text(status: str, queue_position: int | None, label: str) -> str:

@@ -6,6 +6,7 @@ Saves a screenshot of every page to artifacts/screenshots/.
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -49,7 +50,8 @@ def page(browser):
 def settle(page) -> None:
     """Wait until the script run has finished and nothing on the page is an exception."""
     page.wait_for_selector(IDLE)
-    assert page.locator("[data-testid='stException']").count() == 0, page.locator("[data-testid='stException']").first.inner_text()
+    errors = page.locator("[data-testid='stException']")
+    assert errors.count() == 0, errors.first.inner_text()
 
 
 def open_page(page, name: str) -> None:
@@ -80,10 +82,12 @@ def test_the_lesson_end_to_end(server, page):
 
     open_page(page, "Train")
     page.get_by_role("button", name="Start").click()
-    page.get_by_text(re.compile(r"Epoch 1 of 3: train")).wait_for(timeout=EPOCH_DEADLINE_MS)
+    first_epoch = page.get_by_text(re.compile(r"Epoch 1 of 3: train"))
+    first_epoch.wait_for(timeout=EPOCH_DEADLINE_MS)
     # The live fragment draws the accuracy and loss charts beside the LR plot once an epoch has a point.
-    assert page.locator("[data-testid='stVegaLiteChart']").count() >= 3
-    page.screenshot(path=SHOTS / "3-train-running.png", full_page=True)
+    page.wait_for_function("document.querySelectorAll(\"[data-testid='stVegaLiteChart']\").length >= 3")
+    page.get_by_role("button", name="Stop").evaluate("e => e.scrollIntoView({block: 'start'})")
+    page.screenshot(path=SHOTS / "3-train-running.png")
 
     page.get_by_role("button", name="Stop").click()
     page.get_by_text(re.compile("stopped")).first.wait_for()
@@ -96,3 +100,20 @@ def test_the_lesson_end_to_end(server, page):
 
     open_page(page, "Inspect")
     page.screenshot(path=SHOTS / "6-inspect.png", full_page=True)
+
+
+def test_stopping_the_server_mid_run_ends_it_promptly(browser):
+    # A run is training in a background thread when the server is told to stop: the process must exit, not wait
+    # for the run to finish.
+    with serve(log_path=ROOT / "artifacts" / "streamlit-stop.log") as (url, process):
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        page = context.new_page()
+        page.set_default_timeout(60_000)
+        page.goto(f"{url}/train")
+        page.get_by_role("button", name="Start").click()
+        page.get_by_text(re.compile(r"batch \d+/47")).first.wait_for(timeout=EPOCH_DEADLINE_MS)
+        context.close()
+        started = time.monotonic()
+        process.terminate()
+        process.wait(timeout=30)
+        assert time.monotonic() - started < 30

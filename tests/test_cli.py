@@ -52,18 +52,7 @@ def test_presets_json():
 
 
 def layer_dicts(cfg: RunConfig) -> list[dict]:
-    return [
-        {
-            "name": r.name,
-            "type": r.kind,
-            "output_shape": list(r.output_shape),
-            "params": r.params,
-            "rf": r.rf,
-            "jump": r.jump,
-            "start": r.start,
-        }
-        for r in summarize(cfg.model).rows
-    ]
+    return [row.as_dict() for row in summarize(cfg.model).rows]
 
 
 def test_summary_of_a_preset_as_json():

@@ -4,94 +4,55 @@ import pandas as pd
 import streamlit as st
 
 from drill import ui_logic as ui
-from drill.analysis import PARAM_BUDGET
 from drill.charts import budget_chart
-from drill.config import ConfigError, ModelConfig, field_choices, field_help
+from drill.config import ModelConfig, field_help
 from drill.summary import summarize
 from views import common
 
 
-def stack_state() -> dict:
-    """The stack being edited: `text`, its latest spelling (maybe invalid); `base`, what the row editor started from."""
-    state = st.session_state.get("stack")
-    if state is None or state["version"] != common.version():
+def stack_draft() -> ui.StackDraft:
+    """This session's stack draft, started afresh from the config whenever the config is replaced from outside."""
+    draft = st.session_state.get("stack")
+    if draft is None or draft.version != common.version():
         layers = common.config().model.layers
-        state = st.session_state.stack = {"version": common.version(), "base": layers, "text": layers, "editor": 0}
-    return state
+        draft = st.session_state.stack = ui.StackDraft(common.version(), base=layers, text=layers)
+    return draft
 
 
 def typed(text_key: str) -> None:
-    """The compact text changed: it becomes the stack, and the row editor restarts from it."""
-    state = st.session_state.stack
-    typed_text = st.session_state[text_key]
-    state["text"] = ui.canonical_stack(typed_text) or typed_text  # "8, 16p" and "8,16p" are one model, one link
-    state["base"] = ui.canonical_stack(typed_text) or state["base"]
-    state["editor"] += 1
-
-
-def has_edits(editor_state) -> bool:
-    """Whether the row editor holds any edit since it was created."""
-    return bool(editor_state) and any(editor_state.get(part) for part in ("edited_rows", "added_rows", "deleted_rows"))
+    """The compact text's on_change: the draft takes what was typed."""
+    st.session_state.stack.typed(st.session_state[text_key])
 
 
 # -- inputs (title first, so the layer table can sit beside the controls) ----------------------------------------
 cfg, v = common.config(), common.version()
-state = stack_state()
-editor_key, text_key = f"stack_rows_{v}_{state['editor']}", f"stack_text_{v}"
+draft = stack_draft()
+editor_key, text_key = f"stack_rows_{v}_{draft.editor}", f"stack_text_{v}"
 if editor_key not in st.session_state:  # a fresh editor (or one dropped while on another page) starts from the text
-    state["base"] = ui.canonical_stack(state["text"]) or state["base"]
+    draft.rebase()
 
 st.title("🧱 Build")
 st.caption("Every change rebuilds the model at once: watch the parameters and the receptive field move.")
 controls, results = st.columns([2, 3], gap="large")
 with controls:
-    bn = st.segmented_control(
-        "Batch norm",
-        field_choices(ModelConfig, "batch_norm"),
-        default=cfg.model.batch_norm,
-        format_func=ui.BN_LABELS.get,
-        required=True,
-        key=f"bn_{v}",
-        help=field_help(ModelConfig, "batch_norm"),
-    )
-    dropout = st.slider(
-        "Dropout rate",
-        0.0,
-        0.5,
-        float(cfg.model.dropout),
-        0.01,
-        key=f"drop_{v}",
-        help=field_help(ModelConfig, "dropout"),
-    )
-    dropout_kind = st.segmented_control(
+    m = cfg.model
+    bn = common.field_choice(ModelConfig, "batch_norm", "Batch norm", m.batch_norm, ui.BN_LABELS, key="bn")
+    dropout = common.field_slider(ModelConfig, "dropout", "Dropout rate", m.dropout, 0.01, key="drop")
+    kind = common.field_choice(
+        ModelConfig,
+        "dropout_kind",
         "Dropout kind",
-        field_choices(ModelConfig, "dropout_kind"),
-        default=cfg.model.dropout_kind,
-        format_func=ui.DROPOUT_KIND_LABELS.get,
-        required=True,
+        m.dropout_kind,
+        ui.DROPOUT_KIND_LABELS,
+        key="dk",
         disabled=dropout == 0,
-        key=f"dk_{v}",
-        help=field_help(ModelConfig, "dropout_kind"),
     )
-    heads = field_choices(ModelConfig, "head")
-    head = st.selectbox(
-        "Head",
-        heads,
-        index=heads.index(cfg.model.head),
-        format_func=ui.HEAD_LABELS.get,
-        key=f"head_{v}",
-        help=field_help(ModelConfig, "head"),
-    )
-    bias = st.toggle("Bias in convolutions", cfg.model.bias, key=f"bias_{v}", help=field_help(ModelConfig, "bias"))
-    log_softmax = st.toggle(
-        "Log-softmax output (NLL loss)",
-        cfg.model.log_softmax,
-        key=f"lsm_{v}",
-        help=field_help(ModelConfig, "log_softmax"),
-    )
+    head = common.field_choice(ModelConfig, "head", "Head", m.head, ui.HEAD_LABELS, key="head", dropdown=True)
+    bias = common.field_toggle(ModelConfig, "bias", "Bias in convolutions", m.bias, key="bias")
+    lsm = common.field_toggle(ModelConfig, "log_softmax", "Log-softmax output (NLL loss)", m.log_softmax, key="lsm")
     st.markdown("**Layer stack** (top = first layer; add or delete rows at the bottom)")
     edited = st.data_editor(
-        pd.DataFrame(ui.stack_rows(state["base"]), columns=["kind", "channels", "padding"]),
+        pd.DataFrame(ui.stack_rows(draft.base), columns=["kind", "channels", "padding"]),
         key=editor_key,
         num_rows="dynamic",
         hide_index=True,
@@ -109,38 +70,18 @@ with controls:
             "padding": st.column_config.CheckboxColumn("padding", default=False, help="pad a 3x3 conv by 1"),
         },
     )
-    row_error = None
-    if has_edits(st.session_state.get(editor_key)):
-        try:
-            state["text"] = ui.rows_to_stack(edited.to_dict("records"))
-        except ConfigError as error:
-            row_error = error
-    st.session_state[text_key] = state["text"]
+    row_error = draft.take_rows(st.session_state.get(editor_key), edited.to_dict("records"))
+    st.session_state[text_key] = draft.text
     st.text_input(
         "Compact stack", key=text_key, on_change=typed, args=(text_key,), help=field_help(ModelConfig, "layers")
     )
 
 # -- state set-up: the new config, if valid, becomes current (and goes into the URL) --------------------------------
-dropout_kind = dropout_kind if dropout > 0 else cfg.model.dropout_kind
-try:
-    if row_error:
-        raise row_error
-    new = cfg.replace(
-        model={
-            "layers": state["text"],
-            "batch_norm": bn,
-            "dropout": dropout,
-            "head": head,
-            "dropout_kind": dropout_kind,
-            "bias": bias,
-            "log_softmax": log_softmax,
-        }
-    )
-except ConfigError as error:
-    new, config_error = None, error
-else:
-    if new != cfg:
-        common.set_config(new)
+kind = kind if dropout > 0 else m.dropout_kind  # without dropout the kind is moot, and its control is disabled
+model = dict(
+    layers=draft.text, batch_norm=bn, dropout=dropout, dropout_kind=kind, head=head, bias=bias, log_softmax=lsm
+)
+new, config_error = (None, row_error) if row_error else common.apply_config(model=model)
 
 # -- draw ---------------------------------------------------------------------------------------------------------
 with results:
@@ -150,12 +91,7 @@ with results:
         summary = summarize(new.model)
         total = summary.total_params
         params_col, rf_col = st.columns(2)
-        params_col.metric(
-            "Parameters",
-            f"{total:,}",
-            delta=f"{total - PARAM_BUDGET:+,} vs the {PARAM_BUDGET:,} budget",
-            delta_color="inverse",
-        )
+        params_col.metric("Parameters", f"{total:,}", delta=ui.budget_delta(total), delta_color="inverse")
         rf_col.metric("Receptive field at the head", f"{summary.head_rf}x{summary.head_rf}")
         st.altair_chart(budget_chart(total), width="stretch")
         st.caption(ui.rf_note(summary.head_rf))
@@ -164,10 +100,7 @@ with results:
             table,
             hide_index=True,
             width="stretch",
-            height=min(36 * (len(table) + 1) + 2, 1200),
+            height=ui.table_height(len(table)),
             column_config={"params": st.column_config.NumberColumn(format="localized")},
         )
-        st.caption(
-            f"{summary.mult_adds:,} multiply-adds per image · about {summary.memory_mb:.2f} MB per image "
-            "(input, activations and parameters)"
-        )
+        st.caption(ui.cost_note(summary))

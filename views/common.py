@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
+from contextlib import contextmanager
 
 import streamlit as st
 
-from drill.config import ConfigError, RunConfig, field_help, field_range
+from drill import ui_logic as ui
+from drill.analysis import analyse
+from drill.config import ConfigError, RunConfig, field_choices, field_help, field_range
 from drill.jobs import JobManager
 from drill.presets import PRESETS, get_preset
 
 DEFAULT_PRESET = "quick"
+log = logging.getLogger(__name__)
 
 
 @st.cache_resource
@@ -71,6 +76,18 @@ def _sync_url(cfg: RunConfig) -> None:
         st.query_params.update(params)
 
 
+def apply_config(**sections) -> tuple[RunConfig | None, ConfigError | None]:
+    """The current config with these sections changed: (it, None) and made current if valid, else (None, why)."""
+    cfg = config()
+    try:
+        new = cfg.replace(**sections)
+    except ConfigError as error:
+        return None, error
+    if new != cfg:
+        set_config(new)
+    return new, None
+
+
 def matching_preset(cfg: RunConfig) -> str | None:
     """The name of the preset this config is (seed and threads aside), if any."""
     for preset in PRESETS:
@@ -79,7 +96,12 @@ def matching_preset(cfg: RunConfig) -> str | None:
     return None
 
 
-def field_slider(section, name: str, label: str, value, step) -> float | int:
+def _key(section, name: str, key: str | None = None) -> str:
+    """A widget's key (the field's dotted name unless given), tied to the config version so a new config resets it."""
+    return f"{key or f'{section.SECTION}.{name}'}_{version()}"
+
+
+def field_slider(section, name: str, label: str, value, step, *, key: str | None = None) -> float | int:
     """A slider over a config field's declared range, keyed to the config version, with the field's help text."""
     low, high = field_range(section, name)
     cast = int if isinstance(value, int) and not isinstance(value, bool) and isinstance(step, int) else float
@@ -89,7 +111,7 @@ def field_slider(section, name: str, label: str, value, step) -> float | int:
         cast(high),
         cast(value),
         cast(step),
-        key=f"{section.SECTION}.{name}_{version()}",
+        key=_key(section, name, key),
         help=field_help(section, name),
     )
 
@@ -105,15 +127,53 @@ def field_number(section, name: str, label: str, value, step, fmt: str | None = 
         cast(value),
         cast(step),
         format=fmt,
-        key=f"{section.SECTION}.{name}_{version()}",
+        key=_key(section, name),
         help=field_help(section, name),
     )
 
 
+def field_choice(
+    section, name: str, label: str, value: str, labels: dict, *, key=None, dropdown=False, **options
+) -> str:
+    """A segmented control (or, with dropdown, a select box) over a config field's choices, shown by their labels."""
+    choices = field_choices(section, name)
+    shared = {"format_func": labels.get, "key": _key(section, name, key), "help": field_help(section, name)}
+    if dropdown:
+        return st.selectbox(label, choices, index=choices.index(value), **shared, **options)
+    return st.segmented_control(label, choices, default=value, required=True, **shared, **options)
+
+
+def field_toggle(section, name: str, label: str, value: bool, *, key: str | None = None) -> bool:
+    """A toggle for a config flag, with the field's help text."""
+    return st.toggle(label, value, key=_key(section, name, key), help=field_help(section, name))
+
+
 def field_widgets(section, current, controls) -> dict:
-    """One widget per (field, label, step, "slider"/"number") control, reading and returning the section's values."""
+    """One widget per (field, label, step, "slider"/"number"[, format]) control, reading and returning the values."""
     make = {"slider": field_slider, "number": field_number}
     values = {}
-    for name, label, step, kind in controls:
-        values[name] = make[kind](section, name, label, getattr(current, name), step)
+    for name, label, step, kind, *fmt in controls:
+        values[name] = make[kind](section, name, label, getattr(current, name), step, *fmt)
     return values
+
+
+def show_result(epochs: list[dict], params: int | None) -> None:
+    """A run's Result line and its Analysis, in green once it meets the target."""
+    verdict = analyse(epochs, params or 0)
+    st.markdown(ui.result_line(verdict, epochs))
+    (st.success if verdict.meets_target else st.info)(f"**Analysis:** {verdict.text}")
+
+
+def file_upload(label: str, types: list[str], key: str, max_bytes: int):
+    """A file uploader that refuses files over max_bytes (Streamlit takes the limit in whole MB)."""
+    return st.file_uploader(label, type=types, key=key, max_upload_size=max_bytes // 2**20)
+
+
+@contextmanager
+def explained(what: str):
+    """Turn any error in a part of a page into a message there: no traceback reaches the page."""
+    try:
+        yield
+    except Exception as error:
+        log.exception("%s failed", what)
+        st.error(f"{what} failed ({type(error).__name__}: {error}).")

@@ -126,11 +126,11 @@ except Exception as error:  # the page must explain, never show a traceback
     st.error(f"Something went wrong showing your runs ({type(error).__name__}: {error}). Reload the page to retry.")
 
 st.subheader("Import runs")
-st.file_uploader(
+common.file_upload(
     "A runs file (JSON) exported from this page, in this or another session",
-    type=["json"],
-    key=IMPORT_KEY,
-    max_upload_size=records.MAX_IMPORT_BYTES // 2**20,
+    ["json"],
+    IMPORT_KEY,
+    records.MAX_IMPORT_BYTES,
 )
 kind, message = st.session_state.pop("compare_import_msg", (None, None))
 if kind == "error":

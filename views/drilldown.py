@@ -2,8 +2,7 @@
 
 import streamlit as st
 
-from drill import ui_logic as ui
-from drill.analysis import EPOCH_BUDGET, PARAM_BUDGET, TARGET_ACC, analyse
+from drill.analysis import EPOCH_BUDGET, PARAM_BUDGET, TARGET_ACC
 from drill.presets import LESSON
 from drill.summary import summarize
 from views import common
@@ -45,8 +44,4 @@ for preset in LESSON:
                 st.switch_page("views/build.py", query_params=preset.config.to_query_params())
         run = finished.get(preset.name)
         if run is not None:
-            epochs = list(run.epochs)
-            verdict = analyse(epochs, run.params or 0)
-            st.markdown(ui.result_line(verdict, epochs))
-            show = st.success if verdict.meets_target else st.info
-            show(f"**Analysis:** {verdict.text}")
+            common.show_result(list(run.epochs), run.params)

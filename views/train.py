@@ -3,9 +3,8 @@
 import streamlit as st
 
 from drill import ui_logic as ui
-from drill.analysis import analyse
 from drill.charts import accuracy_chart, loss_chart, lr_chart
-from drill.config import AugmentConfig, ConfigError, TrainConfig, field_choices, field_help
+from drill.config import AugmentConfig, TrainConfig, field_help
 from drill.data import DataUnavailable, load_mnist
 from drill.jobs import ACTIVE
 from drill.presets import BY_NAME
@@ -29,82 +28,40 @@ with train_col:
     st.subheader("Training")
     t, left, right = cfg.train, *st.columns(2)
     with left:
-        epochs = common.field_slider(TrainConfig, "epochs", "Epochs", t.epochs, 1)
-        batch_size = st.select_slider(
+        train = {"epochs": common.field_slider(TrainConfig, "epochs", "Epochs", t.epochs, 1)}
+        train["batch_size"] = st.select_slider(
             "Batch size",
             sorted({8, 16, 32, 64, 128, 256, 512, t.batch_size}),
             value=t.batch_size,
             key=f"train.batch_size_{v}",
             help=field_help(TrainConfig, "batch_size"),
         )
-        optimizer = st.segmented_control(
-            "Optimizer",
-            field_choices(TrainConfig, "optimizer"),
-            default=t.optimizer,
-            format_func=ui.OPTIMIZER_LABELS.get,
-            required=True,
-            key=f"train.opt_{v}",
-            width="stretch",
-            help=field_help(TrainConfig, "optimizer"),
+        train["optimizer"] = common.field_choice(
+            TrainConfig, "optimizer", "Optimizer", t.optimizer, ui.OPTIMIZER_LABELS, key="train.opt", width="stretch"
         )
-        lr = common.field_number(TrainConfig, "lr", "Learning rate", t.lr, 0.001, "%.5g")
-        momentum = t.momentum  # Adam and AdamW have no momentum knob, so it is only shown for SGD
-        if optimizer == "sgd":
-            momentum = common.field_slider(TrainConfig, "momentum", "Momentum", t.momentum, 0.01)
-        weight_decay = common.field_number(TrainConfig, "weight_decay", "Weight decay", t.weight_decay, 0.0001, "%.5g")
+        # Only the knobs the optimizer (and, on the right, the schedule) reads are shown; hidden ones keep their values.
+        train |= common.field_widgets(TrainConfig, t, ui.train_controls(ui.OPTIMIZER_FIELDS[train["optimizer"]]))
     with right:
-        schedules = field_choices(TrainConfig, "schedule")
-        schedule = st.selectbox(
-            "LR schedule",
-            schedules,
-            index=schedules.index(t.schedule),
-            format_func=ui.SCHEDULE_LABELS.get,
-            key=f"train.schedule_{v}",
-            help=field_help(TrainConfig, "schedule"),
+        train["schedule"] = common.field_choice(
+            TrainConfig, "schedule", "LR schedule", t.schedule, ui.SCHEDULE_LABELS, dropdown=True
         )
-        relevant = [control for control in ui.SCHEDULE_CONTROLS if control[0] in ui.SCHEDULE_FIELDS[schedule]]
-        train = common.field_widgets(TrainConfig, t, relevant)  # the schedule's other fields keep their values
-        subset = common.field_number(TrainConfig, "subset", "Training images (0 = all 60,000)", t.subset, 1000)
-        seed = common.field_number(TrainConfig, "seed", "Seed", t.seed, 1)
+        train |= common.field_widgets(TrainConfig, t, ui.train_controls(ui.SCHEDULE_FIELDS[train["schedule"]]))
+        train["subset"] = common.field_number(TrainConfig, "subset", "Training images (0 = all 60,000)", t.subset, 1000)
+        train["seed"] = common.field_number(TrainConfig, "seed", "Seed", t.seed, 1)
 
 # -- state set-up: a valid config becomes current; the run shown is this session's latest -------------------------
-train |= {
-    "epochs": epochs,
-    "batch_size": batch_size,
-    "optimizer": optimizer,
-    "lr": lr,
-    "schedule": schedule,
-    "momentum": momentum,
-    "weight_decay": weight_decay,
-    "subset": subset,
-    "seed": seed,
-}
-try:
-    new, config_error = cfg.replace(augment=augment, train=train), None
-except ConfigError as error:
-    new, config_error = None, error
-else:
-    if new != cfg:
-        common.set_config(new)
-
+new, config_error = common.apply_config(augment=augment, train=train)
 manager, me = common.manager(), common.owner()
 runs = manager.snapshots(me)
 active = [run for run in runs if run.status in ACTIVE]
-shown_run = manager.snapshot(st.session_state.get("train_job", ""))
-if shown_run is None or shown_run.owner != me:  # e.g. a new tab: fall back to this student's latest run
-    shown_run = runs[-1] if runs else None
+shown_run = ui.shown_run(manager.snapshot(st.session_state.get("train_job", "")), runs, me)
 
 # -- draw ---------------------------------------------------------------------------------------------------------
 if config_error:
     st.error(f"These settings can't be used: {config_error}. The last valid settings stay current.")
 with augment_col:
     try:
-        data = load_mnist()
-        digits = data.test_images[ui.preview_digits(data.test_labels)]
-        st.image(
-            ui.preview_grid(digits, new.augment if new else cfg.augment),
-            caption="The same 8 test digits, augmented 3 times each (one digit per column)",
-        )
+        st.image(ui.augment_preview(load_mnist(), (new or cfg).augment), caption=ui.PREVIEW_CAPTION)
     except DataUnavailable as error:
         st.warning(f"MNIST is not available, so there is no preview (and no training): {error}")
 with train_col:
@@ -143,10 +100,8 @@ def show_run(job_id: str, was_active: bool) -> None:
     st.markdown(ui.status_text(run.status, run.queue_position, run.label))
     if run.status == "running":
         st.progress(ui.progress_fraction(run.progress), text=ui.progress_text(run.progress))
-    elif run.status == "failed":
-        st.error(f"The run failed: {run.reason}")
-    elif run.status == "stopped":
-        st.warning(f"The run stopped: {run.reason}")
+    elif run.status in ("failed", "stopped"):
+        (st.error if run.status == "failed" else st.warning)(f"The run {run.status}: {run.reason}")
     epochs = list(run.epochs)
     if epochs:
         st.markdown(ui.epoch_line(epochs[-1], run.config.train.epochs))
@@ -155,9 +110,7 @@ def show_run(job_id: str, was_active: bool) -> None:
         accuracy.altair_chart(accuracy_chart(epochs, run.config.train.epochs), width="stretch")
         loss.altair_chart(loss_chart(epochs, run.batch_losses, run.config.train.epochs), width="stretch")
     if run.status not in ACTIVE and epochs:
-        verdict = analyse(epochs, run.params or 0)
-        st.markdown(ui.result_line(verdict, epochs))
-        (st.success if verdict.meets_target else st.info)(f"**Analysis:** {verdict.text}")
+        common.show_result(epochs, run.params)
 
 
 if shown_run is not None:

@@ -1,0 +1,184 @@
+"""Tests for what the pages show, worked out without streamlit: drill.ui_logic and the Inspect page's captions and
+run picking in drill.inspection. Nothing here needs MNIST or trains."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from test_inspection import make_report, one_hot_ish
+
+from drill import inspection
+from drill import ui_logic as ui
+from drill.analysis import PARAM_BUDGET
+from drill.config import AugmentConfig, ConfigError
+from drill.data import Mnist
+from drill.presets import BY_NAME
+from drill.summary import summarize
+
+QUICK = BY_NAME["quick"].config
+
+
+# -- the Train page's controls, preview and shown run -------------------------------------------------------------
+def fields(controls) -> list[str]:
+    return [control[0] for control in controls]
+
+
+def test_train_controls_show_only_the_knobs_the_optimizer_and_schedule_read():
+    assert fields(ui.train_controls(ui.OPTIMIZER_FIELDS["sgd"])) == ["lr", "momentum", "weight_decay"]
+    assert fields(ui.train_controls(ui.OPTIMIZER_FIELDS["adam"])) == ["lr", "weight_decay"]
+    assert fields(ui.train_controls(ui.OPTIMIZER_FIELDS["adamw"])) == ["lr", "weight_decay"]
+    assert fields(ui.train_controls(ui.SCHEDULE_FIELDS["onecycle"])) == ["max_lr", "pct_start"]
+    assert fields(ui.train_controls(ui.SCHEDULE_FIELDS["step"])) == ["step_size", "gamma"]
+    assert ui.train_controls(ui.SCHEDULE_FIELDS["none"]) == []
+    # Learning rates too small for a slider's two decimals carry a number format.
+    lr, _, weight_decay = ui.train_controls(ui.OPTIMIZER_FIELDS["sgd"])
+    assert lr[3:] == weight_decay[3:] == ("number", "%.5g")
+
+
+def test_augment_preview_shows_the_first_test_image_of_each_digit():
+    labels = torch.tensor([9, 3, 0, 1, 2, 3, 4, 5, 6, 7, 0, 8])
+    images = torch.arange(len(labels), dtype=torch.uint8).mul(20).reshape(-1, 1, 1).expand(-1, 28, 28).contiguous()
+    data = Mnist(images[:0], labels[:0], images, labels)
+    shown = ui.augment_preview(data, AugmentConfig())
+    assert np.array_equal(shown, ui.preview_grid(images[[2, 3, 4, 1, 6, 7, 8, 9]], AugmentConfig()))
+    assert f"{ui.PREVIEW_DIGITS} test digits" in ui.PREVIEW_CAPTION
+    assert f"augmented {ui.PREVIEW_COPIES} times" in ui.PREVIEW_CAPTION
+
+
+def test_shown_run_is_the_started_run_of_this_student_else_the_latest():
+    mine = [SimpleNamespace(id="run-1", owner="me"), SimpleNamespace(id="run-3", owner="me")]
+    started = SimpleNamespace(id="run-1", owner="me")
+    assert ui.shown_run(started, mine, "me") is started
+    assert ui.shown_run(SimpleNamespace(id="run-2", owner="someone else"), mine, "me") is mine[-1]
+    assert ui.shown_run(None, mine, "me") is mine[-1]
+    assert ui.shown_run(None, [], "me") is None
+
+
+# -- the Build page's stack draft and results -----------------------------------------------------------------------
+def test_typing_a_stack_canonicalises_it_and_restarts_the_row_editor():
+    draft = ui.StackDraft(0, base="8,16", text="8,16")
+    draft.typed("8, 16p  M T8")
+    assert (draft.text, draft.base, draft.editor) == ("8,16p,M,T8", "8,16p,M,T8", 1)
+    # Invalid text is kept for the student to fix; the row editor restarts from the last stack that parsed.
+    draft.typed("8,M,x")
+    assert (draft.text, draft.base, draft.editor) == ("8,M,x", "8,16p,M,T8", 2)
+
+
+def test_rebase_points_a_new_row_editor_at_the_text_only_when_it_parses():
+    draft = ui.StackDraft(0, base="8", text="8 , 16")
+    draft.rebase()
+    assert draft.base == "8,16"
+    draft.text = "nonsense"
+    draft.rebase()
+    assert draft.base == "8,16"
+
+
+def test_take_rows_uses_the_rows_only_once_the_editor_holds_an_edit():
+    rows = ui.stack_rows("8,M,T4,16p")
+    draft = ui.StackDraft(0, base="8,16", text="typed, not yet valid")
+    for untouched in (None, {}, {"edited_rows": {}, "added_rows": [], "deleted_rows": []}):
+        assert draft.take_rows(untouched, rows) is None
+        assert draft.text == "typed, not yet valid"
+    assert draft.take_rows({"deleted_rows": [4]}, rows) is None
+    assert draft.text == "8,M,T4,16p"
+    error = draft.take_rows({"added_rows": [{"kind": ui.CONV}]}, [*rows, {"kind": ui.CONV, "channels": None}])
+    assert isinstance(error, ConfigError) and "row 5" in str(error)
+    assert draft.text == "8,M,T4,16p"  # a bad row leaves the last good text
+
+
+def test_table_height_fits_every_row_up_to_a_cap():
+    assert ui.table_height(0) == 38
+    assert ui.table_height(8) == 36 * 9 + 2
+    assert ui.table_height(1000) == 1200
+
+
+def test_budget_delta_and_cost_note():
+    assert ui.budget_delta(PARAM_BUDGET - 2430) == f"-2,430 vs the {PARAM_BUDGET:,} budget"
+    assert ui.budget_delta(PARAM_BUDGET + 5) == f"+5 vs the {PARAM_BUDGET:,} budget"
+    summary = summarize(QUICK.model)
+    note = ui.cost_note(summary)
+    assert note.startswith(f"{summary.mult_adds:,} multiply-adds per image · about {summary.memory_mb:.2f} MB")
+
+
+# -- the Inspect page ---------------------------------------------------------------------------------------------
+REPORT = make_report(
+    [one_hot_ish(3, 0.6), one_hot_ish(1, 0.9), one_hot_ish(2, 0.99), one_hot_ish(5, 0.8), one_hot_ish(4, 0.7)],
+    labels=[3, 7, 7, 5, 9],  # images 1, 2 and 4 are wrong
+)
+
+
+def test_report_captions_count_and_describe_the_digits():
+    assert REPORT.mistakes_note.startswith("3 of 5 test digits are misclassified; most confident mistakes first")
+    assert REPORT.describe(2) == "#2: true 7, read as 2 (99%)"
+    assert REPORT.describe(0) == "#0: true 3, read as 3 (60%)"
+    assert inspection.Mistake(index=12, true=7, predicted=1, confidence=0.904).caption == "#12: 7 read as 1 (90%)"
+
+
+def test_mistake_tiles_are_the_mistakes_enlarged_with_their_captions():
+    images = torch.arange(5 * 28 * 28, dtype=torch.int64).remainder(256).to(torch.uint8).reshape(5, 28, 28)
+    pictures, captions = inspection.mistake_tiles(REPORT, images, 2)
+    assert captions == ["#2: 7 read as 2 (99%)", "#1: 7 read as 1 (90%)"]
+    assert [picture.shape for picture in pictures] == [(84, 84), (84, 84)]
+    assert np.array_equal(pictures[0], inspection.enlarge(images[2].numpy()))
+    pictures, captions = inspection.mistake_tiles(REPORT, images, 24, true_digit=9)
+    assert captions == ["#4: 9 read as 4 (70%)"] and len(pictures) == 1
+    assert inspection.mistake_tiles(REPORT, images, 24, true_digit=3) == ([], [])
+
+
+def test_feature_map_caption_and_reading_text():
+    block = inspection.FeatureMaps("conv2", np.zeros((16, 24, 24), np.float32))
+    assert block.caption == "conv2: 16 channels of 24x24"
+    assert inspection.reading_text(np.array(one_hot_ish(7, 0.934))) == "The model reads **7** (93.4% sure)."
+
+
+def run(run_id: str, status: str, label: str = "tiny run") -> SimpleNamespace:
+    return SimpleNamespace(id=run_id, status=status, label=label)
+
+
+class FakeManager:
+    """A job manager's two read calls: snapshots of an owner's runs, and the jobs (with their results) by id."""
+
+    def __init__(self, runs, models):
+        self.runs, self.models = runs, models
+
+    def snapshots(self, owner: str):
+        return self.runs if owner == "me" else []
+
+    def get(self, run_id: str):
+        if run_id not in self.models:
+            return None
+        return SimpleNamespace(
+            result=None if self.models[run_id] is None else SimpleNamespace(model=self.models[run_id])
+        )
+
+
+def test_candidates_are_the_ended_runs_with_their_models():
+    model = object()
+    runs = [run("run-1", "finished"), run("run-2", "failed"), run("run-3", "stopped"), run("run-4", "running")]
+    found = inspection.candidates(FakeManager(runs, {"run-1": model, "run-3": None}), "me")
+    assert list(found) == ["run-1", "run-3"]
+    assert found["run-1"].model is model and found["run-3"].model is None
+    assert found["run-1"].title == "run-1: tiny run (finished)"
+    assert inspection.candidates(FakeManager(runs, {}), "someone else") == {}
+    note = found["run-3"].no_model_note
+    assert note.startswith("run-3 has its numbers but no trained model") and "imported from a file" in note
+
+
+@pytest.mark.parametrize(
+    ("models", "expected"),
+    [
+        ([object(), None, object(), None], 2),  # the latest trained run, not the latest run
+        ([None, None], 1),  # nothing trained here (imported runs): the latest run
+        ([object()], 0),
+    ],
+)
+def test_default_pick_prefers_the_latest_run_with_a_model(models, expected):
+    runs = {f"run-{i}": inspection.Candidate(run(f"run-{i}", "finished"), model) for i, model in enumerate(models)}
+    assert inspection.default_pick(runs) == expected
+
+
+def test_a_run_without_a_label_is_named_by_its_id():
+    assert inspection.Candidate(run("run-7", "stopped", label=""), None).title == "run-7: run-7 (stopped)"
