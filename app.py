@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from drill.presets import BY_NAME, PRESETS, get_preset
+from drill.presets import BY_NAME, PRESETS, get_preset, matching_preset
 from views import common
 
 st.set_page_config(page_title="Drill-Down Lab", page_icon="🔬", layout="wide")
@@ -28,7 +28,7 @@ def load_preset(name: str) -> None:
 with st.sidebar:
     st.markdown("### Current model")
     names = [p.name for p in PRESETS]
-    base = st.session_state.setdefault("preset_name", common.matching_preset(common.config()) or common.DEFAULT_PRESET)
+    base = st.session_state.setdefault("preset_name", matching_preset(common.config()) or common.DEFAULT_PRESET)
     choice = st.selectbox(
         "Preset",
         names,
@@ -64,7 +64,7 @@ page.run()
 
 with preset_status:
     base = st.session_state.preset_name
-    edited = common.matching_preset(common.config()) != base
+    edited = matching_preset(common.config()) != base
     if st.button("Reset to preset", disabled=not edited, width="stretch"):
         load_preset(base)
     if edited:

@@ -1,4 +1,4 @@
-"""The command line: python -m drill data | presets | summary | train | consistency | bench."""
+"""The command line: python -m drill data | presets | summary | train | consistency | report | bench."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 from drill.analysis import LAST_K, TARGET_ACC, analyse
 from drill.config import ConfigError, RunConfig
 from drill.data import DataUnavailable
-from drill.presets import BY_NAME, PRESETS, get_preset
+from drill.presets import BY_NAME, PRESETS, get_preset, matching_preset
 from drill.summary import summarize
 
 
@@ -177,6 +177,31 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    """The write-up table (Markdown) of runs saved by `train --out` or `consistency --out`."""
+    from types import SimpleNamespace
+
+    from drill.records import markdown_table, table_row
+
+    rows = []
+    for path in args.files:
+        try:
+            data = json.loads(Path(path).read_text())
+            runs = data["runs"] if isinstance(data, dict) and "runs" in data else [data]
+            for run in runs:
+                config = RunConfig.from_dict(run["config"])
+                minutes = run["seconds"] / 60
+                label = f"seed {config.train.seed}, {len(run['epochs'])} epochs in {minutes:.0f} min"
+                fields = {k: run[k] for k in ("status", "reason", "params", "epochs", "seconds")}
+                snapshot = SimpleNamespace(label=label, config=config, id=Path(path).stem, **fields)
+                name = matching_preset(config)
+                rows.append(table_row(snapshot, BY_NAME[name] if name else None, k=args.last_k))
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise UsageError(f"{path} is not a run saved by train/consistency --out ({error})") from None
+    print(markdown_table(rows, k=args.last_k), end="")
+    return 0
+
+
 def cmd_data(args) -> int:
     """Fetch, verify and cache real MNIST (the first time), then say where it is."""
     from drill.data import data_dir, load_mnist
@@ -223,6 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="RUNS.json")
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
     p.set_defaults(func=cmd_consistency)
+    p = sub.add_parser("report", help="a Markdown write-up table of saved runs")
+    p.add_argument("files", nargs="+", metavar="RUN.json")
+    p.add_argument("--last-k", type=int, default=LAST_K, help="epochs that must all reach the target")
+    p.set_defaults(func=cmd_report)
     p = sub.add_parser("bench", help="one epoch: the seeds' pipeline vs drill's, side by side")
     p.add_argument("--preset", choices=list(BY_NAME), default="final")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers for the seeds' pipeline")

@@ -99,3 +99,11 @@ def get_preset(name: str) -> Preset:
         return BY_NAME[name]
     except KeyError:
         raise KeyError(f"no preset {name!r}; the presets are: {', '.join(BY_NAME)}") from None
+
+
+def matching_preset(cfg: RunConfig) -> str | None:
+    """The name of the preset this config is (seed and threads aside), if any."""
+    for preset in PRESETS:
+        if preset.config.replace(train={"seed": cfg.train.seed, "threads": cfg.train.threads}) == cfg:
+            return preset.name
+    return None

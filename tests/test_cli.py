@@ -118,6 +118,28 @@ def test_train_a_preset_and_write_the_run(tmp_path: Path):
     assert "Traceback" not in result.stderr
 
 
+def test_report_tabulates_saved_runs(tmp_path, capsys):
+    cfg = get_preset("lean").config
+    epochs = [{"epoch": e, "train_loss": 0.1, "train_acc": 99.0, "test_loss": 0.05, "test_acc": 98.5 + e / 100,
+               "lr": 0.01, "seconds": 20.0} for e in range(1, 16)]  # fmt: skip
+    run = {"config": cfg.to_dict(), "status": "finished", "reason": "", "params": 6_520, "seconds": 300.0,
+           "epochs": epochs}  # fmt: skip
+    single = write(tmp_path, "lean.json", json.dumps(run))
+    several = write(tmp_path, "runs.json", json.dumps({"runs": [run, run], "last_k": 4}))
+    assert main(["report", single, several]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "| Step | Target | Params | Best train | Best test | Last 4 | Analysis |"
+    assert len(lines) == 2 + 3
+    assert lines[2].startswith("| 2. A lean skeleton (seed 1, 15 epochs in 5 min) | Strip the network")
+    assert "| 6,520 | 99.00% | 98.65% | 98.62, 98.63, 98.64, 98.65 (no) |" in lines[2]
+
+
+def test_report_refuses_a_file_that_is_not_a_run(tmp_path, capsys):
+    assert main(["report", write(tmp_path, "notes.json", '{"hello": 1}')]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "notes.json is not a run saved by train/consistency --out" in err[0]
+
+
 def write(tmp_path: Path, name: str, content: str | bytes) -> str:
     path = tmp_path / name
     path.write_bytes(content if isinstance(content, bytes) else content.encode())

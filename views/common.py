@@ -12,7 +12,7 @@ from drill import ui_logic as ui
 from drill.analysis import analyse
 from drill.config import ConfigError, RunConfig, field_choices, field_help, field_range
 from drill.jobs import JobManager
-from drill.presets import PRESETS, get_preset
+from drill.presets import get_preset
 
 DEFAULT_PRESET = "quick"
 log = logging.getLogger(__name__)
@@ -86,14 +86,6 @@ def apply_config(**sections) -> tuple[RunConfig | None, ConfigError | None]:
     if new != cfg:
         set_config(new)
     return new, None
-
-
-def matching_preset(cfg: RunConfig) -> str | None:
-    """The name of the preset this config is (seed and threads aside), if any."""
-    for preset in PRESETS:
-        if preset.config.replace(train={"seed": cfg.train.seed, "threads": cfg.train.threads}) == cfg:
-            return preset.name
-    return None
 
 
 def _key(section, name: str, key: str | None = None) -> str:

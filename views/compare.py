@@ -8,7 +8,7 @@ import streamlit as st
 from drill import records
 from drill.analysis import LAST_K
 from drill.charts import compare_chart
-from drill.presets import BY_NAME
+from drill.presets import BY_NAME, matching_preset
 from views import common
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ def import_pending(manager, me: str) -> None:
 
 def preset_of(run):
     """The preset a run's config is, if any (its Step and Target come from it)."""
-    return BY_NAME.get(common.matching_preset(run.config) or "")
+    return BY_NAME.get(matching_preset(run.config) or "")
 
 
 def run_name(run) -> str:

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from drill.analysis import EPOCH_BUDGET, PARAM_BUDGET, TARGET_ACC
-from drill.presets import LESSON
+from drill.presets import LESSON, matching_preset
 from drill.summary import summarize
 from views import common
 
@@ -23,7 +23,7 @@ st.caption(
 # -- state set-up: the latest finished run of each step in this session --------------------------------------------
 finished = {}
 for run in common.manager().snapshots(common.owner()):
-    step = common.matching_preset(run.config)
+    step = matching_preset(run.config)
     if run.status == "finished" and step:
         finished[step] = run  # oldest first, so the latest run of a step wins
 

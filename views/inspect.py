@@ -5,6 +5,7 @@ import streamlit as st
 from drill import export, inspection
 from drill.charts import DRAW_PARAM, confusion_chart, drawing_chart, per_class_chart, probability_chart
 from drill.data import load_mnist
+from drill.presets import matching_preset
 from views import common
 
 GRID = 24  # mistakes shown at once
@@ -65,7 +66,7 @@ def show_own_digit(model) -> None:
 
 def script_download(column, label: str, cfg, fallback: str = "custom") -> str:
     """A button downloading cfg's experiment as a script named after its preset (else fallback); returns the script."""
-    name, script = export.named_script(cfg, common.matching_preset(cfg), fallback)
+    name, script = export.named_script(cfg, matching_preset(cfg), fallback)
     column.download_button(label, script, file_name=name, mime="text/x-python", icon="🐍", on_click="ignore")
     return script
 

@@ -7,7 +7,7 @@ from drill.charts import accuracy_chart, loss_chart, lr_chart
 from drill.config import AugmentConfig, TrainConfig, field_help
 from drill.data import DataUnavailable, load_mnist
 from drill.jobs import ACTIVE
-from drill.presets import BY_NAME
+from drill.presets import BY_NAME, matching_preset
 from views import common
 
 # -- title --------------------------------------------------------------------------------------------------------
@@ -79,7 +79,7 @@ if start and new is not None:
     if active:
         st.warning("Your previous run is still going: stop it first.")
     else:
-        preset = common.matching_preset(new)
+        preset = matching_preset(new)
         job = manager.submit(me, new, BY_NAME[preset].title if preset else "custom")
         st.session_state.train_job = job.id
         st.rerun()
