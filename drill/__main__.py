@@ -256,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=list(BY_NAME), default="final")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers for the seeds' pipeline")
     p.add_argument("--repeats", type=int, default=3, help="drill epochs to take the median of")
+    p.add_argument("--subset", type=int, help="time an epoch of N images instead of the preset's (a smoke test)")
     p.set_defaults(func=cmd_bench, config=None)
     return parser
 

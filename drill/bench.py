@@ -11,7 +11,7 @@ import torch
 from drill.config import RunConfig
 from drill.data import MNIST_MEAN, MNIST_STD, Mnist
 from drill.model import build_model
-from drill.train import loss_fn, make_optimizer, train
+from drill.train import loss_fn, make_optimizer, stratified_subset, train
 
 
 def write_idx_files(data: Mnist, root: Path) -> Path:
@@ -35,7 +35,10 @@ def write_idx_files(data: Mnist, root: Path) -> Path:
 
 
 def seeds_epoch(cfg: RunConfig, data: Mnist, root: Path, workers: int = 2) -> float:
-    """Seconds for one training epoch the way the seed notebooks train: PIL transforms per image in a DataLoader."""
+    """Seconds for one training epoch the way the seed notebooks train: PIL transforms per image in a DataLoader.
+
+    Trains on the same images as drill's loop: all of them, or the config's stratified subset.
+    """
     from torchvision import datasets, transforms
 
     transform = transforms.Compose(
@@ -46,6 +49,8 @@ def seeds_epoch(cfg: RunConfig, data: Mnist, root: Path, workers: int = 2) -> fl
         ]
     )
     dataset = datasets.MNIST(write_idx_files(data, root), train=True, download=False, transform=transform)
+    if cfg.train.subset:
+        dataset = torch.utils.data.Subset(dataset, stratified_subset(data.train_labels, cfg.train.subset).tolist())
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=True, num_workers=workers)
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model, seed=cfg.train.seed)

@@ -54,6 +54,11 @@ def settle(page) -> None:
     assert errors.count() == 0, errors.first.inner_text()
 
 
+def button(page, name: str):
+    """A button of the page itself (Streamlit's header has a "Stop" of its own while a script runs)."""
+    return page.get_by_test_id("stMainBlockContainer").get_by_role("button", name=name, exact=True)
+
+
 def open_page(page, name: str) -> None:
     """Click a page in the sidebar navigation and wait for it to render."""
     page.locator("[data-testid='stSidebarNav']").get_by_text(name, exact=True).click()
@@ -81,15 +86,15 @@ def test_the_lesson_end_to_end(server, page):
     page.screenshot(path=SHOTS / "2-build.png", full_page=True)
 
     open_page(page, "Train")
-    page.get_by_role("button", name="Start").click()
+    button(page, "Start").click()
     first_epoch = page.get_by_text(re.compile(r"Epoch 1 of 3: train"))
     first_epoch.wait_for(timeout=EPOCH_DEADLINE_MS)
     # The live fragment draws the accuracy and loss charts beside the LR plot once an epoch has a point.
     page.wait_for_function("document.querySelectorAll(\"[data-testid='stVegaLiteChart']\").length >= 3")
-    page.get_by_role("button", name="Stop").evaluate("e => e.scrollIntoView({block: 'start'})")
+    button(page, "Stop").evaluate("e => e.scrollIntoView({block: 'start'})")
     page.screenshot(path=SHOTS / "3-train-running.png")
 
-    page.get_by_role("button", name="Stop").click()
+    button(page, "Stop").click()
     page.get_by_text(re.compile("stopped")).first.wait_for()
     settle(page)
     page.screenshot(path=SHOTS / "4-train-stopped.png", full_page=True)
@@ -110,7 +115,7 @@ def test_stopping_the_server_mid_run_ends_it_promptly(browser):
         page = context.new_page()
         page.set_default_timeout(60_000)
         page.goto(f"{url}/train")
-        page.get_by_role("button", name="Start").click()
+        button(page, "Start").click()
         page.get_by_text(re.compile(r"batch \d+/47")).first.wait_for(timeout=EPOCH_DEADLINE_MS)
         context.close()
         started = time.monotonic()

@@ -222,3 +222,13 @@ def test_bad_arguments_through_main(tmp_path, capsys, case, make_args, needle):
 
 def test_subprocess_cases_are_known():
     assert SUBPROCESS_CASES <= {case for case, _, _ in BAD_ARGUMENTS}
+
+
+def test_bench_times_both_pipelines_side_by_side(capsys):
+    assert main(["bench", "--subset", "2000", "--repeats", "1", "--workers", "0"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("seeds' pipeline (torchvision + PIL + DataLoader, 0 workers): ")
+    assert lines[1].startswith("drill's pipeline: ") and "(median of 1: " in lines[1]
+    seeds_s = float(lines[0].split(": ")[1].split(" ")[0])
+    drill_s = float(lines[1].split(": ")[1].split(" ")[0])
+    assert lines[2] == f"speed-up: {seeds_s / drill_s:.1f}x"
