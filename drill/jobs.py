@@ -117,7 +117,12 @@ class Job:
 
 def default_max_running() -> int:
     """How many runs train at once: $DRILL_MAX_JOBS, else one per CPU core."""
-    return int(os.environ.get("DRILL_MAX_JOBS") or os.cpu_count() or 1)
+    text = os.environ.get("DRILL_MAX_JOBS", "")
+    if not text:
+        return os.cpu_count() or 1
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"DRILL_MAX_JOBS={text!r} is not allowed: a whole number of runs, 1 or more")
+    return int(text)
 
 
 class JobManager:
@@ -126,7 +131,9 @@ class JobManager:
     def __init__(
         self,
         max_running: int | None = None,
-        grace_s: float = 60.0,
+        # Browsers throttle a hidden tab's timers to about one tick a minute after five minutes, so a student
+        # reading another tab must not lose a run; a closed tab is still noticed within minutes.
+        grace_s: float = 300.0,
         data: Callable[[], Mnist] = load_mnist,
         runner: Callable[..., RunResult] = train,
     ):
@@ -191,12 +198,6 @@ class JobManager:
             if job.status == "running" and not job.reason:
                 job.reason = reason
         job.stop_event.set()
-
-    def remove(self, job_id: str) -> None:
-        """Forget a job (stopping it first if it is still going)."""
-        self.stop(job_id)
-        with self._lock:
-            self._jobs.pop(job_id, None)
 
     def get(self, job_id: str) -> Job | None:
         """The job with this id, if any."""

@@ -181,9 +181,10 @@ def train(
     """
     report = callback or (lambda event, payload: None)
     stop = stop or threading.Event()
-    threads = cfg.train.threads or threads
+    # The caller's count (the job scheduler's share of the cores) wins: a shared link must not oversubscribe a server.
+    threads = threads or cfg.train.threads
     if threads:
-        # set_num_threads applies to the calling thread's OpenMP pool, so concurrent runs each keep their own.
+        # set_num_threads sets the calling thread's OpenMP pool, so concurrent runs each keep their own count.
         torch.set_num_threads(threads)
     generator = torch.Generator().manual_seed(cfg.train.seed)
     model = build_model(cfg.model, seed=cfg.train.seed)

