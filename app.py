@@ -48,9 +48,9 @@ def heartbeat() -> None:
     """Tell the job manager this tab is open (on every page), and show what is going on."""
     manager = common.manager()
     manager.touch(common.owner())
-    active = [s for s in manager.snapshots(common.owner()) if s.status in ("queued", "running")]
+    active = manager.active_count(common.owner())
     if active:
-        st.caption(f"⏳ {len(active)} run(s) going: see Train")
+        st.caption(f"⏳ {active} run(s) going: see Train")
 
 
 with st.sidebar:

@@ -349,7 +349,7 @@ class RunConfig:
     def from_dict(cls, data: Any) -> RunConfig:
         """Rebuild from to_dict() output; unknown or malformed keys raise ConfigError."""
         if not isinstance(data, dict):
-            raise ConfigError("config", _short(data), "a JSON object with the sections " + ", ".join(_SECTIONS))
+            raise ConfigError("config", shorten(data), "a JSON object with the sections " + ", ".join(_SECTIONS))
         unknown = set(data) - set(_SECTIONS)
         if unknown:
             raise ConfigError(sorted(map(str, unknown))[0], "...", "only the sections " + ", ".join(_SECTIONS))
@@ -361,7 +361,7 @@ class RunConfig:
         try:
             data = json.loads(text)
         except (ValueError, RecursionError) as error:
-            raise ConfigError("config", _short(text), f"valid JSON ({error})") from None
+            raise ConfigError("config", shorten(text), f"valid JSON ({error})") from None
         return cls.from_dict(data)
 
     @classmethod
@@ -372,7 +372,7 @@ class RunConfig:
             keys = [k for k, _ in pairs]
             repeated = next((k for k in keys if keys.count(k) > 1), None)
             if repeated is not None:
-                raise ConfigError("link", _short(query), f"each setting at most once ({repeated!r} is given twice)")
+                raise ConfigError("link", shorten(query), f"each setting at most once ({repeated!r} is given twice)")
             query = dict(pairs)
         by_key = {}
         for name, section in _SECTIONS.items():
@@ -381,7 +381,7 @@ class RunConfig:
         sections: dict[str, dict] = {name: {} for name in _SECTIONS}
         for key, text in query.items():
             if key not in by_key:
-                raise ConfigError(f"link setting {key!r}", _short(text), "only the keys " + ", ".join(sorted(by_key)))
+                raise ConfigError(f"link setting {key!r}", shorten(text), "only the keys " + ", ".join(sorted(by_key)))
             name, f = by_key[key]
             sections[name][f.name] = _from_text(f"{name}.{f.name}", text, f.metadata)
         return cls.from_dict(sections)
@@ -391,7 +391,7 @@ def section_from_dict(name: str, data: Any):
     """Build one section (model/augment/train) from a dict, rejecting unknown keys."""
     cls = _SECTIONS[name]
     if not isinstance(data, dict):
-        raise ConfigError(name, _short(data), "an object with the fields " + ", ".join(field_names(cls)))
+        raise ConfigError(name, shorten(data), "an object with the fields " + ", ".join(field_names(cls)))
     unknown = set(data) - set(field_names(cls))
     if unknown:
         raise ConfigError(
@@ -463,11 +463,11 @@ def _from_text(name: str, text: str, meta) -> Any:
     except ValueError:
         lo, hi = meta["range"]
         raise ConfigError(
-            name, _short(text), f"{'a whole number' if meta['integer'] else 'a number'} from {lo} to {hi}"
+            name, shorten(text), f"{'a whole number' if meta['integer'] else 'a number'} from {lo} to {hi}"
         ) from None
 
 
-def _short(value: Any, limit: int = 60) -> str:
-    """A value cut short for an error message, so a huge input never floods the page."""
+def shorten(value: Any, limit: int = 60) -> str:
+    """A value cut short for a message, so a huge or hostile input never floods the page."""
     text = value if isinstance(value, str) else repr(value)
     return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"

@@ -54,6 +54,8 @@ class Mnist:
 
 
 _MEMO: dict[Path, Mnist] = {}
+_FAILED: dict[Path, tuple[float, DataUnavailable]] = {}
+RETRY_AFTER_S = 60.0
 _LOCK = threading.Lock()
 
 
@@ -70,8 +72,18 @@ def load_mnist(directory: Path | None = None) -> Mnist:
     key = directory.resolve()
     # One lock for all directories: a second thread must wait for the first load rather than start its own.
     with _LOCK:
-        if key not in _MEMO:
+        if key in _MEMO:
+            return _MEMO[key]
+        failed_at, error = _FAILED.get(key, (float("-inf"), None))
+        # Every page rerun of every student asks for the data: after a failure, answer at once for a while
+        # instead of queueing them all behind another minutes-long attempt.
+        if time.monotonic() - failed_at < RETRY_AFTER_S:
+            raise error
+        try:
             _MEMO[key] = _load_uncached(key)
+        except DataUnavailable as failure:
+            _FAILED[key] = (time.monotonic(), failure)
+            raise
         return _MEMO[key]
 
 

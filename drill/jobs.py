@@ -25,6 +25,7 @@ from drill.train import RunResult, train
 log = logging.getLogger(__name__)
 
 ACTIVE = ("queued", "running")
+FORGET_AFTER_S = 3600.0  # an owner silent this long has left: their ended runs are freed
 MAX_BATCH_POINTS = 2000  # batch-loss points kept per job; older ones are thinned so long runs stay light
 
 
@@ -179,9 +180,28 @@ class JobManager:
         return job
 
     def touch(self, owner: str) -> None:
-        """Heartbeat: the owner's page is still open."""
+        """Heartbeat: the owner's page is still open; also the moment to clear out what closed tabs left."""
         with self._lock:
             self._seen[owner] = time.monotonic()
+            self._sweep()
+
+    def _sweep(self) -> None:
+        """Drop queued runs of closed tabs (so the queue positions others see are true) and forget long-gone owners.
+
+        Called with the manager's lock held.
+        """
+        now = time.monotonic()
+        for job_id in [j for j in self._queue if not self._alive(self._jobs[j].owner)]:
+            self._queue.remove(job_id)
+            job = self._jobs[job_id]
+            with job.lock:
+                job.status, job.reason = "stopped", "the page was closed before the run started"
+        # A finished run keeps its model in memory; a class server running all day must let go of them.
+        gone = {owner for owner, seen in self._seen.items() if now - seen > FORGET_AFTER_S}
+        for job_id in [j.id for j in self._jobs.values() if j.owner in gone and j.status not in ACTIVE]:
+            del self._jobs[job_id]
+        for owner in gone - {j.owner for j in self._jobs.values()}:
+            del self._seen[owner]
 
     def stop(self, job_id: str, reason: str = "stopped by the student") -> None:
         """Stop a running job within a batch, or take a queued one out of the queue."""
@@ -218,6 +238,11 @@ class JobManager:
             position = next((i for i, queued in enumerate(self._queue, start=1) if queued == job_id), None)
         return job.snapshot(position) if job else None
 
+    def active_count(self, owner: str) -> int:
+        """How many of an owner's runs are queued or running (cheap: no snapshots)."""
+        with self._lock:
+            return sum(job.owner == owner and job.status in ACTIVE for job in self._jobs.values())
+
     def running_count(self) -> int:
         """Jobs training right now."""
         with self._lock:
@@ -244,14 +269,11 @@ class JobManager:
         return time.monotonic() - self._seen.get(owner, 0.0) <= self.grace_s
 
     def _dispatch(self) -> None:
-        """Start queued jobs while slots are free; queued jobs of owners gone quiet are dropped."""
+        """Start queued jobs while slots are free, after dropping those of owners gone quiet."""
         with self._lock:
+            self._sweep()
             while self._queue and sum(j.status == "running" for j in self._jobs.values()) < self.max_running:
                 job = self._jobs[self._queue.popleft()]
-                if not self._alive(job.owner):
-                    with job.lock:
-                        job.status, job.reason = "stopped", "the page was closed before the run started"
-                    continue
                 with job.lock:
                     job.status = "running"
                 job.thread = threading.Thread(target=self._work, args=(job,), name=f"drill-{job.id}", daemon=True)

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from drill.analysis import LAST_K, analyse
-from drill.config import ConfigError, RunConfig
+from drill.config import ConfigError, RunConfig, shorten
 from drill.model import Net, count_params
 from drill.presets import Preset
 from drill.train import EPOCH_KEYS
@@ -140,7 +140,7 @@ def parse_records(raw: bytes | str) -> list[dict]:
     except RecordError:
         raise
     except (ValueError, RecursionError) as error:
-        raise RecordError(f"The file is not valid JSON ({_short(str(error))}); was it cut short or edited?") from None
+        raise RecordError(f"The file is not valid JSON ({shorten(str(error))}); was it cut short or edited?") from None
     if not isinstance(data, list):
         raise RecordError(f"The file holds a JSON {_kind(data)}; a runs file holds a list of runs.")
     if not data:
@@ -174,14 +174,14 @@ def _check_record(index: int, record: Any) -> dict:
 
     def fail(field: str, problem: str) -> RecordError:
         label = record.get("label") if isinstance(record, dict) else None
-        named = f" ({_short(label, 40)!r})" if isinstance(label, str) and label else ""
+        named = f" ({shorten(label, 40)!r})" if isinstance(label, str) and label else ""
         return RecordError(f"Run {index}{named}, {field}: {problem}")
 
     if not isinstance(record, dict):
         raise fail("record", f"a JSON {_kind(record)}, expected an object with the keys {', '.join(RECORD_KEYS)}")
     unknown = sorted(set(record) - set(RECORD_KEYS))
     if unknown:
-        raise fail(_short(unknown[0], 40), f"unknown key; a run record has only {', '.join(RECORD_KEYS)}")
+        raise fail(shorten(unknown[0], 40), f"unknown key; a run record has only {', '.join(RECORD_KEYS)}")
     for key in ("config", "epochs"):
         if key not in record:
             raise fail(key, "missing")
@@ -193,7 +193,7 @@ def _check_record(index: int, record: Any) -> dict:
     except ConfigError as error:
         raise fail("config", str(error)) from None
     except (TypeError, ValueError, RecursionError) as error:  # belt and braces: no odd value may escape as a traceback
-        raise fail("config", f"not a valid config ({_short(str(error))})") from None
+        raise fail("config", f"not a valid config ({shorten(str(error))})") from None
     status = record.get("status", "finished")
     if status not in ENDED:
         raise fail("status", f"{_value(status)} is not one of {', '.join(ENDED)}")
@@ -236,7 +236,7 @@ def _check_epochs(epochs: Any, config: RunConfig, fail) -> list[dict]:
         missing = [key for key in EPOCH_KEYS if key not in epoch]
         extra = sorted(set(epoch) - set(EPOCH_KEYS))
         if missing or extra:
-            problem = f"missing {', '.join(missing)}" if missing else f"unknown key {_short(extra[0], 40)!r}"
+            problem = f"missing {', '.join(missing)}" if missing else f"unknown key {shorten(extra[0], 40)!r}"
             raise fail(where, f"{problem}; an epoch record has exactly {', '.join(EPOCH_KEYS)}")
         for key, (low, high, whole) in EPOCH_BOUNDS.items():
             value = epoch[key]
@@ -271,10 +271,4 @@ def _kind(value: Any) -> str:
 
 def _value(value: Any) -> str:
     """A value as it was written in the file (text quoted), cut short."""
-    return _short(repr(value), 40)
-
-
-def _short(value: Any, limit: int = 80) -> str:
-    """A value cut short for a message, so a hostile file cannot flood the page."""
-    text = value if isinstance(value, str) else repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."
+    return shorten(repr(value), 40)

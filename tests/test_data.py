@@ -240,3 +240,22 @@ def test_data_dir_follows_the_environment(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setenv("HOME", str(tmp_path))
     assert data_dir() == tmp_path / ".cache" / "drill-down-lab"
     assert data_dir().is_dir()
+
+
+def test_a_failed_load_is_not_retried_by_every_rerun_for_a_minute(tmp_path: Path, monkeypatch) -> None:
+    # Every page rerun of every student asks for MNIST; after a failure they must not all queue behind a new attempt.
+    attempts = []
+
+    def failing(directory: Path) -> Mnist:
+        attempts.append(directory)
+        raise DataUnavailable("no source could provide MNIST")
+
+    monkeypatch.setattr(data, "_load_uncached", failing)
+    for _ in range(3):
+        with pytest.raises(DataUnavailable, match="no source could provide MNIST"):
+            load_mnist(tmp_path)
+    assert len(attempts) == 1
+    monkeypatch.setattr(data, "RETRY_AFTER_S", 0.0)
+    with pytest.raises(DataUnavailable):
+        load_mnist(tmp_path)
+    assert len(attempts) == 2

@@ -9,6 +9,7 @@ import time
 from collections import defaultdict
 
 import pytest
+import torch
 from conftest import drill_threads, wait_until
 
 from drill.config import ConfigError, RunConfig
@@ -395,3 +396,56 @@ def test_real_tiny_runs_finish_and_stop_through_the_manager(make_manager, small_
     assert 0 <= done.epochs[0]["test_acc"] <= 100 and done.seconds > 0
     assert short.result is not None and short.result.status == "finished"
     wait_until(lambda: not drill_threads(), what="the real jobs' threads to end")
+
+
+def test_a_closed_tabs_queued_run_leaves_the_queue_at_the_next_heartbeat(make_manager):
+    # It used to wait for its turn at the front, meanwhile counting as "ahead" of every student behind it.
+    runner = FakeRunner()
+    manager = make_manager(runner, max_running=1, grace_s=1.0)
+    manager.submit("alive", cfg(1))
+    orphan = manager.submit("gone", cfg(2))
+    behind = manager.submit("alive", cfg(3))
+    assert manager.snapshot(behind.id).queue_position == 2
+    past_grace = time.monotonic() + 1.5
+    wait_until(lambda: manager.touch("alive") or time.monotonic() > past_grace, what="the grace period to pass")
+    assert status(manager, orphan) == "stopped"
+    assert manager.snapshot(behind.id).queue_position == 1
+    assert manager.active_count("alive") == 2 and manager.active_count("gone") == 0
+    runner.release(1)
+    runner.release(3)
+    wait_status(manager, behind, "finished")
+
+
+def test_ended_runs_of_owners_gone_for_an_hour_are_freed(make_manager, monkeypatch):
+    runner = FakeRunner()
+    manager = make_manager(runner, max_running=1)
+    old = manager.submit("left", cfg(1))
+    runner.release(1)
+    wait_status(manager, old, "finished")
+    manager.touch("left")
+    monkeypatch.setattr("drill.jobs.FORGET_AFTER_S", 0.5)
+    past = time.monotonic() + 1.0
+    wait_until(lambda: manager.touch("here") or time.monotonic() > past, what="an hour, scaled down, to pass")
+    assert manager.get(old.id) is None and manager.snapshots("left") == []
+
+
+@pytest.mark.parametrize("text", ["0", "-1", "two", "1.5"])
+def test_a_bad_drill_max_jobs_says_what_is_allowed(monkeypatch, text):
+    monkeypatch.setenv("DRILL_MAX_JOBS", text)
+    with pytest.raises(ValueError, match=f"DRILL_MAX_JOBS='{text}' is not allowed: a whole number of runs, 1 or more"):
+        JobManager()
+
+
+def test_the_schedulers_thread_count_wins_over_the_configs(small_mnist):
+    # A shared link with threads=8 must not oversubscribe the server: the job manager's one thread per run stands.
+    seen = []
+    cfg8 = get_preset("lean").config.replace(train={"threads": 8, "subset": 256, "epochs": 1, "batch_size": 128})
+
+    def record(event, payload):
+        if event == "start":
+            seen.append(torch.get_num_threads())
+
+    worker = threading.Thread(target=train, args=(cfg8, small_mnist, record), kwargs={"threads": 1})
+    worker.start()
+    worker.join()
+    assert seen == [1]
