@@ -66,8 +66,6 @@ def loss_chart(epochs: list[dict], batch_losses=(), epochs_total: int | None = N
 def lr_chart(rates: list[float], batches_per_epoch: int) -> alt.Chart:
     """The learning rate over the run's optimizer steps, x in epochs."""
     data = pd.DataFrame({"epoch": [i / batches_per_epoch for i in range(len(rates))], "lr": rates})
-    if len(data) > 1500:  # a smooth curve needs far fewer points than a 15-epoch run has steps
-        data = data.iloc[:: len(data) // 1500 + 1]
     # fit-x: Streamlit's default "fit" counts title and axes in the 160 px, which left the curve ~25 px tall.
     autosize = alt.AutoSizeParams(type="fit-x", contains="padding")
     return (
