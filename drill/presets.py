@@ -26,7 +26,8 @@ _LEAN = ModelConfig(layers="8,12,M,12,16,M", head="fc")
 _BN = ModelConfig(layers=_LEAN.layers, head="fc", batch_norm="before_relu")
 _REGULARISED = ModelConfig(layers=_LEAN.layers, head="fc", batch_norm="before_relu", dropout=0.05)
 _ROTATE = AugmentConfig(rotation=7.0)
-_FINAL = ModelConfig(layers="10,10,16,M,T10,10,16,16", head="gap_conv", batch_norm="before_relu", dropout=0.05)
+# Dropout eased to 0.02: at 0.05 on top of rotation this small network trained below its test accuracy all run long.
+_FINAL = ModelConfig(layers="10,10,16,M,T10,10,16,16", head="gap_conv", batch_norm="before_relu", dropout=0.02)
 _ONECYCLE = TrainConfig(
     epochs=15, batch_size=128, optimizer="sgd", lr=0.01, momentum=0.9, schedule="onecycle", max_lr=0.1, pct_start=0.2
 )
@@ -73,7 +74,7 @@ PRESETS: tuple[Preset, ...] = (
         "5. + GAP, 1x1 transitions and OneCycleLR",
         "Under 8,000 parameters, >= 99.4% test in each of the last epochs, within 15 epochs.",
         "Deeper stack with a 1x1 transition after the max-pool, a GAP + 1x1 conv head instead of the FC layer, "
-        "and a OneCycleLR schedule peaking at 0.1.",
+        "a OneCycleLR schedule peaking at 0.1, and dropout eased to 0.02 (at 0.05 the network underfits).",
         RunConfig(_FINAL, _ROTATE, _ONECYCLE),
         "6,750-8,172 parameters; 99.4-99.57% in the last epochs with OneCycleLR",
         5,
