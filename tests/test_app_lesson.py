@@ -31,6 +31,7 @@ def test_every_step_has_a_card_with_its_target_change_band_params_and_load_butto
         assert f"**Target:** {step.target}" in markdown
         assert step.change in markdown
         assert step.seed_band in captions
+        assert step.measured and f"Measured in this lab (15 epochs): {step.measured}" in captions
         assert f"{summarize(step.config.model).total_params:,}" in params
         assert at.button(key=f"load_{step.name}").label == "Load into the builder"
     assert "99.4%" in at.markdown[0].value and "8,000" in at.markdown[0].value  # the goal, up front

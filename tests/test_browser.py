@@ -116,7 +116,7 @@ def test_stopping_the_server_mid_run_ends_it_promptly(browser):
         page.set_default_timeout(60_000)
         page.goto(f"{url}/train")
         button(page, "Start").click()
-        page.get_by_text(re.compile(r"batch \d+/47")).first.wait_for(timeout=EPOCH_DEADLINE_MS)
+        page.get_by_text(re.compile(r"batch \d+/94")).first.wait_for(timeout=EPOCH_DEADLINE_MS)
         context.close()
         started = time.monotonic()
         process.terminate()

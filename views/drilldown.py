@@ -36,6 +36,8 @@ for preset in LESSON:
             st.markdown(f"**Target:** {preset.target}")
             st.markdown(f"**What changes:** {preset.change}")
             st.caption(f"Seed write-ups report: {preset.seed_band}")
+            if preset.measured:
+                st.caption(f"Measured in this lab (15 epochs): {preset.measured}")
         with side:
             st.metric("Parameters", f"{summarize(preset.config.model).total_params:,}")
             if st.button("Load into the builder", key=f"load_{preset.name}", type="primary", width="stretch"):
