@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from drill.presets import BY_NAME, PRESETS, get_preset, matching_preset
+from drill.presets import BY_NAME, PRESETS, matching_preset
 from views import common
 
 st.set_page_config(page_title="Drill-Down Lab", page_icon="🔬", layout="wide")
@@ -20,8 +20,7 @@ page = st.navigation(pages)
 
 def load_preset(name: str) -> None:
     """Make a preset current (resetting every widget to it) and redraw."""
-    st.session_state.preset_name = name
-    common.set_config(get_preset(name).config, from_widgets=False)
+    common.load_preset(name)
     st.rerun()
 
 

@@ -228,15 +228,19 @@ class JobManager:
         """Snapshots of an owner's jobs, oldest first, with queue positions."""
         with self._lock:
             jobs = [job for job in self._jobs.values() if job.owner == owner]
-            positions = {job_id: place for place, job_id in enumerate(self._queue, start=1)}
+            positions = self._queue_positions()
         return [job.snapshot(positions.get(job.id)) for job in jobs]
 
     def snapshot(self, job_id: str) -> Snapshot | None:
         """A snapshot of one job, with its queue position."""
         with self._lock:
             job = self._jobs.get(job_id)
-            position = next((i for i, queued in enumerate(self._queue, start=1) if queued == job_id), None)
+            position = self._queue_positions().get(job_id)
         return job.snapshot(position) if job else None
+
+    def _queue_positions(self) -> dict[str, int]:
+        """Job id -> 1-based place in the queue; called with the manager's lock held."""
+        return {job_id: place for place, job_id in enumerate(self._queue, start=1)}
 
     def active_count(self, owner: str) -> int:
         """How many of an owner's runs are queued or running (cheap: no snapshots)."""

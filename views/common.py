@@ -69,6 +69,12 @@ def set_config(cfg: RunConfig, from_widgets: bool = True) -> None:
     _sync_url(cfg)
 
 
+def load_preset(name: str) -> None:
+    """Make a preset the current config and the sidebar's base, resetting every widget to it."""
+    st.session_state.preset_name = name
+    set_config(get_preset(name).config, from_widgets=False)
+
+
 def _sync_url(cfg: RunConfig) -> None:
     params = cfg.to_query_params()
     if params != st.query_params.to_dict():

@@ -41,8 +41,7 @@ for preset in LESSON:
         with side:
             st.metric("Parameters", f"{summarize(preset.config.model).total_params:,}")
             if st.button("Load into the builder", key=f"load_{preset.name}", type="primary", width="stretch"):
-                common.set_config(preset.config, from_widgets=False)
-                st.session_state.preset_name = preset.name
+                common.load_preset(preset.name)
                 st.switch_page("views/build.py", query_params=preset.config.to_query_params())
         run = finished.get(preset.name)
         if run is not None:
