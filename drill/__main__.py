@@ -157,23 +157,32 @@ def cmd_consistency(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    """One full epoch of a preset through the seeds' pipeline and through drill's, in one run."""
-    from drill.bench import drill_epoch, seeds_epoch
+    """One full epoch of a preset through the seeds' pipeline and through drill's, then the app's other waits."""
+    from drill import bench
     from drill.data import data_dir, load_mnist
 
     cfg = load_config(args)
     data = load_mnist()
-    seeds_s = seeds_epoch(cfg, data, data_dir() / "torchvision-idx", workers=args.workers)
+    seeds_s = bench.seeds_epoch(cfg, data, data_dir() / "torchvision-idx", workers=args.workers)
     print(
         f"seeds' pipeline (torchvision + PIL + DataLoader, {args.workers} workers): {seeds_s:.1f} s/epoch", flush=True
     )
-    drill_times = [drill_epoch(cfg, data) for _ in range(args.repeats)]
+    drill_times = [bench.drill_epoch(cfg, data) for _ in range(args.repeats)]
     drill_s = statistics.median(drill_times)
     print(
         f"drill's pipeline: {drill_s:.1f} s/epoch (median of {args.repeats}: "
         f"{', '.join(f'{t:.1f}' for t in drill_times)})"
     )
     print(f"speed-up: {seeds_s / drill_s:.1f}x")
+    print(f"test pass (10,000 images): {bench.eval_seconds(cfg, data):.2f} s (median of 5)", flush=True)
+    quick = get_preset("quick").config
+    print(f"quick demo, Start to first test point: {bench.first_point_seconds(quick, data):.1f} s", flush=True)
+    shared = cfg.replace(train={"subset": args.subset or 12_000})
+    alone, pair = bench.throughput(shared, data, 1), bench.throughput(shared, data, 2)
+    print(
+        f"throughput ({shared.train.subset:,} images a run): 1 job {alone:.0f} images/s, "
+        f"2 jobs side by side {pair:.0f} images/s ({pair / alone:.2f}x)"
+    )
     return 0
 
 
@@ -252,7 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+", metavar="RUN.json")
     p.add_argument("--last-k", type=int, default=LAST_K, help="epochs that must all reach the target")
     p.set_defaults(func=cmd_report)
-    p = sub.add_parser("bench", help="one epoch: the seeds' pipeline vs drill's, side by side")
+    p = sub.add_parser(
+        "bench", help="one epoch: the seeds' pipeline vs drill's, side by side; test pass, first point, 2 jobs"
+    )
     p.add_argument("--preset", choices=list(BY_NAME), default="final")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers for the seeds' pipeline")
     p.add_argument("--repeats", type=int, default=3, help="drill epochs to take the median of")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import statistics
 import struct
+import threading
 import time
 from pathlib import Path
 
@@ -10,8 +12,9 @@ import torch
 
 from drill.config import RunConfig
 from drill.data import MNIST_MEAN, MNIST_STD, Mnist
+from drill.jobs import ACTIVE, JobManager
 from drill.model import build_model
-from drill.train import loss_fn, make_optimizer, stratified_subset, train
+from drill.train import evaluate, loss_fn, make_optimizer, stratified_subset, train
 
 
 def write_idx_files(data: Mnist, root: Path) -> Path:
@@ -71,3 +74,52 @@ def drill_epoch(cfg: RunConfig, data: Mnist) -> float:
     if result.status != "finished":
         raise RuntimeError(f"the drill run {result.status}: {result.reason}")
     return result.epochs[0]["seconds"]
+
+
+def eval_seconds(cfg: RunConfig, data: Mnist, repeats: int = 5) -> float:
+    """Median seconds to evaluate a freshly built model of cfg on the 10,000 test images."""
+    model = build_model(cfg.model, seed=cfg.train.seed)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        evaluate(model, data.test_images, data.test_labels)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def first_point_seconds(cfg: RunConfig, data: Mnist) -> float:
+    """Seconds from Start to the first test-accuracy point: building the model, epoch 1 and its test pass."""
+    stop = threading.Event()
+    first: list[float] = []
+    started = time.perf_counter()
+
+    def on_event(event: str, payload: dict) -> None:
+        if event == "epoch":
+            first.append(time.perf_counter() - started)
+            stop.set()
+
+    train(cfg, data, on_event, stop)
+    if not first:
+        raise RuntimeError("the run ended before its first epoch")
+    return first[0]
+
+
+def throughput(cfg: RunConfig, data: Mnist, jobs: int) -> float:
+    """Training images per second of `jobs` one-epoch runs side by side, scheduled by the app's JobManager.
+
+    The manager gives each run its share of the cores, as it does for a class; the wall time includes each run's
+    test pass, so this is what students see.
+    """
+    manager = JobManager(max_running=jobs, data=lambda: data)
+    one_epoch = cfg.replace(train={"epochs": 1})
+    started = time.perf_counter()
+    submitted = [manager.submit("bench", one_epoch.replace(train={"seed": seed})) for seed in range(1, jobs + 1)]
+    for job in submitted:
+        while job.snapshot().status in ACTIVE:
+            manager.touch("bench")
+            time.sleep(0.05)
+    elapsed = time.perf_counter() - started
+    failed = [job.snapshot() for job in submitted if job.snapshot().status != "finished"]
+    if failed:
+        raise RuntimeError(f"a bench run {failed[0].status}: {failed[0].reason}")
+    return jobs * (cfg.train.subset or len(data.train_labels)) / elapsed

@@ -11,11 +11,13 @@ from torch import nn
 
 from drill.config import NUM_CLASSES, ModelConfig, feature_sizes
 
-# Dropout masks come from 15-bit random integers: four per 64-bit draw, which costs a fifth of bernoulli_'s
+# Dense dropout masks come from 15-bit random integers: four per 64-bit draw, which costs a fifth of bernoulli_'s
 # per-element sampling (that was 40% of a training step). p is honoured to 1/32768 and the kept values are scaled
 # by 1 / (1 - p_effective), so the expected activation is exactly unchanged.
 _MASK_LEVELS = 32768
 _LOW_15_BITS = 0x7FFF_7FFF_7FFF_7FFF
+# Up to this rate, element dropout draws where the drops fall instead of a mask: about n * p draws, not n / 4.
+SPARSE_DROPOUT_MAX_P = 0.25
 
 
 def keep_mask(shape: tuple[int, ...], p: float, generator: torch.Generator | None) -> tuple[torch.Tensor, float]:
@@ -27,6 +29,48 @@ def keep_mask(shape: tuple[int, ...], p: float, generator: torch.Generator | Non
     threshold = round(p * _MASK_LEVELS)
     keep = bits.view(torch.int16)[:count].view(shape) >= threshold
     return keep, _MASK_LEVELS / (_MASK_LEVELS - threshold)
+
+
+def drop_positions(count: int, p: float, generator: torch.Generator | None, draws: int | None = None) -> torch.Tensor:
+    """Indices in [0, count) each chosen independently with probability p (a Bernoulli process, as a mask would be).
+
+    The gaps between successive drops of a Bernoulli(p) process are Geometric(p), so drawing the gaps gives the
+    same law as one draw per element with about n * p draws. `draws` per round defaults to six standard deviations
+    above the expected count, so a second round is rare.
+    """
+    expected = count * p
+    chunk = draws or int(expected + 6 * math.sqrt(expected) + 16)
+    ends: list[torch.Tensor] = []
+    start = 0
+    while start < count:
+        gaps = torch.empty(chunk, dtype=torch.float64).geometric_(p, generator=generator).to(torch.int64)
+        positions = gaps.cumsum_(0).add_(start - 1)
+        ends.append(positions)
+        start = int(positions[-1]) + 1
+    positions = torch.cat(ends)
+    return positions[: int(torch.searchsorted(positions, count))]
+
+
+class _SparseDropout(torch.autograd.Function):
+    """x * scale with the given storage positions zeroed; backward does the same to the gradient."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, positions: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.save_for_backward(positions)
+        ctx.scale = scale
+        return _zero_at(x * scale, positions)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (positions,) = ctx.saved_tensors
+        return _zero_at(grad * ctx.scale, positions), None, None
+
+
+def _zero_at(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """x (a fresh tensor) made contiguous and zeroed at the given flat positions, in place."""
+    x = x.contiguous()
+    x.view(-1).index_fill_(0, positions, 0.0)
+    return x
 
 
 class Dropout(nn.Module):
@@ -45,8 +89,10 @@ class Dropout(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
             return x
-        shape = (*x.shape[:2], 1, 1) if self.channel else tuple(x.shape)
-        keep, scale = keep_mask(shape, self.p, self.generator)
+        if not self.channel and self.p <= SPARSE_DROPOUT_MAX_P:
+            positions = drop_positions(x.numel(), self.p, self.generator)
+            return _SparseDropout.apply(x, positions, 1 / (1 - self.p))
+        keep, scale = keep_mask((*x.shape[:2], 1, 1) if self.channel else tuple(x.shape), self.p, self.generator)
         return torch.where(keep, x * scale, 0.0)
 
     def extra_repr(self) -> str:

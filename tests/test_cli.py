@@ -231,3 +231,7 @@ def test_bench_times_both_pipelines_side_by_side(capsys):
     assert lines[0].startswith("seeds' pipeline (torchvision + PIL + DataLoader, 0 workers): ")
     assert lines[1].startswith("drill's pipeline: ") and "(median of 1: " in lines[1]
     assert re.fullmatch(r"speed-up: \d+\.\dx", lines[2]), lines[2]
+    assert re.fullmatch(r"test pass \(10,000 images\): \d+\.\d\d s \(median of 5\)", lines[3]), lines[3]
+    assert re.fullmatch(r"quick demo, Start to first test point: \d+\.\d s", lines[4]), lines[4]
+    pattern = r"throughput \(2,000 images a run\): 1 job \d+ images/s, 2 jobs side by side \d+ images/s \(\d\.\d\dx\)"
+    assert re.fullmatch(pattern, lines[5]), lines[5]

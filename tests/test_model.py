@@ -7,7 +7,16 @@ import torch
 from torch import nn
 
 from drill.config import ModelConfig
-from drill.model import Dropout, build_model, conv_block, count_params, keep_mask, set_generator
+from drill.model import (
+    SPARSE_DROPOUT_MAX_P,
+    Dropout,
+    build_model,
+    conv_block,
+    count_params,
+    drop_positions,
+    keep_mask,
+    set_generator,
+)
 from drill.presets import PRESETS, get_preset
 
 # Computed once from the presets and pinned: a change to a preset or to how the model is built shows up here.
@@ -218,6 +227,41 @@ def test_element_dropout_does_not_drop_whole_channels():
     out = dropout(0.5)(torch.ones(8, 16, 6, 6))
     per_channel = (out == 0).flatten(2)
     assert per_channel.any(2).all() and not per_channel.all(2).all()
+
+
+@pytest.mark.parametrize("draws", [None, 7])  # 7 draws a round: many rounds, so their seams are tested too
+def test_drop_positions_are_a_bernoulli_process(draws):
+    generator = torch.Generator().manual_seed(3)
+    count, p, trials = 5_000, 0.02, 200
+    hits = torch.zeros(count)
+    for _ in range(trials):
+        positions = drop_positions(count, p, generator, draws)
+        assert positions.dtype == torch.int64
+        assert (positions.diff() > 0).all() and positions.min() >= 0 and positions.max() < count
+        hits[positions] += 1
+    # 1,000,000 Bernoulli trials: the overall rate within 5 standard errors (0.0007) of p
+    assert abs(hits.sum().item() / (count * trials) - p) < 0.0007
+    # No position is favoured: the first and last tenth drop at the same rate as the rest (s.e. 0.0006 each)
+    tenth = count // 10
+    for part in (hits[:tenth], hits[-tenth:]):
+        assert abs(part.mean().item() / trials - p) < 0.003
+
+
+def test_sparse_dropout_scales_the_gradient_exactly_where_it_keeps():
+    p = 0.1
+    assert p <= SPARSE_DROPOUT_MAX_P  # this rate takes the sparse path
+    x = (torch.rand(16, 10, 12, 12) + 0.5).requires_grad_()
+    out = dropout(p)(x)
+    upstream = torch.randn_like(out)
+    out.backward(upstream)
+    kept = out != 0
+    torch.testing.assert_close(out[kept], x.detach()[kept] / (1 - p))
+    torch.testing.assert_close(x.grad, torch.where(kept, upstream / (1 - p), 0.0))
+    # A channels_last input gets the same law and the same exact gradient
+    x_cl = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    out_cl = dropout(p)(x_cl)
+    out_cl.backward(upstream)
+    torch.testing.assert_close(x_cl.grad, torch.where(out_cl != 0, upstream / (1 - p), 0.0))
 
 
 def test_keep_mask_scale_is_exact_for_the_quantised_rate():
