@@ -39,7 +39,8 @@ with st.sidebar:
         load_preset(choice)
     # Filled after the page has run, so "edited" reflects the change the student just made on it.
     preset_status = st.container()
-    st.caption("The URL holds this model and its settings: share it to open the same lab.")
+    st.caption("Share this model: the link opens the same settings (your runs stay yours).")
+    st.code(common.share_link(), language=None, wrap_lines=True)
 
 
 @st.fragment(run_every=2.0)

@@ -53,15 +53,15 @@ class Candidate:
     def no_model_note(self) -> str:
         """Why there is nothing to look into, for a run without a model."""
         return (
-            f"{self.run.id} has its numbers but no trained model to look into: it was imported from a file (or "
-            "stopped before it started). Pick a run trained in this session."
+            f"{self.run.id} has its numbers but no trained model to look into: it was imported from a file, "
+            "stopped before it started, or left early while classmates' shared run went on. Pick another run."
         )
 
 
 def candidates(manager: JobManager, owner: str) -> dict[str, Candidate]:
     """An owner's finished and stopped runs, oldest first, by id."""
     return {
-        run.id: Candidate(run, getattr(getattr(manager.get(run.id), "result", None), "model", None))
+        run.id: Candidate(run, manager.model(run.id))
         for run in manager.snapshots(owner)
         if run.status in ("finished", "stopped")
     }

@@ -8,9 +8,10 @@ stopped after a grace period by its own thread, so no thread outlives its job or
 from __future__ import annotations
 
 import atexit
-import itertools
+import hashlib
 import logging
 import os
+import secrets
 import threading
 import time
 import weakref
@@ -18,8 +19,12 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from torch import nn
+
 from drill.config import RunConfig
 from drill.data import Mnist, load_mnist
+from drill.model import build_model
+from drill.store import RunRow, RunStore, TicketRow
 from drill.train import RunResult, train
 
 log = logging.getLogger(__name__)
@@ -31,9 +36,9 @@ MAX_BATCH_POINTS = 2000  # batch-loss points kept per job; older ones are thinne
 
 @dataclass(frozen=True)
 class Snapshot:
-    """A consistent copy of a job's state, safe to read from any thread."""
+    """A consistent copy of what one student sees of a run, safe to read from any thread."""
 
-    id: str
+    id: str  # the student's ticket
     owner: str
     label: str
     config: RunConfig
@@ -46,16 +51,18 @@ class Snapshot:
     queue_position: int | None  # 1-based place in the queue while queued
     created: float
     seconds: float
+    watchers: int = 1  # students following this very run (a class starting the same step shares one)
+    reused: bool = False  # served from an identical run trained earlier, not trained for this student
 
 
 @dataclass
-class Job:
-    """One training run and everything the pages show about it."""
+class Run:
+    """One training and everything the pages show about it; students follow it through tickets."""
 
     id: str
-    owner: str
-    label: str
     config: RunConfig
+    key: str = ""
+    source: str = "trained"  # or "imported": a student's file, never served to anyone else
     created: float = field(default_factory=time.time)
     status: str = "queued"
     reason: str = ""
@@ -68,6 +75,9 @@ class Job:
     stop_event: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
     thread: threading.Thread | None = None
+
+    def __post_init__(self):
+        self.key = self.key or config_key(self.config)
 
     def on_event(self, event: str, payload: dict) -> None:
         """The training callback: record what happened under the lock."""
@@ -96,24 +106,95 @@ class Job:
             eta_s=(total - done) / rate if rate else None,
         )
 
-    def snapshot(self, queue_position: int | None = None) -> Snapshot:
-        """A consistent copy of this job's state."""
+    def row(self) -> RunRow:
+        """This run as the store keeps it."""
         with self.lock:
+            return RunRow(
+                self.id,
+                self.key,
+                self.source,
+                self.config.to_dict(),
+                self.status,
+                self.reason,
+                self.params,
+                [dict(e) for e in self.epochs],
+                list(self.batch_losses),
+                self.seconds,
+                self.created,
+            )
+
+    @classmethod
+    def from_row(cls, row: RunRow) -> Run:
+        """A stored run, back in memory (its model is rebuilt from the stored weights when asked for)."""
+        return cls(
+            row.id,
+            RunConfig.from_dict(row.config),
+            key=row.key,
+            source=row.source,
+            created=row.created,
+            status=row.status,
+            reason=row.reason,
+            params=row.params,
+            epochs=row.epochs,
+            batch_losses=row.batch_losses,
+            seconds=row.seconds,
+        )
+
+
+@dataclass
+class Ticket:
+    """One student's claim on a run. Leaving a shared run early cuts the ticket: it keeps what was seen so far."""
+
+    id: str
+    owner: str
+    label: str
+    run: Run
+    created: float = field(default_factory=time.time)
+    reused: bool = False
+    cut: tuple[int, float, str] | None = None  # (epochs seen, batch position, reason) when the student left
+
+    def snapshot(self, queue_position: int | None = None, watchers: int = 1) -> Snapshot:
+        """A consistent copy of this student's view of the run."""
+        run = self.run
+        with run.lock:
+            status, reason, epochs, losses = run.status, run.reason, run.epochs, run.batch_losses
+            progress, seconds = dict(run.progress), run.seconds
+            if self.cut is not None:
+                seen, position, reason = self.cut
+                status, epochs, progress = "stopped", epochs[:seen], {}
+                losses = [point for point in losses if point[0] <= position]
+                queue_position = None
             return Snapshot(
                 self.id,
                 self.owner,
                 self.label,
-                self.config,
-                self.status,
-                self.reason,
-                self.params,
-                tuple(dict(e) for e in self.epochs),
-                tuple(self.batch_losses),
-                dict(self.progress),
+                run.config,
+                status,
+                reason,
+                run.params,
+                tuple(dict(e) for e in epochs),
+                tuple(losses),
+                progress,
                 queue_position,
                 self.created,
-                self.seconds,
+                seconds,
+                watchers,
+                self.reused,
             )
+
+    def row(self) -> TicketRow:
+        """This ticket as the store keeps it."""
+        return TicketRow(self.id, self.owner, self.run.id, self.label, self.created, self.cut)
+
+
+def config_key(config: RunConfig) -> str:
+    """What makes two runs the same training: the whole config, seed included; the thread count only sets speed."""
+    return hashlib.sha256(config.replace(train={"threads": 0}).to_json().encode()).hexdigest()
+
+
+def new_id(prefix: str) -> str:
+    """A short random id, unique across server restarts (the store outlives the process)."""
+    return f"{prefix}-{secrets.token_hex(6)}"
 
 
 def default_max_running() -> int:
@@ -127,7 +208,12 @@ def default_max_running() -> int:
 
 
 class JobManager:
-    """Runs trainings in threads: at most max_running at once, the rest in a FIFO queue."""
+    """Runs trainings in threads: at most max_running at once, the rest in a FIFO queue.
+
+    Identical requests share one run: a run already going gains a watcher, and a finished one is served from the
+    store at once, since training is deterministic for a config and its seed. Everything is written to the store as
+    it happens, so a student's runs survive a page reload and a server restart.
+    """
 
     def __init__(
         self,
@@ -137,174 +223,283 @@ class JobManager:
         grace_s: float = 300.0,
         data: Callable[[], Mnist] = load_mnist,
         runner: Callable[..., RunResult] = train,
+        store: RunStore | None = None,
     ):
         self.max_running = max_running or default_max_running()
         self.threads_per_job = max(1, (os.cpu_count() or 1) // self.max_running)
         self.grace_s = grace_s
+        self.store = store or RunStore()
         self._data = data
         self._runner = runner
         self._lock = threading.Lock()
-        self._jobs: dict[str, Job] = {}
-        self._queue: deque[str] = deque()
+        self._runs: dict[str, Run] = {}
+        self._tickets: dict[str, Ticket] = {}
+        self._queue: deque[str] = deque()  # run ids
         self._seen: dict[str, float] = {}  # owner -> last heartbeat (monotonic seconds)
-        self._ids = itertools.count(1)
+        self._loaded: set[str] = set()  # owners whose stored tickets are in memory
         _MANAGERS.add(self)
 
     # -- what sessions call -----------------------------------------------------------------------------------
-    def submit(self, owner: str, config: RunConfig, label: str = "") -> Job:
-        """Queue a run for an owner; it starts as soon as a slot is free."""
+    def submit(self, owner: str, config: RunConfig, label: str = "") -> Ticket:
+        """A run of config for an owner: the identical run if one is going or finished, else a new one, queued."""
+        key = config_key(config)
         with self._lock:
-            job = Job(f"run-{next(self._ids)}", owner, label, config)
-            self._jobs[job.id] = job
-            self._queue.append(job.id)
+            self._load(owner)
             self._seen[owner] = time.monotonic()
+            run = self._shared_run(key)
+            reused = run is not None and run.status == "finished"
+            if run is None and (row := self.store.finished_run(key)) is not None:
+                run, reused = self._runs.setdefault(row.id, Run.from_row(row)), True
+            if run is None:
+                run = Run(new_id("run"), config, key=key)
+                self._runs[run.id] = run
+                self._queue.append(run.id)
+                self.store.save_run(run.row())
+            ticket = Ticket(new_id("ticket"), owner, label, run, reused=reused)
+            self._tickets[ticket.id] = ticket
+            self.store.save_ticket(ticket.row())
         self._dispatch()
-        return job
+        return ticket
 
-    def add_finished(self, owner: str, record: dict, label: str = "") -> Job:
+    def add_finished(self, owner: str, record: dict, label: str = "") -> Ticket:
         """Register a run finished elsewhere (an imported record), so it shows beside this session's runs."""
-        config = RunConfig.from_dict(record["config"])
+        run = Run(
+            new_id("run"),
+            RunConfig.from_dict(record["config"]),
+            source="imported",
+            status=record.get("status", "finished"),
+            reason=record.get("reason", ""),
+            params=record.get("params"),
+            epochs=[dict(e) for e in record["epochs"]],
+            seconds=record.get("seconds", 0.0),
+        )
+        self.store.save_run(run.row())
         with self._lock:
-            job = Job(
-                f"run-{next(self._ids)}",
-                owner,
-                label,
-                config,
-                status=record.get("status", "finished"),
-                reason=record.get("reason", ""),
-                params=record.get("params"),
-                epochs=[dict(e) for e in record["epochs"]],
-                seconds=record.get("seconds", 0.0),
-            )
-            self._jobs[job.id] = job
-        return job
+            self._load(owner)
+            self._runs[run.id] = run
+            ticket = Ticket(new_id("ticket"), owner, label, run)
+            self._tickets[ticket.id] = ticket
+            self.store.save_ticket(ticket.row())
+        return ticket
 
     def touch(self, owner: str) -> None:
         """Heartbeat: the owner's page is still open; also the moment to clear out what closed tabs left."""
         with self._lock:
+            self._load(owner)
             self._seen[owner] = time.monotonic()
             self._sweep()
 
-    def _sweep(self) -> None:
-        """Drop queued runs of closed tabs (so the queue positions others see are true) and forget long-gone owners.
+    def stop(self, ticket_id: str, reason: str = "stopped by the student") -> None:
+        """Stop following a run. A run nobody else follows stops within a batch (or leaves the queue); a shared one
+        goes on for the others, and this student keeps what they saw so far."""
+        with self._lock:
+            ticket = self._tickets.get(ticket_id)
+            if ticket is None or ticket.cut is not None or ticket.run.status not in ACTIVE:
+                return
+            run = ticket.run
+            if self._watchers(run, alive_only=True) - {ticket.id}:
+                with run.lock:
+                    position = run.batch_losses[-1][0] if run.batch_losses else 0.0
+                    ticket.cut = (
+                        len(run.epochs),
+                        position,
+                        f"{reason} (the run goes on for the classmates sharing it)",
+                    )
+                self.store.save_ticket(ticket.row())
+                return
+            if run.id in self._queue:
+                self._queue.remove(run.id)
+                with run.lock:
+                    run.status, run.reason = "stopped", reason + " before it started"
+                self.store.save_run(run.row())
+                return
+        with run.lock:
+            if run.status == "running" and not run.reason:
+                run.reason = reason
+        run.stop_event.set()
 
-        Called with the manager's lock held.
+    def get(self, ticket_id: str) -> Ticket | None:
+        """The ticket with this id, if any."""
+        with self._lock:
+            return self._tickets.get(ticket_id)
+
+    def model(self, ticket_id: str) -> nn.Module | None:
+        """The trained model behind a ticket: the one in memory, or rebuilt from the stored weights.
+
+        None for a run with no weights (imported, or ended before training) and for a ticket cut from a shared run,
+        whose model trained on past what its student saw.
         """
-        now = time.monotonic()
-        for job_id in [j for j in self._queue if not self._alive(self._jobs[j].owner)]:
-            self._queue.remove(job_id)
-            job = self._jobs[job_id]
-            with job.lock:
-                job.status, job.reason = "stopped", "the page was closed before the run started"
-        # A finished run keeps its model in memory; a class server running all day must let go of them.
-        gone = {owner for owner, seen in self._seen.items() if now - seen > FORGET_AFTER_S}
-        for job_id in [j.id for j in self._jobs.values() if j.owner in gone and j.status not in ACTIVE]:
-            del self._jobs[job_id]
-        for owner in gone - {j.owner for j in self._jobs.values()}:
-            del self._seen[owner]
-
-    def stop(self, job_id: str, reason: str = "stopped by the student") -> None:
-        """Stop a running job within a batch, or take a queued one out of the queue."""
-        with self._lock:
-            job = self._jobs.get(job_id)
-            if job is None:
-                return
-            if job.id in self._queue:
-                self._queue.remove(job.id)
-                with job.lock:
-                    job.status, job.reason = "stopped", reason + " before it started"
-                return
-        with job.lock:
-            if job.status == "running" and not job.reason:
-                job.reason = reason
-        job.stop_event.set()
-
-    def get(self, job_id: str) -> Job | None:
-        """The job with this id, if any."""
-        with self._lock:
-            return self._jobs.get(job_id)
+        ticket = self.get(ticket_id)
+        if ticket is None or ticket.cut is not None or ticket.run.status in ACTIVE:
+            return None
+        run = ticket.run
+        if run.result is not None and run.result.model is not None:
+            return run.result.model
+        try:
+            state = self.store.weights(run.id)
+            if state is None:
+                return None
+            model = build_model(run.config.model)
+            model.load_state_dict(state)
+        except (ValueError, KeyError, RuntimeError):  # a damaged file: the numbers stay, the model is not offered
+            log.exception("the stored weights of run %s cannot be read", run.id)
+            return None
+        model.eval()
+        with run.lock:
+            run.result = RunResult(run.config, run.status, run.reason, run.params or 0, run.epochs, run.seconds, model)
+        return model
 
     def snapshots(self, owner: str) -> list[Snapshot]:
-        """Snapshots of an owner's jobs, oldest first, with queue positions."""
+        """Snapshots of an owner's runs, oldest first, with queue positions."""
         with self._lock:
-            jobs = [job for job in self._jobs.values() if job.owner == owner]
-            positions = self._queue_positions()
-        return [job.snapshot(positions.get(job.id)) for job in jobs]
+            self._load(owner)
+            tickets = sorted((t for t in self._tickets.values() if t.owner == owner), key=lambda t: t.created)
+            views = [(t, self._queue_positions().get(t.run.id), len(self._watchers(t.run))) for t in tickets]
+        return [ticket.snapshot(position, watchers) for ticket, position, watchers in views]
 
-    def snapshot(self, job_id: str) -> Snapshot | None:
-        """A snapshot of one job, with its queue position."""
+    def snapshot(self, ticket_id: str) -> Snapshot | None:
+        """A snapshot of one ticket's run, with its queue position."""
         with self._lock:
-            job = self._jobs.get(job_id)
-            position = self._queue_positions().get(job_id)
-        return job.snapshot(position) if job else None
-
-    def _queue_positions(self) -> dict[str, int]:
-        """Job id -> 1-based place in the queue; called with the manager's lock held."""
-        return {job_id: place for place, job_id in enumerate(self._queue, start=1)}
+            ticket = self._tickets.get(ticket_id)
+            if ticket is None:
+                return None
+            position = self._queue_positions().get(ticket.run.id)
+            watchers = len(self._watchers(ticket.run))
+        return ticket.snapshot(position, watchers)
 
     def active_count(self, owner: str) -> int:
         """How many of an owner's runs are queued or running (cheap: no snapshots)."""
         with self._lock:
-            return sum(job.owner == owner and job.status in ACTIVE for job in self._jobs.values())
+            return sum(t.owner == owner and t.cut is None and t.run.status in ACTIVE for t in self._tickets.values())
 
     def running_count(self) -> int:
-        """Jobs training right now."""
+        """Runs training right now."""
         with self._lock:
-            return sum(job.status == "running" for job in self._jobs.values())
+            return sum(run.status == "running" for run in self._runs.values())
 
     def shutdown(self, timeout: float = 10.0) -> None:
-        """Stop every job and wait for their threads (server shutdown)."""
+        """Stop every run and wait for their threads (server shutdown); the store records how each ended."""
         with self._lock:
-            jobs = list(self._jobs.values())
+            runs = list(self._runs.values())
+            queued = [self._runs[run_id] for run_id in self._queue]
             self._queue.clear()
-        for job in jobs:
-            with job.lock:
-                if job.status == "queued":
-                    job.status, job.reason = "stopped", "the server stopped before it started"
-                elif job.status == "running" and not job.reason:
-                    job.reason = "the server stopped"
-            job.stop_event.set()
-        for job in jobs:
-            if job.thread is not None:
-                job.thread.join(timeout)
+        for run in runs:
+            with run.lock:
+                if run.status == "queued":
+                    run.status, run.reason = "stopped", "the server stopped before it started"
+                elif run.status == "running" and not run.reason:
+                    run.reason = "the server stopped"
+            run.stop_event.set()
+        for run in queued:
+            self.store.save_run(run.row())
+        for run in runs:
+            if run.thread is not None:
+                run.thread.join(timeout)
 
-    # -- internals ---------------------------------------------------------------------------------------------
+    # -- internals (the underscored ones expect the manager's lock held) ----------------------------------------
+    def _load(self, owner: str) -> None:
+        """Bring an owner's stored tickets (and their runs) into memory, once: after a reload or a restart."""
+        if owner in self._loaded:
+            return
+        self._loaded.add(owner)
+        for row in self.store.tickets(owner):
+            if row.id in self._tickets:
+                continue
+            run = self._runs.get(row.run_id)
+            if run is None:
+                stored = self.store.run(row.run_id)
+                if stored is None:
+                    continue
+                run = self._runs.setdefault(stored.id, Run.from_row(stored))
+            self._tickets[row.id] = Ticket(row.id, row.owner, row.label, run, row.created, cut=row.cut)
+
+    def _shared_run(self, key: str) -> Run | None:
+        """A run in memory that a new request for this key may follow: one going, or one trained to the end."""
+        for run in self._runs.values():
+            if run.key == key and run.source == "trained" and (run.status in ACTIVE or run.status == "finished"):
+                return run
+        return None
+
     def _alive(self, owner: str) -> bool:
         return time.monotonic() - self._seen.get(owner, 0.0) <= self.grace_s
 
+    def _watchers(self, run: Run, alive_only: bool = False) -> set[str]:
+        """Ids of the tickets still following a run (not cut), optionally only those whose page is open."""
+        return {
+            t.id
+            for t in self._tickets.values()
+            if t.run is run and t.cut is None and (not alive_only or self._alive(t.owner))
+        }
+
+    def _queue_positions(self) -> dict[str, int]:
+        """Run id -> 1-based place in the queue."""
+        return {run_id: place for place, run_id in enumerate(self._queue, start=1)}
+
+    def _sweep(self) -> None:
+        """Drop queued runs nobody watches any more (so the queue positions others see are true) and forget
+        owners gone for an hour: their runs stay in the store, not in memory."""
+        for run_id in [r for r in self._queue if not self._watchers(self._runs[r], alive_only=True)]:
+            self._queue.remove(run_id)
+            run = self._runs[run_id]
+            with run.lock:
+                run.status, run.reason = "stopped", "the page was closed before the run started"
+            self.store.save_run(run.row())
+        now = time.monotonic()
+        gone = {owner for owner, seen in self._seen.items() if now - seen > FORGET_AFTER_S}
+        if not gone:
+            return
+        for ticket_id in [t.id for t in self._tickets.values() if t.owner in gone and t.run.status not in ACTIVE]:
+            del self._tickets[ticket_id]
+        followed = {t.run.id for t in self._tickets.values()}
+        for run_id in [r.id for r in self._runs.values() if r.id not in followed and r.status not in ACTIVE]:
+            del self._runs[run_id]
+        for owner in gone - {t.owner for t in self._tickets.values()}:
+            del self._seen[owner]
+            self._loaded.discard(owner)
+
     def _dispatch(self) -> None:
-        """Start queued jobs while slots are free, after dropping those of owners gone quiet."""
+        """Start queued runs while slots are free, after dropping those nobody watches."""
         with self._lock:
             self._sweep()
-            while self._queue and sum(j.status == "running" for j in self._jobs.values()) < self.max_running:
-                job = self._jobs[self._queue.popleft()]
-                with job.lock:
-                    job.status = "running"
-                job.thread = threading.Thread(target=self._work, args=(job,), name=f"drill-{job.id}", daemon=True)
-                job.thread.start()
+            while self._queue and sum(r.status == "running" for r in self._runs.values()) < self.max_running:
+                run = self._runs[self._queue.popleft()]
+                with run.lock:
+                    run.status = "running"
+                run.thread = threading.Thread(target=self._work, args=(run,), name=f"drill-{run.id}", daemon=True)
+                run.thread.start()
 
-    def _work(self, job: Job) -> None:
-        """A job's thread: train, watching the owner's heartbeat, then hand the slot on."""
+    def _work(self, run: Run) -> None:
+        """A run's thread: train, stopping when no watcher's page polls any more, then hand the slot on."""
 
         def callback(event: str, payload: dict) -> None:
-            job.on_event(event, payload)
-            if event == "batch" and not self._alive(job.owner):
-                with job.lock:
-                    job.reason = job.reason or f"the page stopped polling for {self.grace_s:.0f} s (tab closed?)"
-                job.stop_event.set()
+            run.on_event(event, payload)
+            if event == "epoch":
+                self.store.save_run(run.row())  # a crash mid-run still leaves the epochs done
+            elif event == "batch":
+                with self._lock:
+                    watched = bool(self._watchers(run, alive_only=True))
+                if not watched:
+                    with run.lock:
+                        run.reason = run.reason or f"the page stopped polling for {self.grace_s:.0f} s (tab closed?)"
+                    run.stop_event.set()
 
+        weights = None
         try:
-            result = self._runner(job.config, self._data(), callback, job.stop_event, threads=self.threads_per_job)
-            with job.lock:
-                job.result = result
-                job.status = result.status
-                job.reason = job.reason if result.status == "stopped" and job.reason else result.reason
-                job.seconds = result.seconds
+            self.store.save_run(run.row())
+            result = self._runner(run.config, self._data(), callback, run.stop_event, threads=self.threads_per_job)
+            with run.lock:
+                run.result = result
+                run.status = result.status
+                run.reason = run.reason if result.status == "stopped" and run.reason else result.reason
+                run.seconds = result.seconds
+            if result.model is not None and result.epochs:
+                weights = result.model.state_dict()
         except Exception as error:  # data missing or a bug: the student still sees the run, failed, with why
-            log.exception("job %s failed", job.id)
-            with job.lock:
-                job.status, job.reason = "failed", f"{type(error).__name__}: {error}"
+            log.exception("run %s failed", run.id)
+            with run.lock:
+                run.status, run.reason = "failed", f"{type(error).__name__}: {error}"
         finally:
+            self.store.save_run(run.row(), weights)
             self._dispatch()
 
 

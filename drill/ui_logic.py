@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -295,6 +296,29 @@ def status_text(status: str, queue_position: int | None, label: str) -> str:
         return f"⏳ **{label}** is queued: {ahead} run(s) ahead of it; it starts when a CPU slot frees up."
     icons = {"running": "🏃", "finished": "✅", "stopped": "⏹️", "failed": "❌"}
     return f"{icons.get(status, '')} **{label}**: {status}"
+
+
+def sharing_note(run: Snapshot) -> str:
+    """Why a run came at once or is shared with classmates; "" for a run trained for this student alone."""
+    if run.reused:
+        return (
+            "⚡ Served at once: this exact config and seed was trained to the end on this server before, and "
+            "training is deterministic, so here are its curves."
+        )
+    if run.watchers > 1 and run.status in ("queued", "running"):
+        return (
+            f"👥 {run.watchers} students asked for this exact config and seed: it trains once and everyone sees "
+            "the same curves. Stopping leaves it running for the others."
+        )
+    return ""
+
+
+OWNER_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def is_owner_id(text: str) -> bool:
+    """Whether a link's `me` value is an id this app hands out (32 hex digits); anything else gets a new id."""
+    return bool(OWNER_ID.fullmatch(text))
 
 
 def result_line(verdict: Verdict, epochs: list[dict], k: int = LAST_K) -> str:

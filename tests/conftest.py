@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -12,6 +14,9 @@ import torch
 from drill.data import Mnist, load_mnist
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# The app's run store, for this test session only (servers the tests start inherit it): runs trained by one test
+# are served to later identical requests, as in class, but never from or into a developer's own store.
+os.environ["DRILL_RUNS_DB"] = str(Path(tempfile.mkdtemp(prefix="drill-test-store-")) / "runs.sqlite")
 SMALL_TEST_SET = 1000
 
 
@@ -54,3 +59,8 @@ def wait_until(predicate, timeout: float = 60.0, interval: float = 0.01, what: s
 def drill_threads() -> list[threading.Thread]:
     """The job threads of drill.jobs still alive."""
     return [t for t in threading.enumerate() if t.name.startswith("drill-") and t.is_alive()]
+
+
+def config_params(at) -> dict[str, str]:
+    """An AppTest's URL query without the student's id: the config it links to."""
+    return {key: value for key, value in at.query_params.items() if key != "me"}

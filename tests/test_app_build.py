@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, config_params
 from streamlit.testing.v1 import AppTest
 
 from drill.config import ConfigError, ModelConfig
@@ -127,4 +127,4 @@ def test_a_malformed_link_falls_back_to_the_default_model_with_a_warning():
     at.switch_page("views/build.py").run()
     assert not at.exception
     assert shown_params(at) == summarize(QUICK.model).total_params
-    assert dict(at.query_params) == QUICK.to_query_params()
+    assert config_params(at) == QUICK.to_query_params()

@@ -107,6 +107,30 @@ def test_importing_exported_runs_restores_them_in_another_session(finished):
     assert any("no trained model" in info.value for info in other.info)
 
 
+def test_a_reload_finds_the_students_runs_and_a_forged_id_finds_none(finished):
+    at, run = finished
+    me = at.session_state["owner"]
+    assert at.query_params["me"] == me  # the id rides in the URL, so a reload brings it back
+    reloaded = AppTest.from_file(str(REPO_ROOT / "app.py"), default_timeout=PAGE_TIMEOUT)
+    reloaded.query_params.update(dict(at.query_params))
+    open_page(reloaded.run(), "compare")
+    assert reloaded.session_state["owner"] == me
+    assert reloaded.dataframe[0].value.loc[run.id, "Step"] == "tiny run"
+    for forged in ("../../etc", "x" * 32, "' OR 1=1 --"):
+        stranger = AppTest.from_file(str(REPO_ROOT / "app.py"), default_timeout=PAGE_TIMEOUT)
+        stranger.query_params["me"] = forged
+        open_page(stranger.run(), "compare")
+        assert stranger.session_state["owner"] != forged and stranger.query_params["me"] != forged
+        assert any("No runs yet" in info.value for info in stranger.info)
+
+
+def test_the_share_link_carries_the_config_but_not_the_students_id(finished):
+    at, _ = finished
+    link = next(code.value for code in at.sidebar.code)
+    assert at.session_state["owner"] not in link and "me=" not in link
+    assert "layers=" in link
+
+
 def digit_png() -> bytes:
     image = Image.new("L", (120, 160), 255)
     ImageDraw.Draw(image).line([(60, 20), (60, 140)], fill=0, width=14)  # a 1

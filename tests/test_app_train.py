@@ -19,7 +19,8 @@ from views import common
 PAGE_TIMEOUT = 60  # seconds per script run on a busy 2-core machine
 RUN_DEADLINE = 120  # seconds for a tiny run to finish, queue included
 # Batches of 64, not 128: OneCycleLR needs a warm-up of at least 2 steps, and 20% of 8 steps is less.
-TINY = BY_NAME["quick"].config.replace(train={"subset": 1000, "epochs": 1, "batch_size": 64})
+# Its own seed: a config other test files also train would be served, finished, from the session's run store.
+TINY = BY_NAME["quick"].config.replace(train={"subset": 1000, "epochs": 1, "batch_size": 64, "seed": 1101})
 LONG = BY_NAME["quick"].config.replace(train={"subset": 0, "epochs": 3})  # minutes of work: it must be stopped
 # Lean (no batch norm) with SGD at lr 1.0 and momentum 0.99 on batches of 32: with this seed the loss becomes NaN in
 # batch 16, whatever the thread count (the run is seeded, so this is deterministic; checked with 1 and 2 threads).
@@ -102,6 +103,12 @@ def test_a_tiny_run_streams_to_the_end_and_survives_a_page_switch():
     at.switch_page("views/build.py").run()
     at.switch_page("views/train.py").run()
     assert status_line(at).endswith("finished") and test_acc in chart_values(at)
+    # A classmate asking for the very same run gets it at once, from the store, with the same curves.
+    classmate = train_page(TINY)
+    button(classmate, "Start").click().run()
+    assert status_line(classmate).endswith("finished") and test_acc in chart_values(classmate)
+    assert any("Served at once" in caption.value for caption in classmate.caption)
+    assert only_run(classmate).reused and only_run(classmate).epochs == run.epochs
 
 
 def test_stop_stops_a_running_run():

@@ -20,12 +20,17 @@ IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
 EPOCH_DEADLINE_MS = 180_000
 
 
+def own_store(tmp_path_factory) -> dict[str, str]:
+    """A run store of the server's own: runs finished by other tests must not be served to these ones."""
+    return {"DRILL_RUNS_DB": str(tmp_path_factory.mktemp("store") / "runs.sqlite")}
+
+
 @pytest.fixture(scope="module")
-def server():
+def server(tmp_path_factory):
     if not Path(CHROMIUM).exists():
         pytest.skip("Debian's chromium is not installed (scripts/test.sh installs it when run as root)")
     SHOTS.mkdir(parents=True, exist_ok=True)
-    with serve(log_path=ROOT / "artifacts" / "streamlit-browser.log") as (url, _process):
+    with serve(own_store(tmp_path_factory), log_path=ROOT / "artifacts" / "streamlit-browser.log") as (url, _):
         yield url
 
 
@@ -107,18 +112,30 @@ def test_the_lesson_end_to_end(server, page):
     page.screenshot(path=SHOTS / "6-inspect.png", full_page=True)
 
 
-def test_stopping_the_server_mid_run_ends_it_promptly(browser):
+def test_stopping_the_server_mid_run_ends_it_promptly_and_the_run_is_kept(browser, tmp_path_factory):
     # A run is training in a background thread when the server is told to stop: the process must exit, not wait
-    # for the run to finish.
-    with serve(log_path=ROOT / "artifacts" / "streamlit-stop.log") as (url, process):
+    # for the run to finish; after a restart the student's link shows the run, stopped, with why.
+    store = own_store(tmp_path_factory)
+    with serve(store, log_path=ROOT / "artifacts" / "streamlit-stop.log") as (url, process):
         context = browser.new_context(viewport={"width": 1400, "height": 1000})
         page = context.new_page()
         page.set_default_timeout(60_000)
         page.goto(f"{url}/train")
         button(page, "Start").click()
         page.get_by_text(re.compile(r"batch \d+/94")).first.wait_for(timeout=EPOCH_DEADLINE_MS)
+        link = page.url.replace(url, "")
+        assert "me=" in link
         context.close()
         started = time.monotonic()
         process.terminate()
         process.wait(timeout=30)
         assert time.monotonic() - started < 30
+    with serve(store, log_path=ROOT / "artifacts" / "streamlit-restart.log") as (url, _):
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        page = context.new_page()
+        page.set_default_timeout(60_000)
+        page.goto(url + link)
+        # Stopped by the shutdown hook, or (if the process died first) failed when the store was reopened.
+        page.get_by_text(re.compile("The run (stopped|failed): the server stopped")).first.wait_for()
+        settle(page)
+        context.close()

@@ -14,7 +14,7 @@ from conftest import drill_threads, wait_until
 
 from drill.config import ConfigError, RunConfig
 from drill.data import DataUnavailable
-from drill.jobs import MAX_BATCH_POINTS, Job, JobManager
+from drill.jobs import MAX_BATCH_POINTS, JobManager, Run, Ticket
 from drill.presets import get_preset
 from drill.train import EPOCH_KEYS, RunResult, train
 
@@ -89,16 +89,16 @@ def make_manager():
     wait_until(lambda: not drill_threads(), what="every drill-* thread to end")
 
 
-def status(manager: JobManager, job: Job) -> str:
+def status(manager: JobManager, job: Ticket) -> str:
     return manager.snapshot(job.id).status
 
 
-def wait_status(manager: JobManager, job: Job, wanted: str, timeout: float = 60.0):
+def wait_status(manager: JobManager, job: Ticket, wanted: str, timeout: float = 60.0):
     wait_until(lambda: status(manager, job) == wanted, timeout, what=f"{job.id} to be {wanted}")
     return manager.snapshot(job.id)
 
 
-def wait_batches(manager: JobManager, job: Job, count: int = 1):
+def wait_batches(manager: JobManager, job: Ticket, count: int = 1):
     wait_until(lambda: manager.snapshot(job.id).progress.get("batch", 0) >= count, what=f"{job.id} to train")
 
 
@@ -258,7 +258,7 @@ def test_no_job_thread_outlives_its_job(make_manager):
     manager = make_manager(runner, max_running=2)
     jobs = [manager.submit("ann", cfg(seed)) for seed in range(1, 5)]
     wait_until(lambda: len(drill_threads()) == 2, what="two job threads")
-    assert {t.name for t in drill_threads()} == {f"drill-{jobs[0].id}", f"drill-{jobs[1].id}"}
+    assert {t.name for t in drill_threads()} == {f"drill-{jobs[0].run.id}", f"drill-{jobs[1].run.id}"}
     manager.stop(jobs[0].id)
     for seed in range(2, 5):
         wait_until(lambda seed=seed: seed in runner.started, what=f"job {seed} to start")
@@ -266,7 +266,7 @@ def test_no_job_thread_outlives_its_job(make_manager):
     for job in jobs:
         wait_until(lambda job=job: status(manager, job) in ("stopped", "finished"), what=f"{job.id} to end")
     wait_until(lambda: not drill_threads(), what="every job thread to end")
-    assert all(not job.thread.is_alive() for job in jobs)
+    assert all(not job.run.thread.is_alive() for job in jobs)
 
 
 def test_shutdown_stops_everything_and_joins_the_threads(make_manager):
@@ -275,8 +275,8 @@ def test_shutdown_stops_everything_and_joins_the_threads(make_manager):
     running, queued = manager.submit("ann", cfg(1)), manager.submit("bob", cfg(2))
     wait_batches(manager, running)
     manager.shutdown(timeout=60)
-    assert not running.thread.is_alive()
-    assert queued.thread is None
+    assert not running.run.thread.is_alive()
+    assert queued.run.thread is None
     one, two = manager.snapshot(running.id), manager.snapshot(queued.id)
     assert (one.status, one.reason) == ("stopped", "the server stopped")
     assert (two.status, two.reason, two.queue_position) == ("stopped", "the server stopped before it started", None)
@@ -308,11 +308,11 @@ def test_snapshots_are_copies_that_do_not_write_back(make_manager):
     again = manager.snapshot(job.id)
     assert again.epochs[0] == expected_epoch
     assert again.progress == expected_progress
-    assert job.epochs[0]["test_acc"] == 91.0
+    assert job.run.epochs[0]["test_acc"] == 91.0
 
 
 def test_job_records_progress_eta_and_thins_batch_losses():
-    job = Job("run-1", "ann", "", RunConfig().replace(train={"batch_size": 128, "epochs": 2}))
+    job = Run("run-1", RunConfig().replace(train={"batch_size": 128, "epochs": 2}))
     job.on_event("start", {"params": 10, "epochs": 2, "batches": 10, "images": 1280})
     assert job.params == 10 and job.progress == {"epoch": 1, "batch": 0, "batches": 10, "epochs": 2}
     job.on_event("batch", {"epoch": 1, "batch": 5, "batches": 10, "loss": 0.7, "lr": 0.05, "images_per_s": 640.0})
@@ -349,7 +349,7 @@ def test_add_finished_registers_an_imported_record(make_manager):
     snap = manager.snapshot(job.id)
     assert (snap.status, snap.reason, snap.params, snap.seconds, snap.label) == ("finished", "", 7570, 41.5, "imported")
     assert snap.config == config and list(snap.epochs) == epochs and snap.queue_position is None
-    assert job.thread is None and runner.started == [] and manager.running_count() == 0
+    assert job.run.thread is None and runner.started == [] and manager.running_count() == 0
     # Changing the imported record afterwards does not reach the registered job.
     record["epochs"][0]["test_acc"] = 0.0
     record["epochs"].append({"epoch": 3})
@@ -359,9 +359,9 @@ def test_add_finished_registers_an_imported_record(make_manager):
     stopped = manager.add_finished(
         "ann", {"config": config.to_dict(), "epochs": [], "status": "stopped", "reason": "stopped during epoch 1"}
     )
-    assert (stopped.status, stopped.reason, stopped.params) == ("stopped", "stopped during epoch 1", None)
+    assert (stopped.run.status, stopped.run.reason, stopped.run.params) == ("stopped", "stopped during epoch 1", None)
     minimal = manager.add_finished("ann", {"config": {}, "epochs": []})
-    assert (minimal.status, minimal.config, minimal.seconds) == ("finished", RunConfig(), 0.0)
+    assert (minimal.run.status, minimal.run.config, minimal.run.seconds) == ("finished", RunConfig(), 0.0)
     assert [s.id for s in manager.snapshots("ann")] == [job.id, stopped.id, minimal.id]
     # A new job gets an id of its own, after the imported ones.
     new = manager.submit("ann", cfg(1))
@@ -394,7 +394,7 @@ def test_real_tiny_runs_finish_and_stop_through_the_manager(make_manager, small_
     assert [round(p, 2) for p, _ in done.batch_losses] == [0.25, 0.5, 0.75, 1.0]
     assert done.progress["batches"] == 4 and done.progress["batch"] == 4
     assert 0 <= done.epochs[0]["test_acc"] <= 100 and done.seconds > 0
-    assert short.result is not None and short.result.status == "finished"
+    assert short.run.result is not None and short.run.result.status == "finished"
     wait_until(lambda: not drill_threads(), what="the real jobs' threads to end")
 
 
@@ -416,7 +416,7 @@ def test_a_closed_tabs_queued_run_leaves_the_queue_at_the_next_heartbeat(make_ma
     wait_status(manager, behind, "finished")
 
 
-def test_ended_runs_of_owners_gone_for_an_hour_are_freed(make_manager, monkeypatch):
+def test_ended_runs_of_owners_gone_for_an_hour_leave_memory_but_come_back_from_the_store(make_manager, monkeypatch):
     runner = FakeRunner()
     manager = make_manager(runner, max_running=1)
     old = manager.submit("left", cfg(1))
@@ -426,7 +426,10 @@ def test_ended_runs_of_owners_gone_for_an_hour_are_freed(make_manager, monkeypat
     monkeypatch.setattr("drill.jobs.FORGET_AFTER_S", 0.5)
     past = time.monotonic() + 1.0
     wait_until(lambda: manager.touch("here") or time.monotonic() > past, what="an hour, scaled down, to pass")
-    assert manager.get(old.id) is None and manager.snapshots("left") == []
+    assert manager.get(old.id) is None and old.run.id not in manager._runs
+    # The student comes back (a reload, the next day): the run is read back from the store, history and all.
+    [back] = manager.snapshots("left")
+    assert (back.id, back.status, back.params, back.epochs[0]["test_acc"]) == (old.id, "finished", FAKE_PARAMS, 91.0)
 
 
 @pytest.mark.parametrize("text", ["0", "-1", "two", "1.5"])

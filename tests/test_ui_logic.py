@@ -139,7 +139,7 @@ def run(run_id: str, status: str, label: str = "tiny run") -> SimpleNamespace:
 
 
 class FakeManager:
-    """A job manager's two read calls: snapshots of an owner's runs, and the jobs (with their results) by id."""
+    """A job manager's two read calls: snapshots of an owner's runs, and the trained model behind one."""
 
     def __init__(self, runs, models):
         self.runs, self.models = runs, models
@@ -147,12 +147,8 @@ class FakeManager:
     def snapshots(self, owner: str):
         return self.runs if owner == "me" else []
 
-    def get(self, run_id: str):
-        if run_id not in self.models:
-            return None
-        return SimpleNamespace(
-            result=None if self.models[run_id] is None else SimpleNamespace(model=self.models[run_id])
-        )
+    def model(self, run_id: str):
+        return self.models.get(run_id)
 
 
 def test_candidates_are_the_ended_runs_with_their_models():

@@ -13,22 +13,32 @@ from drill.analysis import analyse
 from drill.config import ConfigError, RunConfig, field_choices, field_help, field_range
 from drill.jobs import JobManager
 from drill.presets import get_preset
+from drill.store import RunStore, default_path
 
 DEFAULT_PRESET = "quick"
+OWNER_PARAM = "me"  # the student's id rides in the URL, so a reload (or a restart) finds their runs again
 log = logging.getLogger(__name__)
 
 
 @st.cache_resource
 def manager() -> JobManager:
-    """The process-wide job manager, shared by every session."""
-    return JobManager()
+    """The process-wide job manager, shared by every session, keeping runs in the data directory's store."""
+    return JobManager(store=RunStore(default_path()))
 
 
 def owner() -> str:
-    """This session's id, which owns its runs."""
+    """This student's id, which owns their runs: the link's, when it carries one, else a new one."""
     if "owner" not in st.session_state:
-        st.session_state.owner = uuid.uuid4().hex
+        given = st.query_params.get(OWNER_PARAM, "")
+        st.session_state.owner = given if ui.is_owner_id(given) else uuid.uuid4().hex
     return st.session_state.owner
+
+
+def share_link() -> str:
+    """This page's link with the current config and without the student's id: what a teacher hands out."""
+    base = (st.context.url or "").split("?")[0]
+    query = config().to_query()
+    return f"{base}?{query}" if query else base
 
 
 def init_config() -> None:
@@ -40,6 +50,7 @@ def init_config() -> None:
         _sync_url(st.session_state.config)
         return
     params = st.query_params.to_dict()
+    params.pop(OWNER_PARAM, None)
     cfg = get_preset(DEFAULT_PRESET).config
     if params:
         try:
@@ -76,7 +87,7 @@ def load_preset(name: str) -> None:
 
 
 def _sync_url(cfg: RunConfig) -> None:
-    params = cfg.to_query_params()
+    params = cfg.to_query_params() | {OWNER_PARAM: owner()}
     if params != st.query_params.to_dict():
         st.query_params.clear()
         st.query_params.update(params)

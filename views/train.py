@@ -98,6 +98,8 @@ def show_run(job_id: str, was_active: bool) -> None:
     if was_active and run.status not in ACTIVE:
         st.rerun()  # a full rerun, once: the page redraws its buttons and this fragment stops ticking
     st.markdown(ui.status_text(run.status, run.queue_position, run.label))
+    if note := ui.sharing_note(run):
+        st.caption(note)
     if run.status == "running":
         st.progress(ui.progress_fraction(run.progress), text=ui.progress_text(run.progress))
     elif run.status in ("failed", "stopped"):

@@ -1,0 +1,203 @@
+"""Runs on disk: an embedded SQLite file in the data directory, so runs survive a page reload and a server restart.
+
+Two tables: `runs` (one per training, with its history and trained weights) and `tickets` (one per student who
+asked for a run; several tickets share a run when a class starts the same step). Weights are stored as raw tensor
+bytes behind a JSON header: nothing read back is unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sqlite3
+import struct
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from drill.data import data_dir
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    key TEXT NOT NULL,            -- the config's identity (seed included, thread count excluded)
+    source TEXT NOT NULL,         -- 'trained' here, or 'imported' from a student's file (never shared)
+    config TEXT NOT NULL,
+    status TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    params INTEGER,
+    epochs TEXT NOT NULL,
+    batch_losses TEXT NOT NULL,
+    seconds REAL NOT NULL,
+    created REAL NOT NULL,
+    weights BLOB
+);
+CREATE INDEX IF NOT EXISTS runs_by_key ON runs (key, status, source);
+CREATE TABLE IF NOT EXISTS tickets (
+    id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    label TEXT NOT NULL,
+    created REAL NOT NULL,
+    cut TEXT                      -- JSON [epochs, batch position, reason] once the student left a shared run
+);
+CREATE INDEX IF NOT EXISTS tickets_by_owner ON tickets (owner, created);
+"""
+INTERRUPTED = "the server stopped before the run ended"
+
+
+def default_path() -> Path:
+    """$DRILL_RUNS_DB, else runs.sqlite in the data directory."""
+    return Path(os.environ.get("DRILL_RUNS_DB") or data_dir() / "runs.sqlite")
+
+
+@dataclass(frozen=True)
+class RunRow:
+    """A run as stored."""
+
+    id: str
+    key: str
+    source: str
+    config: dict
+    status: str
+    reason: str
+    params: int | None
+    epochs: list[dict]
+    batch_losses: list[tuple[float, float]]
+    seconds: float
+    created: float
+
+
+@dataclass(frozen=True)
+class TicketRow:
+    """A student's claim on a run, as stored."""
+
+    id: str
+    owner: str
+    run_id: str
+    label: str
+    created: float
+    cut: tuple[int, float, str] | None
+
+
+class RunStore:
+    """Thread-safe access to the runs file; ":memory:" keeps everything in this process only (tests, benches)."""
+
+    def __init__(self, path: Path | str = ":memory:"):
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        # One connection shared under a lock: writes are a few per epoch, far from SQLite's limits.
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.executescript(SCHEMA)
+            # A run the file says is going belongs to a server that is no longer running: it ended with that server.
+            self._db.execute(
+                "UPDATE runs SET status = 'failed', reason = ? WHERE status IN ('queued', 'running')", (INTERRUPTED,)
+            )
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def save_run(self, row: RunRow, weights: dict[str, torch.Tensor] | None = None) -> None:
+        """Insert or update a run (its weights too, when given)."""
+        values = (
+            row.id,
+            row.key,
+            row.source,
+            json.dumps(row.config),
+            row.status,
+            row.reason,
+            row.params,
+            json.dumps(row.epochs),
+            json.dumps(row.batch_losses),
+            row.seconds,
+            row.created,
+            pack_weights(weights) if weights is not None else None,
+        )
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+                "status = excluded.status, reason = excluded.reason, params = excluded.params, "
+                "epochs = excluded.epochs, batch_losses = excluded.batch_losses, seconds = excluded.seconds, "
+                "weights = coalesce(excluded.weights, runs.weights)",
+                values,
+            )
+
+    def save_ticket(self, row: TicketRow) -> None:
+        """Insert or update a ticket."""
+        cut = json.dumps(list(row.cut)) if row.cut else None
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO tickets VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET cut = excluded.cut",
+                (row.id, row.owner, row.run_id, row.label, row.created, cut),
+            )
+
+    def run(self, run_id: str) -> RunRow | None:
+        """One run by id."""
+        return self._one("SELECT * FROM runs WHERE id = ?", (run_id,))
+
+    def finished_run(self, key: str) -> RunRow | None:
+        """The earliest run trained here to the end with this key, if any."""
+        return self._one(
+            "SELECT * FROM runs WHERE key = ? AND status = 'finished' AND source = 'trained' ORDER BY created LIMIT 1",
+            (key,),
+        )
+
+    def tickets(self, owner: str) -> list[TicketRow]:
+        """An owner's tickets, oldest first."""
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM tickets WHERE owner = ? ORDER BY created", (owner,)).fetchall()
+        return [TicketRow(*row[:5], tuple(json.loads(row[5])) if row[5] else None) for row in rows]
+
+    def weights(self, run_id: str) -> dict[str, torch.Tensor] | None:
+        """A run's trained weights, if stored."""
+        with self._lock:
+            row = self._db.execute("SELECT weights FROM runs WHERE id = ?", (run_id,)).fetchone()
+        return unpack_weights(row[0]) if row and row[0] is not None else None
+
+    def _one(self, sql: str, args: tuple) -> RunRow | None:
+        with self._lock:
+            row = self._db.execute(sql.replace("*", _RUN_COLUMNS, 1), args).fetchone()
+        if row is None:
+            return None
+        config, epochs, losses = (json.loads(row[i]) for i in (3, 7, 8))
+        return RunRow(*row[:3], config, *row[4:7], epochs, [tuple(p) for p in losses], *row[9:11])
+
+
+_RUN_COLUMNS = "id, key, source, config, status, reason, params, epochs, batch_losses, seconds, created"
+
+
+def pack_weights(state: dict[str, torch.Tensor]) -> bytes:
+    """A state dict as bytes: a length-prefixed JSON header (name, dtype, shape) and then each tensor's raw bytes."""
+    header, chunks = [], []
+    for name, tensor in state.items():
+        tensor = tensor.detach().cpu().contiguous()
+        header.append([name, str(tensor.dtype).removeprefix("torch."), list(tensor.shape)])
+        chunks.append(tensor.numpy().tobytes())
+    head = json.dumps(header).encode()
+    return struct.pack("<I", len(head)) + head + b"".join(chunks)
+
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64, "int64": torch.int64}
+
+
+def unpack_weights(blob: bytes) -> dict[str, torch.Tensor]:
+    """The inverse of pack_weights; raises ValueError on anything else."""
+    (length,) = struct.unpack_from("<I", blob)
+    offset = 4 + length
+    state = {}
+    for name, dtype_name, shape in json.loads(blob[4:offset]):
+        dtype = _DTYPES[dtype_name]
+        size = math.prod(shape) * dtype.itemsize
+        if offset + size > len(blob):
+            raise ValueError(f"the stored weights of {name} are cut short")
+        state[name] = torch.frombuffer(bytearray(blob[offset : offset + size]), dtype=dtype).reshape(shape)
+        offset += size
+    return state

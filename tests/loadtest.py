@@ -1,0 +1,264 @@
+"""A classroom on one server: N real browser sessions against a real `streamlit run` on loopback.
+
+Each session opens the Build page of the quick demo, flips a toggle, goes to Train and clicks Start, then waits for
+its first curve point and its Result. In "same" mode every student asks for the same run (a class on one step); in
+"different" mode each asks for its own seed, so every run trains and most wait in the queue. The server's memory
+and thread count are sampled throughout; the run store is read afterwards to check that every student's run is
+there, finished with its full history, none lost and none trained twice.
+
+    python tests/loadtest.py --sessions 30 --mode same --out results/load-same
+    python tests/loadtest.py --sessions 30 --mode different --out results/load-different
+
+writes OUT.json and OUT.md. tests/test_load.py runs a small version of both modes in CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import re
+import sqlite3
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from conftest import wait_until  # noqa: E402
+from streamlit_server import CHROMIUM, CHROMIUM_ARGS, serve  # noqa: E402
+
+from drill.presets import BY_NAME  # noqa: E402
+
+IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
+STATUS = re.compile(r"is queued: \d+ run\(s\) ahead|: running|: finished")
+QUEUED = re.compile(r"is queued: (\d+) run\(s\) ahead")
+EPOCH_POINT = re.compile(r"Epoch \d+ of \d+: train")
+MEMORY_LIMIT_MB = 1536
+
+
+def process_stats(pid: int) -> tuple[float, int]:
+    """(resident memory in MB, thread count) of a process, from /proc."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["Threads"])
+
+
+class Sampler(threading.Thread):
+    """Samples the server's memory and threads every 0.2 s until stopped; keeps the peaks."""
+
+    def __init__(self, pid: int):
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.peak_rss_mb = 0.0
+        self.peak_threads = 0
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(0.2):
+            try:
+                rss, threads = process_stats(self.pid)
+            except (OSError, KeyError):
+                return
+            self.peak_rss_mb = max(self.peak_rss_mb, rss)
+            self.peak_threads = max(self.peak_threads, threads)
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """The q-th percentile by the nearest-rank method (None for no values)."""
+    if not values:
+        return None
+    ranked = sorted(values)
+    return ranked[max(0, math.ceil(q / 100 * len(ranked)) - 1)]
+
+
+def session_config(n: int, mode: str, epochs: int | None, subset: int | None):
+    """The quick demo, with the student's own seed in "different" mode."""
+    changes = {k: v for k, v in (("epochs", epochs), ("subset", subset)) if v}
+    if mode == "different":
+        changes["seed"] = 100 + n
+    return BY_NAME["quick"].config.replace(train=changes)
+
+
+async def one_session(browser, url: str, n: int, args) -> dict:
+    """One student: open the app, flip a toggle, start a run, wait for its first point and its Result."""
+    out: dict = {"session": n}
+    context = await browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = await context.new_page()
+    page.set_default_timeout(args.timeout * 1000)
+    try:
+        query = session_config(n, args.mode, args.epochs, args.subset).to_query()
+        opened = time.monotonic()
+        await page.goto(f"{url}/build?{query}")
+        await page.get_by_role("heading", name=re.compile("Build")).first.wait_for()
+        out["first_render_s"] = time.monotonic() - opened
+        await page.wait_for_selector(IDLE)
+        await page.get_by_text("Bias in convolutions", exact=True).click()
+        await page.wait_for_selector(IDLE)
+        await page.locator("[data-testid='stSidebarNav']").get_by_text("Train", exact=True).click()
+        start = page.get_by_test_id("stMainBlockContainer").get_by_role("button", name="Start", exact=True)
+        await start.wait_for()
+        out["train_render_s"] = time.monotonic() - opened - out["first_render_s"]
+        clicked = time.monotonic()
+        await start.click()
+        status = (await page.get_by_text(STATUS).first.inner_text()).strip()
+        out["status_after_start"] = status
+        if match := QUEUED.search(status):
+            out["queue_position"] = int(match.group(1)) + 1
+        await page.get_by_text(EPOCH_POINT).first.wait_for()
+        out["first_point_s"] = time.monotonic() - clicked
+        await page.get_by_text("Result:").first.wait_for()
+        out["finished_s"] = time.monotonic() - clicked
+        out["exceptions_on_page"] = await page.locator("[data-testid='stException']").count()
+    except Exception as error:  # a session that fails is a finding of the report, not a crash of the script
+        out["error"] = f"{type(error).__name__}: {str(error).splitlines()[0]}"
+    finally:
+        await context.close()
+    return out
+
+
+async def drive(url: str, args) -> list[dict]:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            warm = await browser.new_context()
+            page = await warm.new_page()
+            await page.goto(url)
+            await page.get_by_role("heading", name=re.compile("Drill-down")).first.wait_for(timeout=120_000)
+            await warm.close()
+            return await asyncio.gather(*(one_session(browser, url, n, args) for n in range(args.sessions)))
+        finally:
+            await browser.close()
+
+
+def store_check(path: Path, sessions: int, epochs: int) -> dict:
+    """What the run store holds after the load: tickets, distinct runs, and whether each run is complete."""
+    with sqlite3.connect(path) as db:
+        tickets = db.execute("SELECT count(*), count(DISTINCT owner) FROM tickets").fetchone()
+        runs = db.execute("SELECT id, status, epochs, batch_losses FROM runs").fetchall()
+    complete = [r for r in runs if r[1] == "finished" and len(json.loads(r[2])) == epochs and json.loads(r[3])]
+    return {
+        "tickets": tickets[0],
+        "students_with_tickets": tickets[1],
+        "runs": len(runs),
+        "runs_complete": len(complete),
+        "statuses": sorted({r[1] for r in runs}),
+        "every_student_has_one_ticket": tickets == (sessions, sessions),
+    }
+
+
+def run_load(args) -> dict:
+    """Serve the app, drive the sessions, and gather the report."""
+    work = Path(tempfile.mkdtemp(prefix="drill-load-"))
+    store = work / "runs.sqlite"
+    env = {"DRILL_RUNS_DB": str(store), "OMP_NUM_THREADS": "1"}
+    with serve(extra_env=env, log_path=work / "streamlit.log") as (url, process):
+        baseline_threads = process_stats(process.pid)[1]
+        sampler = Sampler(process.pid)
+        sampler.start()
+        began = time.monotonic()
+        results = asyncio.run(drive(url, args))
+        elapsed = time.monotonic() - began
+        closed = time.monotonic()
+        try:
+            wait_until(
+                lambda: process_stats(process.pid)[1] <= baseline_threads,
+                timeout=args.grace,
+                interval=0.5,
+                what="the server's threads to return to their baseline",
+            )
+            threads_back_s = time.monotonic() - closed
+        except AssertionError:
+            threads_back_s = None
+        final_rss, final_threads = process_stats(process.pid)
+        sampler.done.set()
+        sampler.join()
+    epochs = session_config(0, args.mode, args.epochs, args.subset).train.epochs
+    renders = [r["first_render_s"] for r in results if "first_render_s" in r]
+    first_points = [r["first_point_s"] for r in results if "first_point_s" in r]
+    report = {
+        "mode": args.mode,
+        "sessions": args.sessions,
+        "config": session_config(0, args.mode, args.epochs, args.subset).to_dict(),
+        "seconds": round(elapsed, 1),
+        "sessions_failed": [r for r in results if "error" in r or r.get("exceptions_on_page")],
+        "first_render_p50_s": percentile(renders, 50),
+        "first_render_p95_s": percentile(renders, 95),
+        "first_point_p50_s": percentile(first_points, 50),
+        "first_point_last_s": max(first_points) if first_points else None,
+        "queue_positions_seen": sorted(r["queue_position"] for r in results if "queue_position" in r),
+        "peak_rss_mb": round(sampler.peak_rss_mb, 1),
+        "final_rss_mb": round(final_rss, 1),
+        "memory_under_limit": sampler.peak_rss_mb < MEMORY_LIMIT_MB,
+        "baseline_threads": baseline_threads,
+        "peak_threads": sampler.peak_threads,
+        "final_threads": final_threads,
+        "threads_back_to_baseline_s": threads_back_s,
+        "store": store_check(store, args.sessions, epochs),
+        "per_session": results,
+    }
+    return report
+
+
+def markdown(report: dict) -> str:
+    """The report's headline figures as a Markdown table."""
+
+    def secs(value) -> str:
+        return "-" if value is None else f"{value:.1f} s"
+
+    store = report["store"]
+    rows = [
+        ("sessions (mode)", f"{report['sessions']} ({report['mode']})"),
+        ("sessions with an error or a traceback", str(len(report["sessions_failed"]))),
+        ("first render, median / p95", f"{secs(report['first_render_p50_s'])} / {secs(report['first_render_p95_s'])}"),
+        (
+            "Start to first curve point, median / last student",
+            f"{secs(report['first_point_p50_s'])} / {secs(report['first_point_last_s'])}",
+        ),
+        ("queue positions shown", ", ".join(map(str, report["queue_positions_seen"])) or "none (no one queued)"),
+        ("server memory, peak (limit 1,536 MB)", f"{report['peak_rss_mb']:.0f} MB"),
+        (
+            "server threads: baseline / peak / after",
+            f"{report['baseline_threads']} / {report['peak_threads']} / {report['final_threads']}",
+        ),
+        ("threads back to baseline after the tabs closed", secs(report["threads_back_to_baseline_s"])),
+        ("tickets / runs trained / runs complete", f"{store['tickets']} / {store['runs']} / {store['runs_complete']}"),
+        ("whole load", secs(report["seconds"])),
+    ]
+    return "\n".join(["| figure | value |", "|---|---|", *(f"| {name} | {value} |" for name, value in rows)]) + "\n"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sessions", type=int, default=30)
+    parser.add_argument("--mode", choices=("same", "different"), default="same")
+    parser.add_argument("--epochs", type=int, help="override the quick demo's epochs")
+    parser.add_argument("--subset", type=int, help="override the quick demo's training images")
+    parser.add_argument("--timeout", type=float, default=1200, help="seconds any one wait of a session may take")
+    parser.add_argument("--grace", type=float, default=330, help="seconds for the threads to return to baseline")
+    parser.add_argument("--out", type=Path, help="write OUT.json and OUT.md")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not Path(CHROMIUM).exists():
+        print(f"loadtest: {CHROMIUM} is missing (scripts/test.sh installs it when run as root)", file=sys.stderr)
+        return 2
+    report = run_load(args)
+    table = markdown(report)
+    print(table)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.with_suffix(".json").write_text(json.dumps(report, indent=2))
+        args.out.with_suffix(".md").write_text(table)
+    return 0 if not report["sessions_failed"] and report["store"]["every_student_has_one_ticket"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""Fuzzing what students send: thousands of URL query configs and runs files straight through drill, and a sample
+of each through the real app. Every case loads or is refused with a message; nothing else escapes. The counts go to
+artifacts/fuzz-report.json."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import REPO_ROOT
+from fuzz import IMPORT_CASES, URL_CASES, import_cases, run_import_cases, run_url_cases, url_cases
+from streamlit.testing.v1 import AppTest
+
+from drill import records
+from drill.config import ConfigError, RunConfig
+from drill.jobs import JobManager
+
+REPORT = REPO_ROOT / "artifacts" / "fuzz-report.json"
+APP_SAMPLE = 10  # cases of each kind through a real script run (each takes a second or two)
+
+
+@pytest.fixture(scope="module")
+def report():
+    figures: dict = {}
+    yield figures
+    REPORT.parent.mkdir(parents=True, exist_ok=True)
+    REPORT.write_text(json.dumps(figures, indent=2))
+
+
+def test_every_url_case_loads_or_is_refused_with_a_message(report):
+    cases = url_cases()
+    report["url"] = outcome = run_url_cases(cases)
+    assert outcome["cases"] == URL_CASES == outcome["loaded"] + outcome["refused_with_a_message"]
+    assert outcome["loaded"] > 100 and outcome["refused_with_a_message"] > 1000  # both paths really exercised
+    for case in cases[:200]:
+        try:
+            RunConfig.from_query(case)
+        except ConfigError as error:
+            assert "is not allowed" in str(error) or "unknown" in str(error).lower(), str(error)[:200]
+            assert len(str(error)) < 1000  # a huge value is shortened in the message, not echoed whole
+
+
+def test_every_import_case_loads_or_is_refused_and_what_loads_is_usable(report):
+    cases = import_cases()
+    report["import"] = outcome = run_import_cases(cases)
+    assert outcome["cases"] == IMPORT_CASES == outcome["loaded"] + outcome["refused_with_a_message"]
+    assert outcome["loaded"] > 0 and outcome["refused_with_a_message"] > 900
+    manager = JobManager(max_running=1, data=lambda: None)
+    for case in cases:
+        try:
+            loaded = records.parse_records(case)
+        except records.RecordError as error:
+            assert str(error) and len(str(error)) < 1000
+            continue
+        for record in loaded:
+            manager.add_finished("fuzz", record, label=record["label"])
+    again = records.parse_records(records.records_json(manager.snapshots("fuzz")))
+    assert len(again) == len(manager.snapshots("fuzz")) > 0
+
+
+def test_a_sample_of_both_through_the_app_never_shows_a_traceback(report):
+    urls = [case for case in url_cases() if isinstance(case, dict)][:APP_SAMPLE]
+    for params in urls:
+        at = AppTest.from_file(str(REPO_ROOT / "app.py"), default_timeout=120)
+        at.query_params.update(params)
+        at.run()
+        assert not at.exception, params
+        refused = any("could not be loaded" in warning.value for warning in at.warning)
+        try:
+            RunConfig.from_query(params)
+            assert not refused
+        except ConfigError:
+            assert refused
+    files = import_cases()[:APP_SAMPLE]
+    at = AppTest.from_file(str(REPO_ROOT / "app.py"), default_timeout=120)
+    at.run()
+    at.switch_page("views/compare.py").run()
+    for number, raw in enumerate(files):
+        at.file_uploader(key="compare_import").set_value((f"case{number}.json", raw, "application/json")).run()
+        assert not at.exception
+        messages = [e.value for e in at.error] + [s.value for s in at.success]
+        assert any(f"case{number}.json" in message for message in messages), messages
+    report["through_the_app"] = {"url_cases": len(urls), "import_cases": len(files)}

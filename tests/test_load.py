@@ -1,0 +1,45 @@
+"""A small class through tests/loadtest.py: real browsers against a real server, both modes, every figure checked.
+
+The 30-session runs that the README reports are made by the same script (see its docstring); here 4 students
+train 1-epoch runs on 2,000 images, so CI stays short.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from loadtest import parse_args, run_load
+from streamlit_server import CHROMIUM
+
+pytestmark = pytest.mark.browser
+
+SMALL_CLASS = ["--sessions", "4", "--epochs", "1", "--subset", "2000", "--timeout", "300"]
+
+
+@pytest.fixture(autouse=True)
+def needs_chromium():
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed (scripts/test.sh installs it when run as root)")
+    pytest.importorskip("playwright.async_api")
+
+
+def check_common(report: dict) -> None:
+    assert report["sessions_failed"] == []
+    assert all(r["status_after_start"] for r in report["per_session"])
+    assert report["store"]["every_student_has_one_ticket"], report["store"]
+    assert report["store"]["statuses"] == ["finished"]
+    assert report["memory_under_limit"], report["peak_rss_mb"]
+    assert report["threads_back_to_baseline_s"] is not None, (report["baseline_threads"], report["final_threads"])
+
+
+def test_a_class_on_the_same_step_trains_one_run_and_everyone_gets_its_curves():
+    report = run_load(parse_args([*SMALL_CLASS, "--mode", "same"]))
+    check_common(report)
+    assert report["store"]["runs"] == report["store"]["runs_complete"] == 1
+
+
+def test_a_class_on_different_configs_trains_every_run_to_the_end():
+    report = run_load(parse_args([*SMALL_CLASS, "--mode", "different"]))
+    check_common(report)
+    assert report["store"]["runs"] == report["store"]["runs_complete"] == 4

@@ -1,0 +1,199 @@
+"""The run store and run sharing: identical requests train once, finished runs are served at once, and a student's
+runs survive a reload (a new session with the same id) and a server restart (a new manager on the same file)."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+
+import pytest
+import torch
+from conftest import wait_until
+from test_jobs import FAKE_PARAMS, FakeRunner, cfg, wait_batches, wait_status
+
+from drill.jobs import ACTIVE, JobManager, config_key
+from drill.model import build_model
+from drill.presets import BY_NAME
+from drill.store import INTERRUPTED, RunRow, RunStore, pack_weights, unpack_weights
+from drill.train import train
+
+
+@pytest.fixture
+def managers(tmp_path):
+    """Managers on one store file (a server and, later, the same server restarted); all shut down afterwards."""
+    made = []
+
+    def make(runner=None, **kwargs) -> JobManager:
+        kwargs.setdefault("data", lambda: "data")
+        manager = JobManager(runner=runner or FakeRunner(), store=RunStore(tmp_path / "runs.sqlite"), **kwargs)
+        made.append(manager)
+        return manager
+
+    yield make
+    for manager in made:
+        manager.shutdown(timeout=60)
+
+
+def test_a_class_asking_for_the_same_run_trains_it_once_and_everyone_streams_it(managers):
+    runner = FakeRunner()
+    manager = managers(runner, max_running=2)
+    tickets = [manager.submit(f"student-{n}", cfg(1), label="step 5") for n in range(30)]
+    wait_batches(manager, tickets[-1])
+    assert runner.started == [1]
+    assert len({t.run.id for t in tickets}) == 1 and len({t.id for t in tickets}) == 30
+    views = [manager.snapshot(t.id) for t in tickets]
+    assert {(v.status, v.watchers, v.reused) for v in views} == {("running", 30, False)}
+    assert all(v.batch_losses for v in views)
+    runner.release(1)
+    for ticket in tickets:
+        wait_status(manager, ticket, "finished")
+    assert {tuple(e["test_acc"] for e in manager.snapshot(t.id).epochs) for t in tickets} == {(91.0,)}
+    # A different config (here another seed) is a run of its own.
+    other = manager.submit("student-0", cfg(2))
+    wait_until(lambda: runner.started == [1, 2], what="the second config to start")
+    assert other.run is not tickets[0].run
+
+
+def test_thirty_students_submitting_at_the_same_moment_still_share_one_run(managers):
+    runner = FakeRunner()
+    manager = managers(runner, max_running=2)
+    start = threading.Barrier(30)
+    tickets = [None] * 30
+
+    def click(n: int) -> None:
+        start.wait()
+        tickets[n] = manager.submit(f"student-{n}", cfg(7))
+
+    clicks = [threading.Thread(target=click, args=(n,)) for n in range(30)]
+    for thread in clicks:
+        thread.start()
+    for thread in clicks:
+        thread.join(60)
+    assert len({t.run.id for t in tickets}) == 1
+    runner.release(7)
+    wait_status(manager, tickets[0], "finished")
+    assert runner.started == [7]
+
+
+def test_a_finished_run_is_served_from_the_store_at_once_even_after_a_restart(managers):
+    runner = FakeRunner()
+    first = managers(runner, max_running=1)
+    trained = first.submit("ann", cfg(3))
+    runner.release(3)
+    wait_status(first, trained, "finished")
+    again = first.submit("bob", cfg(3))
+    view = first.snapshot(again.id)
+    assert (view.status, view.reused, view.epochs) == ("finished", True, first.snapshot(trained.id).epochs)
+    assert runner.started == [3]
+    first.shutdown()
+
+    fresh_runner = FakeRunner()
+    restarted = managers(fresh_runner, max_running=1)
+    served = restarted.submit("cy", cfg(3).replace(train={"threads": 2}))  # the thread count is not the run's math
+    view = restarted.snapshot(served.id)
+    assert (view.status, view.reused, view.params) == ("finished", True, FAKE_PARAMS)
+    assert fresh_runner.started == []
+
+
+def test_a_students_runs_survive_a_server_restart_with_how_each_ended(managers):
+    runner = FakeRunner()
+    manager = managers(runner, max_running=1)
+    finished = manager.submit("ann", cfg(1), label="step 5")
+    runner.release(1)
+    wait_status(manager, finished, "finished")
+    running = manager.submit("ann", cfg(2), label="custom")
+    wait_batches(manager, running)
+    manager.shutdown(timeout=60)
+
+    restarted = managers(FakeRunner(), max_running=1)
+    views = restarted.snapshots("ann")
+    assert [(v.id, v.label, v.status) for v in views] == [
+        (finished.id, "step 5", "finished"),
+        (running.id, "custom", "stopped"),
+    ]
+    assert views[0].epochs[0]["test_acc"] == 91.0 and views[1].reason == "the server stopped"
+    assert restarted.snapshots("bob") == []
+
+
+def test_a_run_the_file_says_is_going_failed_with_the_server_that_died(tmp_path):
+    store = RunStore(tmp_path / "runs.sqlite")
+    config = cfg(1)
+    row = RunRow("run-x", config_key(config), "trained", config.to_dict(), "running", "", 10, [], [], 0.0, 0.0)
+    store.save_run(row)
+    store.close()  # the process is killed: nothing else is written
+    reopened = RunStore(tmp_path / "runs.sqlite").run("run-x")
+    assert (reopened.status, reopened.reason) == ("failed", INTERRUPTED)
+
+
+def test_leaving_a_shared_run_keeps_what_was_seen_and_the_others_go_on(managers):
+    runner = FakeRunner()
+    manager = managers(runner, max_running=1)
+    ann, bob = manager.submit("ann", cfg(1)), manager.submit("bob", cfg(1))
+    wait_batches(manager, ann, 5)
+    manager.stop(ann.id)
+    left = manager.snapshot(ann.id)
+    assert left.status == "stopped" and "goes on for the classmates sharing it" in left.reason
+    assert manager.active_count("ann") == 0 and manager.active_count("bob") == 1
+    seen = len(left.batch_losses)
+    wait_until(lambda: len(manager.snapshot(bob.id).batch_losses) > seen + 5, what="bob's run to go on")
+    assert len(manager.snapshot(ann.id).batch_losses) == seen  # ann's view stays where she left it
+    assert manager.snapshot(bob.id).status == "running" and manager.model(ann.id) is None
+    manager.stop(bob.id)  # the last watcher stopping stops the run
+    wait_status(manager, bob, "stopped")
+    assert runner.started == [1]
+
+
+def test_stopped_failed_and_imported_runs_are_never_served_to_others(managers):
+    runner = FakeRunner()
+    manager = managers(runner, max_running=1)
+    stopped = manager.submit("ann", cfg(1))
+    wait_batches(manager, stopped)
+    manager.stop(stopped.id)
+    wait_status(manager, stopped, "stopped")
+    runner.failures[2] = RuntimeError("boom")
+    failed = manager.submit("ann", cfg(2))
+    wait_status(manager, failed, "failed")
+    record = {"config": cfg(3).to_dict(), "epochs": [{"epoch": 1, "test_acc": 99.9}], "status": "finished"}
+    manager.add_finished("ann", record, label="imported")
+    del runner.failures[2]
+    for seed in (1, 2, 3):
+        retry = manager.submit("bob", cfg(seed))
+        wait_until(lambda seed=seed: runner.started.count(seed) == (2 if seed < 3 else 1), what=f"seed {seed} to train")
+        runner.release(seed)
+        wait_status(manager, retry, "finished")
+        assert not manager.snapshot(retry.id).reused
+
+
+def test_weights_round_trip_exactly_and_a_stored_model_predicts_as_the_trained_one(managers, small_mnist):
+    tiny = BY_NAME["quick"].config.replace(train={"subset": 640, "batch_size": 64, "epochs": 1})
+    manager = managers(train, max_running=1, data=lambda: small_mnist)
+    ticket = manager.submit("ann", tiny)
+    wait_until(lambda: manager.snapshot(ticket.id).status not in ACTIVE, timeout=300, what="the tiny run")
+    trained = manager.model(ticket.id)
+    state = trained.state_dict()
+    restored = unpack_weights(pack_weights(state))
+    assert state.keys() == restored.keys() and all(torch.equal(state[k], restored[k]) for k in state)
+    manager.shutdown()
+
+    restarted = managers(FakeRunner(), max_running=1)
+    [view] = restarted.snapshots("ann")
+    rebuilt = restarted.model(view.id)
+    images = torch.rand(8, 1, 28, 28)
+    torch.testing.assert_close(rebuilt(images), trained.eval()(images), rtol=0, atol=0)
+
+
+def test_damaged_stored_weights_give_no_model_and_no_crash(managers, tmp_path):
+    runner = FakeRunner()
+    manager = managers(runner, max_running=1)
+    ticket = manager.submit("ann", cfg(1))
+    runner.release(1)
+    wait_status(manager, ticket, "finished")
+    manager.store.save_run(ticket.run.row(), build_model(cfg(1).model).state_dict())
+    with sqlite3.connect(tmp_path / "runs.sqlite") as db:
+        db.execute("UPDATE runs SET weights = substr(weights, 1, 100)")
+    manager.shutdown()
+    restarted = managers(FakeRunner(), max_running=1)
+    [view] = restarted.snapshots("ann")
+    assert view.status == "finished" and restarted.model(view.id) is None
+    with pytest.raises(ValueError, match="cut short"):
+        unpack_weights(pack_weights({"w": torch.ones(10)})[:-4])
