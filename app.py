@@ -16,6 +16,9 @@ pages = [
     st.Page("views/inspect.py", title="Inspect", icon="🔍"),
 ]
 page = st.navigation(pages)
+# Often enough to notice a closed tab well inside the job manager's 5-minute grace; rarely enough that a class's
+# heartbeats cost the server little.
+HEARTBEAT_S = 5.0
 
 
 def load_preset(name: str) -> None:
@@ -43,7 +46,7 @@ with st.sidebar:
     st.code(common.share_link(), language=None, wrap_lines=True)
 
 
-@st.fragment(run_every=2.0)
+@st.fragment(run_every=HEARTBEAT_S)
 def heartbeat() -> None:
     """Tell the job manager this tab is open (on every page), and show what is going on."""
     manager = common.manager()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -70,8 +71,8 @@ def cmd_summary(args) -> None:
     )
 
 
-def run_one(cfg: RunConfig, quiet: bool = False):
-    """Train one config with a tqdm bar per epoch and a line per epoch; returns the RunResult."""
+def run_one(cfg: RunConfig, quiet: bool = False, threads: int | None = None, prefix: str = ""):
+    """Train one config with a tqdm bar per epoch (unless prefixed: runs side by side) and a line per epoch."""
     from tqdm import tqdm
 
     from drill.data import load_mnist
@@ -84,7 +85,7 @@ def run_one(cfg: RunConfig, quiet: bool = False):
         nonlocal bar
         if quiet:
             return
-        if event == "batch":
+        if event == "batch" and not prefix:
             if bar is None:
                 bar = tqdm(total=payload["batches"], desc=f"epoch {payload['epoch']}", leave=False, file=sys.stderr)
             bar.update(1)
@@ -94,12 +95,13 @@ def run_one(cfg: RunConfig, quiet: bool = False):
                 bar.close()
                 bar = None
             print(
-                f"epoch {payload['epoch']:>2}  train {payload['train_acc']:6.2f}%  test {payload['test_acc']:6.2f}%  "
-                f"loss {payload['test_loss']:.4f}  lr {payload['lr']:.4g}  {payload['seconds']:.1f}s",
+                f"{prefix}epoch {payload['epoch']:>2}  train {payload['train_acc']:6.2f}%  "
+                f"test {payload['test_acc']:6.2f}%  loss {payload['test_loss']:.4f}  lr {payload['lr']:.4g}  "
+                f"{payload['seconds']:.1f}s",
                 flush=True,
             )
 
-    result = train(cfg, data, report)
+    result = train(cfg, data, report, threads=threads)
     if bar is not None:
         bar.close()
     return result
@@ -122,35 +124,61 @@ def cmd_train(args) -> int:
     return 0 if result.status == "finished" else 1
 
 
+def consistency_table(runs: list[tuple[int, int, list[dict]]], k: int) -> tuple[str, int]:
+    """Markdown: seed, parameters, the last k test accuracies and pass/fail per (seed, params, epochs); and a summary.
+
+    Returns (text, how many passed).
+    """
+    total = max((len(epochs) for _, _, epochs in runs), default=k)
+    lines = [
+        f"| seed | params | {' | '.join(f'epoch {total - k + i + 1}' for i in range(k))} | pass |",
+        "|---:|---:|" + "---:|" * k + ":---:|",
+    ]
+    passed = 0
+    for seed, params, epochs in runs:
+        verdict = analyse(epochs, params, k=k)
+        passed += verdict.consistent
+        accs = " | ".join(f"{a:.2f}" for a in verdict.last_k) or " | ".join("-" * k)
+        lines.append(f"| {seed} | {params:,} | {accs} | {'yes' if verdict.consistent else 'no'} |")
+    last = [epochs[-1]["test_acc"] for _, _, epochs in runs if epochs]
+    mean_last = statistics.mean(last) if last else float("nan")
+    lines.append(
+        f"\n{passed} of {len(runs)} seeds hold >= {TARGET_ACC}% in each of the last {k} epochs; "
+        f"mean last-epoch test accuracy {mean_last:.2f}%"
+    )
+    return "\n".join(lines), passed
+
+
 def cmd_consistency(args) -> int:
-    """Train one config over several seeds and tabulate the last K epochs of each."""
+    """Train one config over several seeds (`--jobs` of them side by side) and tabulate the last K epochs of each."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from drill.train import run_summary
 
     base = load_config(args)
-    runs, started = [], time.perf_counter()
-    for seed in args.seeds:
-        print(f"seed {seed}", flush=True)
-        runs.append(run_one(base.replace(train={"seed": seed}), quiet=args.quiet))
+    if args.jobs < 1:
+        raise UsageError(f"--jobs {args.jobs} is not allowed: 1 or more runs side by side")
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    started = time.perf_counter()
+
+    def one(seed: int):
+        prefix = f"seed {seed}: " if args.jobs > 1 else ""
+        if not prefix:
+            print(f"seed {seed}", flush=True)
+        return run_one(base.replace(train={"seed": seed}), quiet=args.quiet, threads=threads, prefix=prefix)
+
+    with ThreadPoolExecutor(args.jobs) as pool:
+        runs = list(pool.map(one, args.seeds))
     elapsed = time.perf_counter() - started
-    k = args.last_k
-    print(f"\n| seed | params | {' | '.join(f'epoch {len(runs[0].epochs) - k + i + 1}' for i in range(k))} | pass |")
-    print("|---:|---:|" + "---:|" * k + ":---:|")
-    passed = 0
-    for seed, result in zip(args.seeds, runs, strict=True):
-        verdict = analyse(result.epochs, result.params, k=k)
-        passed += verdict.consistent
-        accs = " | ".join(f"{a:.2f}" for a in verdict.last_k) or " | ".join("-" * k)
-        print(f"| {seed} | {result.params:,} | {accs} | {'yes' if verdict.consistent else 'no'} |")
-    last = [r.epochs[-1]["test_acc"] for r in runs if r.epochs]
-    mean_last = statistics.mean(last) if last else float("nan")
-    print(
-        f"\n{passed} of {len(runs)} seeds hold >= {TARGET_ACC}% in each of the last {k} epochs; "
-        f"mean last-epoch test accuracy {mean_last:.2f}%; {elapsed / 60:.1f} min in all"
+    table, passed = consistency_table(
+        [(seed, r.params, r.epochs) for seed, r in zip(args.seeds, runs, strict=True)], args.last_k
     )
+    print(f"\n{table}; {elapsed / 60:.1f} min in all")
     if args.out:
         Path(args.out).write_text(
             json.dumps(
-                {"runs": [run_summary(r) for r in runs], "last_k": k, "minutes": round(elapsed / 60, 1)}, indent=2
+                {"runs": [run_summary(r) for r in runs], "last_k": args.last_k, "minutes": round(elapsed / 60, 1)},
+                indent=2,
             )
         )
     return 0 if passed == len(runs) else 1
@@ -192,7 +220,7 @@ def cmd_report(args) -> int:
 
     from drill.records import markdown_table, table_row
 
-    rows = []
+    rows, seeds = [], []
     for path in args.files:
         try:
             data = json.loads(Path(path).read_text())
@@ -205,9 +233,11 @@ def cmd_report(args) -> int:
                 snapshot = SimpleNamespace(label=label, config=config, id=Path(path).stem, **fields)
                 name = matching_preset(config)
                 rows.append(table_row(snapshot, BY_NAME[name] if name else None, k=args.last_k))
+                seeds.append((config.train.seed, run["params"], run["epochs"]))
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise UsageError(f"{path} is not a run saved by train/consistency --out ({error})") from None
-    print(markdown_table(rows, k=args.last_k), end="")
+    print(markdown_table(rows, k=args.last_k))
+    print(consistency_table(seeds, args.last_k)[0])
     return 0
 
 
@@ -254,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("consistency", help="train a config over several seeds and check the last K epochs")
     with_config(p, training=True)
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    p.add_argument("--jobs", type=int, default=1, help="seeds trained side by side, sharing the cores")
     p.add_argument("--out", metavar="RUNS.json")
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
     p.set_defaults(func=cmd_consistency)

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import io
+import threading
+from collections import OrderedDict
+
 import altair as alt
 import pandas as pd
+import pyarrow as pa
 
 from drill.analysis import PARAM_BUDGET, TARGET_ACC
 
@@ -198,3 +203,42 @@ def drawing_chart(cells: int = 16, side_px: int = 300) -> alt.Chart:
         .add_params(ink)
         .properties(width=side_px, height=side_px)
     )
+
+
+def arrow_spec(chart: alt.TopLevelMixin) -> dict:
+    """The chart's Vega-Lite spec with each dataset already in Arrow IPC bytes, as Streamlit sends it.
+
+    Building and serialising an Altair chart costs tens of milliseconds of Python; a spec made once can be drawn by
+    every session that shows the same data (st.vega_lite_chart passes byte datasets through as they are).
+    """
+    spec = chart.to_dict()
+    datasets = {}
+    for name, rows in spec.get("datasets", {}).items():
+        sink = io.BytesIO()
+        table = pa.Table.from_pylist(rows)
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        datasets[name] = sink.getvalue()
+    return {**spec, "datasets": datasets} if datasets else spec
+
+
+class SpecCache:
+    """A small thread-safe LRU of chart specs: a class watching one run shares each drawing of it."""
+
+    def __init__(self, size: int = 256):
+        self.size = size
+        self._specs: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key, build) -> dict:
+        """The spec stored under key, else build() made into one (outside the lock) and stored."""
+        with self._lock:
+            if key in self._specs:
+                self._specs.move_to_end(key)
+                return self._specs[key]
+        spec = arrow_spec(build())
+        with self._lock:
+            self._specs[key] = spec
+            while len(self._specs) > self.size:
+                self._specs.popitem(last=False)
+        return spec

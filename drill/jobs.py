@@ -53,6 +53,7 @@ class Snapshot:
     seconds: float
     watchers: int = 1  # students following this very run (a class starting the same step shares one)
     reused: bool = False  # served from an identical run trained earlier, not trained for this student
+    run_id: str = ""  # the training behind the ticket, shared by every student following it
 
 
 @dataclass
@@ -180,6 +181,7 @@ class Ticket:
                 seconds,
                 watchers,
                 self.reused,
+                run.id,
             )
 
     def row(self) -> TicketRow:
@@ -371,6 +373,12 @@ class JobManager:
         """How many of an owner's runs are queued or running (cheap: no snapshots)."""
         with self._lock:
             return sum(t.owner == owner and t.cut is None and t.run.status in ACTIVE for t in self._tickets.values())
+
+    def online_count(self, within_s: float = 15.0) -> int:
+        """Students whose page sent a heartbeat in the last within_s seconds."""
+        now = time.monotonic()
+        with self._lock:
+            return sum(now - seen <= within_s for seen in self._seen.values())
 
     def running_count(self) -> int:
         """Runs training right now."""

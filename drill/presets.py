@@ -27,10 +27,14 @@ _LEAN = ModelConfig(layers="8,12,M,12,16,M", head="fc")
 _BN = ModelConfig(layers=_LEAN.layers, head="fc", batch_norm="before_relu")
 _REGULARISED = ModelConfig(layers=_LEAN.layers, head="fc", batch_norm="before_relu", dropout=0.05)
 _ROTATE = AugmentConfig(rotation=7.0)
+# A small random shift on top of the rotation, and batches of 64 (twice the steps): measured to hold >= 99.4% in each
+# of the last 4 epochs for 3 of 3 seeds, where rotation alone at batch 128 held it for 1 of 3 (results/).
+_ROTATE_SHIFT = AugmentConfig(rotation=7.0, translate=0.05)
 # Dropout eased to 0.02: at 0.05 on top of rotation this small network trained below its test accuracy all run long.
 _FINAL = ModelConfig(layers="10,10,16,M,T10,10,16,16", head="gap_conv", batch_norm="before_relu", dropout=0.02)
+_STRETCH = dataclasses.replace(_FINAL, layers="8,8,12,M,T8,10,12,12")
 _ONECYCLE = TrainConfig(
-    epochs=15, batch_size=128, optimizer="sgd", lr=0.01, momentum=0.9, schedule="onecycle", max_lr=0.1, pct_start=0.2
+    epochs=15, batch_size=64, optimizer="sgd", lr=0.01, momentum=0.9, schedule="onecycle", max_lr=0.1, pct_start=0.2
 )
 
 PRESETS: tuple[Preset, ...] = (
@@ -79,19 +83,30 @@ PRESETS: tuple[Preset, ...] = (
         "5. + GAP, 1x1 transitions and OneCycleLR",
         "Under 8,000 parameters, >= 99.4% test in each of the last epochs, within 15 epochs.",
         "Deeper stack with a 1x1 transition after the max-pool, a GAP + 1x1 conv head instead of the FC layer, "
-        "a OneCycleLR schedule peaking at 0.1, and dropout eased to 0.02 (at 0.05 the network underfits).",
-        RunConfig(_FINAL, _ROTATE, _ONECYCLE),
+        "a OneCycleLR schedule peaking at 0.1 over batches of 64, dropout eased to 0.02 (at 0.05 the network "
+        "underfits), and a random shift of up to 5% on top of the rotation.",
+        RunConfig(_FINAL, _ROTATE_SHIFT, _ONECYCLE),
         "6,750-8,172 parameters; 99.4-99.57% in the last epochs with OneCycleLR",
         5,
-        "last epoch 99.42 / 99.50 / 99.44% (seeds 1-3); >= 99.4% in each of the last 4 epochs for seed 2 and "
-        "in each of the last 3 for seeds 1 and 3",
+        "last 4 epochs 99.44-99.55 / 99.53-99.55 / 99.41-99.52% (seeds 1-3): >= 99.4% in each, for every seed; "
+        "mean last epoch 99.53%",
+    ),
+    Preset(
+        "stretch",
+        "6. Stretch: under 5,000 parameters",
+        "The same bar (>= 99.4% in each of the last epochs, 15 epochs) with at most 5,000 parameters.",
+        "The final step's recipe on a narrower stack: 8-12 channels, 10 after the transition.",
+        RunConfig(_STRETCH, _ROTATE_SHIFT, _ONECYCLE),
+        "6,750 parameters is the smallest in the write-ups (99.50% best, 99.4% in 5 of its last 6 epochs)",
+        6,
+        "",
     ),
     Preset(
         "quick",
         "Quick demo",
         "See a curve within seconds: the final network on 6,000 images for 3 epochs.",
         "The final step's network, trained on a stratified 10% of the training set.",
-        RunConfig(_FINAL, _ROTATE, dataclasses.replace(_ONECYCLE, epochs=3, subset=6000, batch_size=64)),
+        RunConfig(_FINAL, _ROTATE, dataclasses.replace(_ONECYCLE, epochs=3, subset=6000)),
         "a demo, not a step: about 97-98% after 3 short epochs",
         0,
         "61.4 / 96.3 / 97.7% test after epochs 1-3 (seed 1)",

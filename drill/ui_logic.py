@@ -12,6 +12,7 @@ import torch
 
 from drill.analysis import LAST_K, PARAM_BUDGET, Verdict
 from drill.augment import preview
+from drill.charts import SpecCache, accuracy_chart, loss_chart
 from drill.config import MAX_CHANNELS, TRAIN_SIZE, AugmentConfig, ConfigError, TrainConfig, parse_layers
 from drill.data import Mnist
 from drill.jobs import Snapshot
@@ -296,6 +297,32 @@ def status_text(status: str, queue_position: int | None, label: str) -> str:
         return f"⏳ **{label}** is queued: {ahead} run(s) ahead of it; it starts when a CPU slot frees up."
     icons = {"running": "🏃", "finished": "✅", "stopped": "⏹️", "failed": "❌"}
     return f"{icons.get(status, '')} **{label}**: {status}"
+
+
+CHART_UPDATES_PER_EPOCH = 20
+_RUN_CHARTS = SpecCache()
+
+
+def run_charts(run: Snapshot) -> tuple[dict, dict]:
+    """The run's accuracy and loss charts as Vega-Lite specs, made once and shared by everyone watching the run.
+
+    While it trains, the batch-loss line advances in twentieths of an epoch, so a class polling one run draws a
+    few versions of its charts, not one per student per second.
+    """
+    losses = run.batch_losses
+    if run.status in ("queued", "running") and losses:
+        cutoff = math.floor(losses[-1][0] * CHART_UPDATES_PER_EPOCH) / CHART_UPDATES_PER_EPOCH
+        losses = tuple(point for point in losses if point[0] <= cutoff + 1e-9)
+    total, epochs = run.config.train.epochs, list(run.epochs)
+    accuracy = _RUN_CHARTS.get(("accuracy", run.run_id, len(epochs), total), lambda: accuracy_chart(epochs, total))
+    key = ("loss", run.run_id, len(epochs), len(losses), losses[-1] if losses else None, total)
+    return accuracy, _RUN_CHARTS.get(key, lambda: loss_chart(epochs, losses, total))
+
+
+def poll_seconds(online: int) -> float:
+    """How often a page redraws a run: every second for a few students, less often for a class, whose redraws
+    would otherwise take the CPU from the very run they wait for."""
+    return float(min(4, 1 + online // 10))
 
 
 def sharing_note(run: Snapshot) -> str:

@@ -29,7 +29,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from conftest import wait_until  # noqa: E402
 from streamlit_server import CHROMIUM, CHROMIUM_ARGS, serve  # noqa: E402
 
 from drill.presets import BY_NAME  # noqa: E402
@@ -39,6 +38,7 @@ STATUS = re.compile(r"is queued: \d+ run\(s\) ahead|: running|: finished")
 QUEUED = re.compile(r"is queued: (\d+) run\(s\) ahead")
 EPOCH_POINT = re.compile(r"Epoch \d+ of \d+: train")
 MEMORY_LIMIT_MB = 1536
+WARM_UP_PAGES = (("", "drill-down"), ("/build", "Build"), ("/train", "Train"), ("/compare", "Compare"))
 
 
 def process_stats(pid: int) -> tuple[float, int]:
@@ -97,11 +97,14 @@ async def one_session(browser, url: str, n: int, args) -> dict:
         out["first_render_s"] = time.monotonic() - opened
         await page.wait_for_selector(IDLE)
         await page.get_by_text("Bias in convolutions", exact=True).click()
+        # The toggle has landed once the link holds it (a student sees the parameter count change first).
+        await page.wait_for_url(re.compile(r"[?&]bias=1(&|$)"))
         await page.wait_for_selector(IDLE)
         await page.locator("[data-testid='stSidebarNav']").get_by_text("Train", exact=True).click()
         start = page.get_by_test_id("stMainBlockContainer").get_by_role("button", name="Start", exact=True)
         await start.wait_for()
         out["train_render_s"] = time.monotonic() - opened - out["first_render_s"]
+        await page.wait_for_selector(IDLE)
         clicked = time.monotonic()
         await start.click()
         status = (await page.get_by_text(STATUS).first.inner_text()).strip()
@@ -115,23 +118,31 @@ async def one_session(browser, url: str, n: int, args) -> dict:
         out["exceptions_on_page"] = await page.locator("[data-testid='stException']").count()
     except Exception as error:  # a session that fails is a finding of the report, not a crash of the script
         out["error"] = f"{type(error).__name__}: {str(error).splitlines()[0]}"
+        out["screenshot"] = str(args.work / f"session-{n}.png")
+        await page.screenshot(path=out["screenshot"], full_page=True)
     finally:
         await context.close()
     return out
 
 
-async def drive(url: str, args) -> list[dict]:
+async def drive(url: str, args, warm_up: bool = False) -> list[dict]:
+    """Run every session at once; or, with warm_up, open each page once in one tab and close it."""
     from playwright.async_api import async_playwright
 
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            warm = await browser.new_context()
-            page = await warm.new_page()
-            await page.goto(url)
-            await page.get_by_role("heading", name=re.compile("Drill-down")).first.wait_for(timeout=120_000)
-            await warm.close()
-            return await asyncio.gather(*(one_session(browser, url, n, args) for n in range(args.sessions)))
+            if not warm_up:
+                return await asyncio.gather(*(one_session(browser, url, n, args) for n in range(args.sessions)))
+            context = await browser.new_context()
+            page = await context.new_page()
+            page.set_default_timeout(args.timeout * 1000)
+            for path, heading in WARM_UP_PAGES:
+                await page.goto(url + path)
+                await page.get_by_role("heading", name=re.compile(heading)).first.wait_for()
+                await page.wait_for_selector(IDLE)
+            await context.close()
+            return []
         finally:
             await browser.close()
 
@@ -152,29 +163,35 @@ def store_check(path: Path, sessions: int, epochs: int) -> dict:
     }
 
 
+def settle_threads(url: str, pid: int, baseline: int, args) -> float | None:
+    """Seconds until the server's threads are back to the baseline after the tabs closed (None: not within grace).
+
+    Streamlit's server keeps idle worker threads (AnyIO's pool) and lets go of those idle over 10 s only when new
+    work arrives, so between checks one tab visits the pages, as the next student would.
+    """
+    closed = time.monotonic()
+    while time.monotonic() - closed < args.grace:
+        if process_stats(pid)[1] <= baseline:
+            return time.monotonic() - closed
+        asyncio.run(drive(url, args, warm_up=True))
+    return None
+
+
 def run_load(args) -> dict:
     """Serve the app, drive the sessions, and gather the report."""
-    work = Path(tempfile.mkdtemp(prefix="drill-load-"))
+    work = args.work = Path(tempfile.mkdtemp(prefix="drill-load-"))
     store = work / "runs.sqlite"
-    env = {"DRILL_RUNS_DB": str(store), "OMP_NUM_THREADS": "1"}
-    with serve(extra_env=env, log_path=work / "streamlit.log") as (url, process):
+    with serve(extra_env={"DRILL_RUNS_DB": str(store)}, log_path=work / "streamlit.log") as (url, process):
+        # The baseline is the server idle after every page has been drawn once: Streamlit and torch start their
+        # worker threads on first use and keep them, whatever the load.
+        asyncio.run(drive(url, args, warm_up=True))
         baseline_threads = process_stats(process.pid)[1]
         sampler = Sampler(process.pid)
         sampler.start()
         began = time.monotonic()
         results = asyncio.run(drive(url, args))
         elapsed = time.monotonic() - began
-        closed = time.monotonic()
-        try:
-            wait_until(
-                lambda: process_stats(process.pid)[1] <= baseline_threads,
-                timeout=args.grace,
-                interval=0.5,
-                what="the server's threads to return to their baseline",
-            )
-            threads_back_s = time.monotonic() - closed
-        except AssertionError:
-            threads_back_s = None
+        threads_back_s = settle_threads(url, process.pid, baseline_threads, args)
         final_rss, final_threads = process_stats(process.pid)
         sampler.done.set()
         sampler.join()

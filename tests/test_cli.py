@@ -130,9 +130,32 @@ def test_report_tabulates_saved_runs(tmp_path, capsys):
     assert main(["report", single, several]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "| Step | Target | Params | Best train | Best test | Last 4 | Analysis |"
-    assert len(lines) == 2 + 3
     assert lines[2].startswith("| 2. A lean skeleton (seed 1, 15 epochs in 5 min) | Strip the network")
     assert "| 6,520 | 99.00% | 98.65% | 98.62, 98.63, 98.64, 98.65 (no) |" in lines[2]
+    # Then the consistency table of the same runs, as `consistency` prints it.
+    assert lines[5:] == [
+        "",
+        "| seed | params | epoch 12 | epoch 13 | epoch 14 | epoch 15 | pass |",
+        "|---:|---:|---:|---:|---:|---:|:---:|",
+        *["| 1 | 6,520 | 98.62 | 98.63 | 98.64 | 98.65 | no |"] * 3,
+        "",
+        "0 of 3 seeds hold >= 99.4% in each of the last 4 epochs; mean last-epoch test accuracy 98.65%",
+    ]
+
+
+def test_consistency_trains_seeds_side_by_side_and_writes_every_run(tmp_path, capsys):
+    out = tmp_path / "runs.json"
+    args = ["--preset", "quick", "--subset", "2000", "--epochs", "1", "--seeds", "4", "5", "--last-k", "1"]
+    assert main(["consistency", *args, "--jobs", "2", "--quiet", "--out", str(out)]) == 1  # 1 epoch can't pass
+    lines = capsys.readouterr().out.splitlines()
+    table = lines[lines.index("| seed | params | epoch 1 | pass |") :]
+    assert [line.split(" | ")[:2] for line in table[2:4]] == [["| 4", "7,570"], ["| 5", "7,570"]]
+    summary = r"0 of 2 seeds hold >= 99.4% in each of the last 1 epochs; mean .*; \d+\.\d min in all"
+    assert re.fullmatch(summary, lines[-1]), lines[-1]
+    runs = json.loads(out.read_text())["runs"]
+    assert [RunConfig.from_dict(r["config"]).train.seed for r in runs] == [4, 5]
+    assert runs[0]["epochs"][0]["test_acc"] != runs[1]["epochs"][0]["test_acc"]
+    assert main(["consistency", *args, "--jobs", "0"]) == 2
 
 
 def test_report_refuses_a_file_that_is_not_a_run(tmp_path, capsys):

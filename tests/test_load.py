@@ -14,7 +14,7 @@ from streamlit_server import CHROMIUM
 
 pytestmark = pytest.mark.browser
 
-SMALL_CLASS = ["--sessions", "4", "--epochs", "1", "--subset", "2000", "--timeout", "300"]
+SMALL_CLASS = ["--sessions", "4", "--epochs", "1", "--subset", "2000", "--timeout", "300", "--grace", "120"]
 
 
 @pytest.fixture(autouse=True)

@@ -3,9 +3,11 @@ run picking in drill.inspection. Nothing here needs MNIST or trains."""
 
 from __future__ import annotations
 
+import io
 from types import SimpleNamespace
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 from test_inspection import make_report, one_hot_ish
@@ -178,3 +180,37 @@ def test_default_pick_prefers_the_latest_run_with_a_model(models, expected):
 
 def test_a_run_without_a_label_is_named_by_its_id():
     assert inspection.Candidate(run("run-7", "stopped", label=""), None).title == "run-7: run-7 (stopped)"
+
+
+def chart_rows(spec: dict) -> list[dict]:
+    """Every row of a spec's Arrow datasets."""
+    tables = [pa.ipc.open_stream(io.BytesIO(data)).read_all() for data in spec["datasets"].values()]
+    return [row for table in tables for row in table.to_pylist()]
+
+
+def watched(ticket: str, status: str, losses: list[tuple[float, float]], epochs: int = 1) -> SimpleNamespace:
+    epoch_rows = [
+        {"epoch": e, "train_loss": 0.5 / e, "train_acc": 90.0 + e, "test_loss": 0.4 / e, "test_acc": 91.0 + e}
+        for e in range(1, epochs + 1)
+    ]
+    config = BY_NAME["quick"].config
+    return SimpleNamespace(id=ticket, run_id="run-shared", status=status, config=config, epochs=tuple(epoch_rows),
+                           batch_losses=tuple(losses))  # fmt: skip
+
+
+def test_run_charts_are_made_once_for_everyone_watching_and_advance_in_steps():
+    losses = [(b / 100, 2.0 - b / 100) for b in range(1, 38)]  # 0.37 of an epoch done
+    ann = ui.run_charts(watched("ticket-a", "running", losses))
+    bob = ui.run_charts(watched("ticket-b", "running", losses[:-1]))  # a poll a batch earlier, same twentieth
+    assert ann[0] is bob[0] and ann[1] is bob[1], "one drawing per run version, shared by the class"
+    # While running, the batch line stops at the last whole twentieth of an epoch (0.35 here), epochs in full.
+    batch_rows = [row for row in chart_rows(ann[1]) if row.get("split") == "batch"]
+    assert max(row["epoch"] for row in batch_rows) == pytest.approx(0.35)
+    assert {row["value"] for row in chart_rows(ann[0]) if row.get("split") == "test"} == {92.0}
+    # Once it has ended, every point is drawn.
+    ended = ui.run_charts(watched("ticket-a", "finished", losses))
+    assert max(row["epoch"] for row in chart_rows(ended[1]) if row.get("split") == "batch") == pytest.approx(0.37)
+
+
+def test_pages_poll_less_often_as_the_class_grows():
+    assert [ui.poll_seconds(n) for n in (0, 1, 9, 10, 25, 30, 200)] == [1, 1, 1, 2, 3, 4, 4]

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from drill import ui_logic as ui
-from drill.charts import accuracy_chart, loss_chart, lr_chart
+from drill.charts import lr_chart
 from drill.config import AugmentConfig, TrainConfig, field_help
 from drill.data import DataUnavailable, load_mnist
 from drill.jobs import ACTIVE
@@ -88,7 +88,7 @@ if stop:
         manager.stop(run.id)
 
 
-@st.fragment(run_every=1.0 if shown_run is not None and shown_run.status in ACTIVE else None)
+@st.fragment(run_every=ui.poll_seconds(manager.online_count()) if shown_run and shown_run.status in ACTIVE else None)
 def show_run(job_id: str, was_active: bool) -> None:
     """The run's status, progress and curves; redrawn every second while it is queued or running."""
     common.manager().touch(common.owner())  # this page polling the run is the surest sign the tab is open
@@ -109,8 +109,9 @@ def show_run(job_id: str, was_active: bool) -> None:
         st.markdown(ui.epoch_line(epochs[-1], run.config.train.epochs))
     if epochs or run.batch_losses:
         accuracy, loss = st.columns(2)
-        accuracy.altair_chart(accuracy_chart(epochs, run.config.train.epochs), width="stretch")
-        loss.altair_chart(loss_chart(epochs, run.batch_losses, run.config.train.epochs), width="stretch")
+        accuracy_spec, loss_spec = ui.run_charts(run)
+        accuracy.vega_lite_chart(spec=accuracy_spec, width="stretch")
+        loss.vega_lite_chart(spec=loss_spec, width="stretch")
     if run.status not in ACTIVE and epochs:
         common.show_result(epochs, run.params)
 
