@@ -69,6 +69,19 @@ def test_batch_norm_toggle_changes_the_parameter_count_and_the_url():
     assert at.query_params["bn"] == "after_relu"
 
 
+def test_a_toggle_flipped_just_before_opening_another_page_is_kept():
+    # Under load a student can flip a toggle and click another page before the Build page has rerun: the change
+    # must land anyway (it did not: the page only read its widgets when it ran, and the other page ran instead).
+    at = build_page()
+    at.toggle(key="bias_0").set_value(True)
+    at.switch_page("views/train.py").run()
+    assert not at.exception
+    assert config_params(at)["bias"] == "1"
+    at.switch_page("views/build.py").run()
+    assert at.toggle(key="bias_0").value is True
+    assert shown_params(at) == summarize(QUICK.replace(model={"bias": True}).model).total_params
+
+
 def test_an_invalid_stack_shows_the_error_instead_of_the_table_and_keeps_the_model():
     at = build_page()
     widget(at.text_input, "Compact stack").set_value("8,M,M,M,M,M").run()

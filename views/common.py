@@ -110,35 +110,35 @@ def _key(section, name: str, key: str | None = None) -> str:
     return f"{key or f'{section.SECTION}.{name}'}_{version()}"
 
 
+def _bound(section, name: str, key: str | None = None) -> dict:
+    """The options that tie a widget to its config field: key, help text, and a change callback.
+
+    The callback applies the change before whatever runs next: a student who flips a toggle and at once opens
+    another page (before this page has rerun) keeps the change, where the page's own read would never happen.
+    """
+    widget_key = _key(section, name, key)
+    help_text = field_help(section, name)
+    return {"key": widget_key, "help": help_text, "on_change": _keep, "args": (section, name, widget_key)}
+
+
+def _keep(section, name: str, widget_key: str) -> None:
+    value = st.session_state.get(widget_key)
+    if value is not None:
+        apply_config(**{section.SECTION: {name: value}})  # an invalid value is explained when the page draws
+
+
 def field_slider(section, name: str, label: str, value, step, *, key: str | None = None) -> float | int:
     """A slider over a config field's declared range, keyed to the config version, with the field's help text."""
     low, high = field_range(section, name)
     cast = int if isinstance(value, int) and not isinstance(value, bool) and isinstance(step, int) else float
-    return st.slider(
-        label,
-        cast(low),
-        cast(high),
-        cast(value),
-        cast(step),
-        key=_key(section, name, key),
-        help=field_help(section, name),
-    )
+    return st.slider(label, cast(low), cast(high), cast(value), cast(step), **_bound(section, name, key))
 
 
 def field_number(section, name: str, label: str, value, step, fmt: str | None = None) -> float | int:
     """A number box over a config field's declared range (for values a slider can't place well, like 0.0005)."""
     low, high = field_range(section, name)
     cast = int if isinstance(step, int) else float
-    return st.number_input(
-        label,
-        cast(low),
-        cast(high),
-        cast(value),
-        cast(step),
-        format=fmt,
-        key=_key(section, name),
-        help=field_help(section, name),
-    )
+    return st.number_input(label, cast(low), cast(high), cast(value), cast(step), format=fmt, **_bound(section, name))
 
 
 def field_choice(
@@ -146,7 +146,7 @@ def field_choice(
 ) -> str:
     """A segmented control (or, with dropdown, a select box) over a config field's choices, shown by their labels."""
     choices = field_choices(section, name)
-    shared = {"format_func": labels.get, "key": _key(section, name, key), "help": field_help(section, name)}
+    shared = {"format_func": labels.get, **_bound(section, name, key)}
     if dropdown:
         return st.selectbox(label, choices, index=choices.index(value), **shared, **options)
     return st.segmented_control(label, choices, default=value, required=True, **shared, **options)
@@ -154,7 +154,7 @@ def field_choice(
 
 def field_toggle(section, name: str, label: str, value: bool, *, key: str | None = None) -> bool:
     """A toggle for a config flag, with the field's help text."""
-    return st.toggle(label, value, key=_key(section, name, key), help=field_help(section, name))
+    return st.toggle(label, value, **_bound(section, name, key))
 
 
 def field_widgets(section, current, controls) -> dict:
