@@ -188,28 +188,26 @@ def import_cases(count: int = IMPORT_CASES, seed: int = 2) -> list[bytes]:
     return cases
 
 
-def run_url_cases(cases) -> dict[str, int]:
-    """Every case must give a config or a ConfigError; anything else propagates (a bug)."""
+def run_cases(cases, parse, refusal: type[Exception]) -> dict[str, int]:
+    """Every case must parse or raise the refusal (whose message the student sees); anything else propagates."""
     loaded = refused = 0
     for case in cases:
         try:
-            RunConfig.from_query(case)
+            parse(case)
             loaded += 1
-        except ConfigError:
+        except refusal:
             refused += 1
     return {"cases": len(cases), "loaded": loaded, "refused_with_a_message": refused}
+
+
+def run_url_cases(cases) -> dict[str, int]:
+    """URL cases: a config or a ConfigError."""
+    return run_cases(cases, RunConfig.from_query, ConfigError)
 
 
 def run_import_cases(cases) -> dict[str, int]:
-    """Every case must give clean records or a RecordError; anything else propagates (a bug)."""
-    loaded = refused = 0
-    for case in cases:
-        try:
-            records.parse_records(case)
-            loaded += 1
-        except records.RecordError:
-            refused += 1
-    return {"cases": len(cases), "loaded": loaded, "refused_with_a_message": refused}
+    """Runs files: clean records or a RecordError."""
+    return run_cases(cases, records.parse_records, records.RecordError)
 
 
 if __name__ == "__main__":
