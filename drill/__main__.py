@@ -220,7 +220,7 @@ def cmd_report(args) -> int:
 
     from drill.records import markdown_table, table_row
 
-    rows, seeds = [], []
+    rows, groups = [], {}
     for path in args.files:
         try:
             data = json.loads(Path(path).read_text())
@@ -233,11 +233,15 @@ def cmd_report(args) -> int:
                 snapshot = SimpleNamespace(label=label, config=config, id=Path(path).stem, **fields)
                 name = matching_preset(config)
                 rows.append(table_row(snapshot, BY_NAME[name] if name else None, k=args.last_k))
-                seeds.append((config.train.seed, run["params"], run["epochs"]))
+                # One consistency table per config: the runs of a step over its seeds.
+                same = config.replace(train={"seed": 1, "threads": 0}).to_query() or "(the defaults)"
+                title = BY_NAME[name].title if name else f"config ?{same}"
+                groups.setdefault(same, (title, []))[1].append((config.train.seed, run["params"], run["epochs"]))
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise UsageError(f"{path} is not a run saved by train/consistency --out ({error})") from None
-    print(markdown_table(rows, k=args.last_k))
-    print(consistency_table(seeds, args.last_k)[0])
+    print(markdown_table(rows, k=args.last_k), end="")
+    for title, runs in groups.values():
+        print(f"\n**{title}**\n\n{consistency_table(runs, args.last_k)[0]}")
     return 0
 
 

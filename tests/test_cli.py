@@ -135,6 +135,8 @@ def test_report_tabulates_saved_runs(tmp_path, capsys):
     # Then the consistency table of the same runs, as `consistency` prints it.
     assert lines[5:] == [
         "",
+        "**2. A lean skeleton**",
+        "",
         "| seed | params | epoch 12 | epoch 13 | epoch 14 | epoch 15 | pass |",
         "|---:|---:|---:|---:|---:|---:|:---:|",
         *["| 1 | 6,520 | 98.62 | 98.63 | 98.64 | 98.65 | no |"] * 3,
