@@ -105,7 +105,7 @@ def calls_that_run_code(path) -> list[str]:
 
 def test_nothing_a_user_sends_can_run_code(tmp_path):
     bad = tmp_path / "bad.py"
-    bad.write_text("import pickle, torch\neval(text)\npickle.loads(blob)\ntorch.load(f)\ntorch.load(f, weights_only=True)\n")
+    bad.write_text("import pickle, torch\neval(s)\npickle.loads(b)\ntorch.load(f)\ntorch.load(f, weights_only=True)\n")
     assert calls_that_run_code(bad) == ["bad.py:2 eval", "bad.py:3 pickle.loads", "bad.py:4 torch.load"]
     folders = [REPO_ROOT / "drill", REPO_ROOT / "views"]
     sources = [REPO_ROOT / "app.py", *(path for folder in folders for path in sorted(folder.glob("*.py")))]
