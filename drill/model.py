@@ -150,6 +150,7 @@ class Net(nn.Module):
             channels = layer.channels
         self.features = nn.Sequential(OrderedDict(blocks))
         self.head = head(channels, sizes[-1], cfg)
+        self.input_format = torch.contiguous_format  # the memory layout its weights (and so its inputs) are in
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scores = self.head(self.features(x))
@@ -178,6 +179,37 @@ def build_model(cfg: ModelConfig, seed: int = 1) -> Net:
     model = Net(cfg)
     init_weights(model, torch.Generator().manual_seed(seed))
     return model
+
+
+def inference_copy(model: Net) -> Net:
+    """An eval-mode copy of the model that computes the same function faster, for the test pass and predictions.
+
+    Each batch norm that directly follows its conv is folded into the conv's weights and bias (the same function
+    up to float rounding); when none is left, the copy is channels_last, where conv, ReLU and max-pool are all
+    faster on the CPU (batch norm is slower that way, so a model that keeps one stays NCHW).
+    """
+    fast = Net(model.cfg)
+    fast.load_state_dict(model.state_dict())
+    fast.eval()
+    for block in fast.features:
+        if isinstance(block, nn.Sequential) and list(block._modules)[:2] == ["conv", "bn"]:
+            block.conv = _fold(block.conv, block.bn)
+            block.bn = nn.Identity()
+    if not any(isinstance(module, nn.BatchNorm2d) for module in fast.modules()):
+        fast = fast.to(memory_format=torch.channels_last)
+        fast.input_format = torch.channels_last
+    return fast
+
+
+@torch.no_grad()
+def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """conv followed by eval-mode batch norm, as one conv with a bias."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    folded = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, padding=conv.padding, bias=True)
+    folded.weight.copy_(conv.weight * scale[:, None, None, None])
+    shift = bn.bias - bn.running_mean * scale
+    folded.bias.copy_(shift if conv.bias is None else shift + conv.bias * scale)
+    return folded.eval()
 
 
 def count_params(model: nn.Module) -> int:

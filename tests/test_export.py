@@ -75,7 +75,7 @@ def test_augmentations_become_torchvision_transforms():
 
     names = [type(t).__name__ for t in load_script(EVERYTHING)["train_transform"]().transforms]
     assert names == ["RandomAffine", "ColorJitter", "ToTensor", "RandomErasing", "Normalize"]
-    rotation_only = load_script(BY_NAME["final"].config)["train_transform"]().transforms
+    rotation_only = load_script(BY_NAME["regularised"].config)["train_transform"]().transforms
     assert [type(t).__name__ for t in rotation_only] == ["RandomRotation", "ToTensor", "Normalize"]
     assert rotation_only[0].degrees == [-7.0, 7.0]
     plain = load_script(BY_NAME["lean"].config)["train_transform"]().transforms

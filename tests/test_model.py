@@ -14,6 +14,7 @@ from drill.model import (
     conv_block,
     count_params,
     drop_positions,
+    inference_copy,
     keep_mask,
     set_generator,
 )
@@ -27,6 +28,7 @@ PRESET_PARAMS = {
     "regularised": 6_616,
     "final": 7_570,
     "quick": 7_570,
+    "stretch": 4_964,
 }
 
 # Hand-computed counts (no bias unless stated; a 3x3 conv from a to b channels has a*b*9 weights, a 1x1 one a*b).
@@ -354,3 +356,29 @@ def test_without_log_softmax_the_output_is_raw_logits():
         logits, log_probs = logits_model(images()), log_probs_model(images())
     torch.testing.assert_close(logits.log_softmax(1), log_probs)
     assert not torch.allclose(logits.exp().sum(1), torch.ones(4))
+
+
+@pytest.mark.parametrize("batch_norm", ["off", "before_relu", "after_relu"])
+@pytest.mark.parametrize("head", ["fc", "gap_conv", "gap_linear", "conv_gap"])
+def test_the_inference_copy_computes_the_same_function(batch_norm, head):
+    cfg = ModelConfig(layers="8,12p,M,T8,12,16", head=head, batch_norm=batch_norm, dropout=0.1, bias=True)
+    model = build_model(cfg, seed=3)
+    generator = torch.Generator().manual_seed(0)
+    for module in model.modules():  # trained-looking statistics, so folding has something to fold
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-1, 1, generator=generator)
+            module.running_var.uniform_(0.5, 2, generator=generator)
+            module.weight.data.uniform_(0.5, 1.5, generator=generator)
+            module.bias.data.uniform_(-0.5, 0.5, generator=generator)
+    model.train()  # the original stays as it was: training mode, its batch norms in place
+    fast = inference_copy(model)
+    assert model.training and not fast.training
+    x = images()
+    with torch.no_grad():
+        expected = model.eval()(x)
+        got = fast(x.contiguous(memory_format=fast.input_format))
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    remaining = sum(isinstance(m, nn.BatchNorm2d) for m in fast.modules())
+    # Batch norm right after its conv is folded away; after the ReLU it stays, and then so does the NCHW layout.
+    assert remaining == (5 if batch_norm == "after_relu" else 0)  # five convs, the transition included
+    assert (fast.input_format == torch.channels_last) == (batch_norm != "after_relu")
