@@ -90,7 +90,7 @@ if stop:
 
 @st.fragment(run_every=ui.poll_seconds(manager.online_count()) if shown_run and shown_run.status in ACTIVE else None)
 def show_run(job_id: str, was_active: bool) -> None:
-    """The run's status, progress and curves; redrawn every second while it is queued or running."""
+    """The run's status, progress and curves; redrawn every poll (1-4 s, by class size) while it is active."""
     common.manager().touch(common.owner())  # this page polling the run is the surest sign the tab is open
     run = common.manager().snapshot(job_id)
     if run is None:
