@@ -10,6 +10,28 @@ from drill.jobs import ACTIVE
 from drill.presets import BY_NAME, matching_preset
 from views import common
 
+# -- the buttons' callbacks ---------------------------------------------------------------------------------------
+
+
+def start_run() -> None:
+    """Start's callback: it runs before the next script run of any kind, so a click is never lost to a rerun that
+    does not reach the button (a fragment's timer, another click); the page then draws the new run."""
+    manager, me = common.manager(), common.owner()
+    if manager.active_count(me):
+        return  # a second tab of the same student started one meanwhile; the page shows it
+    cfg = common.config()
+    preset = matching_preset(cfg)
+    st.session_state.train_job = manager.submit(me, cfg, BY_NAME[preset].title if preset else "custom").id
+
+
+def stop_runs() -> None:
+    """Stop's callback: stop following every active run of this student."""
+    manager, me = common.manager(), common.owner()
+    for run in manager.snapshots(me):
+        if run.status in ACTIVE:
+            manager.stop(run.id)
+
+
 # -- title --------------------------------------------------------------------------------------------------------
 st.title("📈 Train")
 st.caption("Augmentation and training settings for the model built on the Build page; then start a run.")
@@ -68,24 +90,14 @@ with train_col:
     rates, per_epoch = ui.lr_points((new or cfg).train)
     st.altair_chart(lr_chart(rates, per_epoch), width="stretch")
 
+
 start_col, stop_col, note_col = st.columns([1, 1, 4], vertical_alignment="center")
-start = start_col.button("Start", type="primary", disabled=bool(active) or new is None, width="stretch")
-stop = stop_col.button("Stop", disabled=not active, width="stretch")
+start_col.button("Start", type="primary", disabled=bool(active) or new is None, width="stretch", on_click=start_run)
+stop_col.button("Stop", disabled=not active, width="stretch", on_click=stop_runs)
 note_col.caption(
     "One run at a time per student: the class shares this server's few CPU cores, and every extra run "
     "would wait in the queue behind everyone else's. Stop your run to start another."
 )
-if start and new is not None:
-    if active:
-        st.warning("Your previous run is still going: stop it first.")
-    else:
-        preset = matching_preset(new)
-        job = manager.submit(me, new, BY_NAME[preset].title if preset else "custom")
-        st.session_state.train_job = job.id
-        st.rerun()
-if stop:
-    for run in active:
-        manager.stop(run.id)
 
 
 @st.fragment(run_every=ui.poll_seconds(manager.online_count()) if shown_run and shown_run.status in ACTIVE else None)
