@@ -1,4 +1,4 @@
-"""The command line: python -m drill data | presets | summary | train | consistency | report | bench."""
+"""The command line: python -m drill data | presets | summary | train | consistency | report | bench | profile."""
 
 from __future__ import annotations
 
@@ -214,6 +214,20 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_profile(args) -> int:
+    """Milliseconds per training step of a config, and where they go (torch's profiler)."""
+    import torch
+
+    from drill.bench import step_profile
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    median_ms, table = step_profile(load_config(args), steps=args.steps)
+    print(f"{median_ms:.1f} ms per training step (median of {args.steps}, {torch.get_num_threads()} threads)\n")
+    print(table)
+    return 0
+
+
 def cmd_report(args) -> int:
     """The write-up table (Markdown) of runs saved by `train --out` or `consistency --out`."""
     from types import SimpleNamespace
@@ -304,6 +318,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3, help="drill epochs to take the median of")
     p.add_argument("--subset", type=int, help="time an epoch of N images instead of the preset's (a smoke test)")
     p.set_defaults(func=cmd_bench, config=None)
+    p = sub.add_parser("profile", help="ms per training step and the ops that take them")
+    with_config(p)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    p.set_defaults(func=cmd_profile)
     return parser
 
 

@@ -13,7 +13,7 @@ import torch
 from drill.config import RunConfig
 from drill.data import MNIST_MEAN, MNIST_STD, Mnist
 from drill.jobs import ACTIVE, JobManager
-from drill.model import build_model
+from drill.model import build_model, set_generator
 from drill.train import evaluate, loss_fn, make_optimizer, stratified_subset, train
 
 
@@ -123,3 +123,34 @@ def throughput(cfg: RunConfig, data: Mnist, jobs: int) -> float:
     if failed:
         raise RuntimeError(f"a bench run {failed[0].status}: {failed[0].reason}")
     return jobs * (cfg.train.subset or len(data.train_labels)) / elapsed
+
+
+def step_profile(cfg: RunConfig, steps: int = 20, rows: int = 12) -> tuple[float, str]:
+    """(median milliseconds per training step, the torch profiler's table of the ops that took the time).
+
+    Random inputs of the config's batch size: this times the network's forward, backward and optimizer step alone.
+    """
+    from torch.profiler import profile
+
+    generator = torch.Generator().manual_seed(cfg.train.seed)
+    model = build_model(cfg.model, seed=cfg.train.seed)
+    set_generator(model, generator)
+    optimizer = make_optimizer(model.parameters(), cfg.train)
+    x = torch.randn(cfg.train.batch_size, 1, 28, 28, generator=generator)
+    y = torch.randint(0, 10, (cfg.train.batch_size,), generator=generator)
+
+    def step() -> float:
+        started = time.perf_counter()
+        loss = loss_fn(model(x), y, cfg.model.log_softmax)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return time.perf_counter() - started
+
+    for _ in range(3):
+        step()
+    median_ms = statistics.median(step() for _ in range(steps)) * 1000
+    with profile() as prof:
+        for _ in range(steps):
+            step()
+    return median_ms, prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)

@@ -260,3 +260,10 @@ def test_bench_times_both_pipelines_side_by_side(capsys):
     assert re.fullmatch(r"quick demo, Start to first test point: \d+\.\d s", lines[4]), lines[4]
     pattern = r"throughput \(2,000 images a run\): 1 job \d+ images/s, 2 jobs side by side \d+ images/s \(\d\.\d\dx\)"
     assert re.fullmatch(pattern, lines[5]), lines[5]
+
+
+def test_profile_times_a_step_and_names_the_ops(capsys):
+    assert main(["profile", "--preset", "quick", "--steps", "3", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert re.match(r"\d+\.\d ms per training step \(median of 3, 1 threads\)\n", out), out[:100]
+    assert "aten::convolution_backward" in out and "Self CPU" in out
