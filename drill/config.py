@@ -107,14 +107,20 @@ def parse_layers(spec: str) -> tuple[Layer, ...]:
     for position, token in enumerate(tokens, start=1):
         match = _TOKEN.match(token)
         if not match:
-            raise ConfigError("model.layers", spec, f"layer {position} ({token!r}) is not one of {LAYER_SYNTAX}")
+            raise ConfigError(
+                "model.layers", spec, f"layer {position} ({shorten(repr(token))}) is not one of {LAYER_SYNTAX}"
+            )
         if match["pool"]:
             layers.append(Layer("pool", 0, 2, 0))
             continue
-        channels = int(match["tch"] or match["ch"])
+        digits = match["tch"] or match["ch"]
+        # Past 4 digits the count is over the cap anyway (and int() refuses strings of over 4,300 digits).
+        channels = int(digits) if len(digits) <= 4 else MAX_CHANNELS + 1
         if not 1 <= channels <= MAX_CHANNELS:
             raise ConfigError(
-                "model.layers", spec, f"layer {position} ({token!r}) needs 1 to {MAX_CHANNELS} output channels"
+                "model.layers",
+                spec,
+                f"layer {position} ({shorten(repr(token))}) needs 1 to {MAX_CHANNELS} output channels",
             )
         if match["trans"]:
             layers.append(Layer("conv", channels, 1, 0))

@@ -554,3 +554,11 @@ def test_onecycle_needs_a_warm_up_of_two_steps():
     with pytest.raises(ConfigError, match="warm-up of at least 2 of the run's 5 steps"):
         TrainConfig(epochs=1, subset=640, batch_size=128, schedule="onecycle", pct_start=0.2)
     assert TrainConfig(epochs=1, subset=1280, batch_size=128, schedule="onecycle", pct_start=0.2).pct_start == 0.2
+
+
+@pytest.mark.parametrize("token", ["9" * 995, "T" + "9" * 5000, "x" * 10_000])
+def test_a_huge_layer_token_is_refused_with_a_short_message(token):
+    # Found by the fuzz set: the message echoed a 995-digit token whole (and int() refuses over 4,300 digits).
+    with pytest.raises(ConfigError) as raised:
+        RunConfig.from_query({"layers": f"8,{token}"})
+    assert len(str(raised.value)) < 400 and "layer 2" in str(raised.value)
