@@ -356,7 +356,8 @@ class JobManager:
         with self._lock:
             self._load(owner)
             tickets = sorted((t for t in self._tickets.values() if t.owner == owner), key=lambda t: t.created)
-            views = [(t, self._queue_positions().get(t.run.id), len(self._watchers(t.run))) for t in tickets]
+            positions = self._queue_positions()
+            views = [(t, positions.get(t.run.id), len(self._watchers(t.run))) for t in tickets]
         return [ticket.snapshot(position, watchers) for ticket, position, watchers in views]
 
     def snapshot(self, ticket_id: str) -> Snapshot | None:
