@@ -46,12 +46,23 @@ with st.sidebar:
     st.code(common.share_link(), language=None, wrap_lines=True)
 
 
+# The page below is drawn for this many active runs of the student's; the heartbeat redraws it when that changes.
+st.session_state.active_drawn = common.manager().active_count(common.owner())
+
+
 @st.fragment(run_every=HEARTBEAT_S)
 def heartbeat() -> None:
-    """Tell the job manager this tab is open (on every page), and show what is going on."""
+    """Tell the job manager this tab is open (on every page), and show what is going on.
+
+    A run that starts or ends out of this page's sight (from the student's other tab, or through a Start whose
+    callback ran in a rerun that drew nothing, such as a fragment's timer) redraws the whole page: otherwise the
+    Train page would show no run, or a run still going, until the student clicked something.
+    """
     manager = common.manager()
     manager.touch(common.owner())
     active = manager.active_count(common.owner())
+    if active != st.session_state.active_drawn:
+        st.rerun()
     if active:
         st.caption(f"⏳ {active} run(s) going: see Train")
 

@@ -24,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -91,30 +92,37 @@ async def one_session(browser, url: str, n: int, args) -> dict:
     page.set_default_timeout(args.timeout * 1000)
     try:
         query = session_config(n, args.mode, args.epochs, args.subset).to_query()
+        out["stage"] = "first render"
         opened = time.monotonic()
         await page.goto(f"{url}/build?{query}")
         await page.get_by_role("heading", name=re.compile("Build")).first.wait_for()
         out["first_render_s"] = time.monotonic() - opened
         await page.wait_for_selector(IDLE)
+        out["stage"] = "toggle"
         await page.get_by_text("Bias in convolutions", exact=True).click()
         # The toggle has landed once the link holds it (a student sees the parameter count change first).
         await page.wait_for_url(re.compile(r"[?&]bias=1(&|$)"))
         await page.wait_for_selector(IDLE)
+        out["stage"] = "Train page"
         await page.locator("[data-testid='stSidebarNav']").get_by_text("Train", exact=True).click()
         start = page.get_by_test_id("stMainBlockContainer").get_by_role("button", name="Start", exact=True)
         await start.wait_for()
         out["train_render_s"] = time.monotonic() - opened - out["first_render_s"]
         await page.wait_for_selector(IDLE)
+        out["stage"] = "run status after Start"
         clicked = time.monotonic()
         await start.click()
         status = (await page.get_by_text(STATUS).first.inner_text()).strip()
         out["status_after_start"] = status
         if match := QUEUED.search(status):
             out["queue_position"] = int(match.group(1)) + 1
+        out["stage"] = "first curve point"
         await page.get_by_text(EPOCH_POINT).first.wait_for()
         out["first_point_s"] = time.monotonic() - clicked
+        out["stage"] = "Result"
         await page.get_by_text("Result:").first.wait_for()
         out["finished_s"] = time.monotonic() - clicked
+        del out["stage"]
         out["exceptions_on_page"] = await page.locator("[data-testid='stException']").count()
     except Exception as error:  # a session that fails is a finding of the report, not a crash of the script
         out["error"] = f"{type(error).__name__}: {str(error).splitlines()[0]}"
@@ -225,6 +233,12 @@ def run_load(args) -> dict:
     return report
 
 
+def failures(failed: list[dict]) -> str:
+    """How many sessions failed and at which stage, e.g. "2 (Result: 2)"."""
+    stages = Counter(r.get("stage", "after Result (a traceback on the page)") for r in failed)
+    return f"{len(failed)} ({', '.join(f'{stage}: {count}' for stage, count in stages.items())})" if failed else "0"
+
+
 def markdown(report: dict) -> str:
     """The report's headline figures as a Markdown table."""
 
@@ -234,7 +248,7 @@ def markdown(report: dict) -> str:
     store = report["store"]
     rows = [
         ("sessions (mode)", f"{report['sessions']} ({report['mode']})"),
-        ("sessions with an error or a traceback", str(len(report["sessions_failed"]))),
+        ("sessions with an error or a traceback", failures(report["sessions_failed"])),
         ("first render, median / p95", f"{secs(report['first_render_p50_s'])} / {secs(report['first_render_p95_s'])}"),
         (
             "Start to first curve point, median / last student",

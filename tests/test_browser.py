@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from streamlit_server import CHROMIUM, CHROMIUM_ARGS, ROOT, serve
 
+from drill.presets import BY_NAME
+
 pytestmark = pytest.mark.browser
 
 SHOTS = ROOT / "artifacts" / "screenshots"
@@ -110,6 +112,33 @@ def test_the_lesson_end_to_end(server, page):
 
     open_page(page, "Inspect")
     page.screenshot(path=SHOTS / "6-inspect.png", full_page=True)
+
+
+def test_a_run_started_in_the_students_other_tab_appears_without_a_click(server, browser, page):
+    # The page showing no run must learn of one that starts out of its sight (the student's second tab, or a Start
+    # whose callback ran in a rerun that drew nothing) and redraw itself: no click of its own.
+    query = BY_NAME["quick"].config.replace(train={"seed": 11}).to_query()
+    page.goto(f"{server}/train?{query}")
+    settle(page)
+    assert button(page, "Start").is_enabled()
+    link = page.url
+    assert "me=" in link
+    other = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+    other.set_default_timeout(60_000)
+    try:
+        other.goto(link)
+        settle(other)
+        button(other, "Start").click()
+        other.get_by_text(re.compile(r": running|is queued")).first.wait_for()
+        # Within a few heartbeats (5 s each), with room for a busy CI machine.
+        page.get_by_text(re.compile(r": running|is queued")).first.wait_for()
+        assert button(page, "Start").is_disabled()
+        button(other, "Stop").click()
+        page.get_by_text("The run stopped").first.wait_for()
+        settle(page)
+        assert button(page, "Start").is_enabled()
+    finally:
+        other.context.close()
 
 
 def test_stopping_the_server_mid_run_ends_it_promptly_and_the_run_is_kept(browser, tmp_path_factory):
