@@ -186,11 +186,15 @@ def inference_copy(model: Net) -> Net:
 
     Each batch norm that directly follows its conv is folded into the conv's weights and bias (the same function
     up to float rounding); when none is left, the copy is channels_last, where conv, ReLU and max-pool are all
-    faster on the CPU (batch norm is slower that way, so a model that keeps one stays NCHW).
+    faster on the CPU (batch norm is slower that way, so a model that keeps one stays NCHW). Its ReLUs work in
+    place: nothing is kept for a backward pass, and a pass less over memory is about a tenth of the test pass.
     """
     fast = Net(model.cfg)
     fast.load_state_dict(model.state_dict())
     fast.eval()
+    for module in fast.modules():
+        if isinstance(module, nn.ReLU):
+            module.inplace = True
     for block in fast.features:
         if isinstance(block, nn.Sequential) and list(block._modules)[:2] == ["conv", "bn"]:
             block.conv = _fold(block.conv, block.bn)
