@@ -21,25 +21,20 @@ page = st.navigation(pages)
 HEARTBEAT_S = 5.0
 
 
-def load_preset(name: str) -> None:
-    """Make a preset current (resetting every widget to it) and redraw."""
-    common.load_preset(name)
-    st.rerun()
-
-
 with st.sidebar:
     st.markdown("### Current model")
     names = [p.name for p in PRESETS]
     base = st.session_state.setdefault("preset_name", matching_preset(common.config()) or common.DEFAULT_PRESET)
-    choice = st.selectbox(
+    picker = f"preset_{common.version()}"
+    # Callbacks (here and on Reset) load the preset before the script runs, so the page is drawn once, with it.
+    st.selectbox(
         "Preset",
         names,
         index=names.index(base),
         format_func=lambda n: BY_NAME[n].title,
-        key=f"preset_{common.version()}",
+        key=picker,
+        on_change=lambda: common.load_preset(st.session_state[picker]),
     )
-    if choice != base:
-        load_preset(choice)
     # Filled after the page has run, so "edited" reflects the change the student just made on it.
     preset_status = st.container()
     st.caption("Share this model: the link opens the same settings (your runs stay yours).")
@@ -79,7 +74,6 @@ page.run()
 with preset_status:
     base = st.session_state.preset_name
     edited = matching_preset(common.config()) != base
-    if st.button("Reset to preset", disabled=not edited, width="stretch"):
-        load_preset(base)
+    st.button("Reset to preset", disabled=not edited, width="stretch", on_click=common.load_preset, args=(base,))
     if edited:
         st.caption(f"Edited since *{BY_NAME[base].title}* was loaded.")

@@ -85,3 +85,22 @@ def test_a_trained_step_shows_its_result_and_analysis():
     assert "98.10, 98.15, 98.20, 98.25" in results[0]  # the last four epochs' test accuracy
     verdict = analyse(epochs, params)
     assert any(verdict.text in box.value for box in [*at.info, *at.success])
+
+
+def test_the_sidebar_picks_a_preset_and_reset_undoes_an_edit():
+    at = landing()
+    at.sidebar.selectbox[0].select("batchnorm").run()
+    assert not at.exception, at.exception
+    assert config_params(at) == BY_NAME["batchnorm"].config.to_query_params()
+    assert at.sidebar.selectbox[0].value == "batchnorm"
+    reset = next(b for b in at.sidebar.button if b.label == "Reset to preset")
+    assert reset.disabled  # nothing edited yet
+    # An edit, as the Build page makes it (AppTest drops the sidebar after a page switch, so it is made here).
+    at.session_state["config"] = BY_NAME["batchnorm"].config.replace(model={"bias": True})
+    at.run()
+    reset = next(b for b in at.sidebar.button if b.label == "Reset to preset")
+    assert not reset.disabled
+    reset.click().run()
+    assert not at.exception, at.exception
+    assert config_params(at) == BY_NAME["batchnorm"].config.to_query_params()
+    assert next(b for b in at.sidebar.button if b.label == "Reset to preset").disabled
