@@ -265,5 +265,16 @@ def test_bench_times_both_pipelines_side_by_side(capsys):
 def test_profile_times_a_step_and_names_the_ops(capsys):
     assert main(["profile", "--preset", "quick", "--steps", "3", "--threads", "1"]) == 0
     out = capsys.readouterr().out
-    assert re.match(r"\d+\.\d ms per training step \(median of 3, 1 threads\)\n", out), out[:100]
+    first, second = out.splitlines()[:2]
+    assert re.fullmatch(r"\d+\.\d ms per training step \(median of 3, 1 threads\)", first), first
+    # The quick demo: 6,000 images in batches of 64.
+    match = re.fullmatch(
+        r"convolutions, forward and backward: (\d+\.\d) ms a step; an epoch of 94 steps spends "
+        r"(\d+\.\d) s in them",
+        second,
+    )
+    assert match, second
+    conv_ms, epoch_s = map(float, match.groups())
+    assert conv_ms > 0
+    assert abs(epoch_s - conv_ms * 94 / 1000) <= 0.05 + 1e-9
     assert "aten::convolution_backward" in out and "Self CPU" in out

@@ -382,5 +382,6 @@ def test_the_inference_copy_computes_the_same_function(batch_norm, head):
     # Batch norm right after its conv is folded away; after the ReLU it stays, and then so does the NCHW layout.
     assert remaining == (5 if batch_norm == "after_relu" else 0)  # five convs, the transition included
     assert (fast.input_format == torch.channels_last) == (batch_norm != "after_relu")
-    relus = [(m.inplace, f.inplace) for m, f in zip(model.modules(), fast.modules()) if isinstance(m, nn.ReLU)]
+    pairs = zip(model.modules(), fast.modules(), strict=True)  # folding swaps modules in place, one for one
+    relus = [(m.inplace, f.inplace) for m, f in pairs if isinstance(m, nn.ReLU)]
     assert relus and all(not trained and fast_one for trained, fast_one in relus)  # the trained model is untouched
