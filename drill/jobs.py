@@ -1,4 +1,4 @@
-"""Background runner: a process-wide job manager that trains in threads, with a FIFO queue and an orphan reaper.
+"""Background runner: a process-wide job manager that trains in threads, with a fair queue and an orphan reaper.
 
 Threads here never touch the UI: each job writes only to its own lock-protected state, which pages read through
 snapshots. Sessions prove they are alive by calling touch(); a job whose owner stops touching (tab closed) is
@@ -75,7 +75,9 @@ class Run:
     result: RunResult | None = None
     stop_event: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
-    thread: threading.Thread | None = None
+    thread: threading.Thread | None = None  # set once it has started: a queued run with a thread is paused
+    wake: threading.Event = field(default_factory=threading.Event)  # a paused run's turn has come (or its end)
+    paused_s: float = 0.0  # time spent paused, left out of the run's seconds
 
     def __post_init__(self):
         self.key = self.key or config_key(self.config)
@@ -210,7 +212,12 @@ def default_max_running() -> int:
 
 
 class JobManager:
-    """Runs trainings in threads: at most max_running at once, the rest in a FIFO queue.
+    """Runs trainings in threads: at most max_running at once, the rest in a queue.
+
+    The queue is fair to a class that starts at once: a running run that ends an epoch while a run that has not
+    started waits gives up its slot and waits in turn, so every student sees a first curve point after about one
+    epoch per run ahead of theirs, not after whole runs. New runs go first, then paused ones, each in the order
+    they came; a run never pauses after its last epoch, and pausing changes nothing it computes.
 
     Identical requests share one run: a run already going gains a watcher, and a finished one is served from the
     store at once, since training is deterministic for a config and its seed. Everything is written to the store as
@@ -310,10 +317,7 @@ class JobManager:
                 self.store.save_ticket(ticket.row())
                 return
             if run.id in self._queue:
-                self._queue.remove(run.id)
-                with run.lock:
-                    run.status, run.reason = "stopped", reason + " before it started"
-                self.store.save_run(run.row())
+                self._drop_queued(run, reason)
                 return
         with run.lock:
             if run.status == "running" and not run.reason:
@@ -390,15 +394,16 @@ class JobManager:
         """Stop every run and wait for their threads (server shutdown); the store records how each ended."""
         with self._lock:
             runs = list(self._runs.values())
-            queued = [self._runs[run_id] for run_id in self._queue]
+            queued = [self._runs[run_id] for run_id in self._queue if self._runs[run_id].thread is None]
             self._queue.clear()
         for run in runs:
             with run.lock:
-                if run.status == "queued":
+                if run.status == "queued" and run.thread is None:
                     run.status, run.reason = "stopped", "the server stopped before it started"
-                elif run.status == "running" and not run.reason:
+                elif run.status in ACTIVE and not run.reason:
                     run.reason = "the server stopped"
             run.stop_event.set()
+            run.wake.set()
         for run in queued:
             self.store.save_run(run.row())
         for run in runs:
@@ -440,19 +445,33 @@ class JobManager:
             if t.run is run and t.cut is None and (not alive_only or self._alive(t.owner))
         }
 
+    def _queue_order(self) -> list[str]:
+        """The queue's run ids in the order they will get a slot: runs not yet started, then paused ones."""
+        fresh = [run_id for run_id in self._queue if self._runs[run_id].thread is None]
+        return fresh + [run_id for run_id in self._queue if self._runs[run_id].thread is not None]
+
     def _queue_positions(self) -> dict[str, int]:
         """Run id -> 1-based place in the queue."""
-        return {run_id: place for place, run_id in enumerate(self._queue, start=1)}
+        return {run_id: place for place, run_id in enumerate(self._queue_order(), start=1)}
+
+    def _drop_queued(self, run: Run, reason: str) -> None:
+        """Take a run out of the queue for good: one not started is stopped here, a paused one is woken to end."""
+        self._queue.remove(run.id)
+        if run.thread is None:
+            with run.lock:
+                run.status, run.reason = "stopped", reason + " before it started"
+            self.store.save_run(run.row())
+            return
+        with run.lock:
+            run.reason = run.reason or reason
+        run.stop_event.set()
+        run.wake.set()
 
     def _sweep(self) -> None:
         """Drop queued runs nobody watches any more (so the queue positions others see are true) and forget
         owners gone for an hour: their runs stay in the store, not in memory."""
         for run_id in [r for r in self._queue if not self._watchers(self._runs[r], alive_only=True)]:
-            self._queue.remove(run_id)
-            run = self._runs[run_id]
-            with run.lock:
-                run.status, run.reason = "stopped", "the page was closed before the run started"
-            self.store.save_run(run.row())
+            self._drop_queued(self._runs[run_id], "the page was closed")
         now = time.monotonic()
         gone = {owner for owner, seen in self._seen.items() if now - seen > FORGET_AFTER_S}
         if not gone:
@@ -467,15 +486,35 @@ class JobManager:
             self._loaded.discard(owner)
 
     def _dispatch(self) -> None:
-        """Start queued runs while slots are free, after dropping those nobody watches."""
+        """Start (or resume) queued runs while slots are free, after dropping those nobody watches."""
         with self._lock:
             self._sweep()
             while self._queue and sum(r.status == "running" for r in self._runs.values()) < self.max_running:
-                run = self._runs[self._queue.popleft()]
+                run = self._runs[self._queue_order()[0]]
+                self._queue.remove(run.id)
                 with run.lock:
                     run.status = "running"
+                if run.thread is not None:
+                    run.wake.set()
+                    continue
                 run.thread = threading.Thread(target=self._work, args=(run,), name=f"drill-{run.id}", daemon=True)
                 run.thread.start()
+
+    def _take_turns(self, run: Run) -> None:
+        """At the end of an epoch, in the run's thread: give the slot up while a run that has not started waits."""
+        with self._lock:
+            last_epoch = len(run.epochs) >= run.config.train.epochs
+            if last_epoch or run.stop_event.is_set() or all(self._runs[r].thread for r in self._queue):
+                return
+            with run.lock:
+                run.status = "queued"
+            run.wake.clear()
+            self._queue.append(run.id)
+        paused = time.monotonic()
+        self._dispatch()
+        run.wake.wait()
+        with run.lock:
+            run.paused_s += time.monotonic() - paused
 
     def _work(self, run: Run) -> None:
         """A run's thread: train, stopping when no watcher's page polls any more, then hand the slot on."""
@@ -484,6 +523,7 @@ class JobManager:
             run.on_event(event, payload)
             if event == "epoch":
                 self.store.save_run(run.row())  # a crash mid-run still leaves the epochs done
+                self._take_turns(run)
             elif event == "batch":
                 with self._lock:
                     watched = bool(self._watchers(run, alive_only=True))
@@ -500,7 +540,7 @@ class JobManager:
                 run.result = result
                 run.status = result.status
                 run.reason = run.reason if result.status == "stopped" and run.reason else result.reason
-                run.seconds = result.seconds
+                run.seconds = result.seconds - run.paused_s
             if result.model is not None and result.epochs:
                 weights = result.model.state_dict()
         except Exception as error:  # data missing or a bug: the student still sees the run, failed, with why

@@ -290,10 +290,15 @@ def shown_run(remembered: Snapshot | None, runs: list[Snapshot], owner: str) -> 
     return runs[-1] if runs else None
 
 
-def status_text(status: str, queue_position: int | None, label: str) -> str:
-    """The run's status as a headline."""
+def status_text(status: str, queue_position: int | None, label: str, epochs_done: int = 0) -> str:
+    """The run's status as a headline; a queued run with epochs done is one paused for classmates' first epochs."""
     if status == "queued":
         ahead = (queue_position or 1) - 1
+        if epochs_done:
+            return (
+                f"⏸️ **{label}** is paused after epoch {epochs_done}: classmates' new runs get their first epoch "
+                f"first; {ahead} run(s) ahead of it."
+            )
         return f"⏳ **{label}** is queued: {ahead} run(s) ahead of it; it starts when a CPU slot frees up."
     icons = {"running": "🏃", "finished": "✅", "stopped": "⏹️", "failed": "❌"}
     return f"{icons.get(status, '')} **{label}**: {status}"

@@ -1,4 +1,4 @@
-"""Tests for drill.jobs: the queue, stopping, orphan reaping, failures, shutdown, snapshots and imported runs."""
+"""Tests for drill.jobs: the queue and its turns, stopping, orphan reaping, failures, shutdown, snapshots, imports."""
 
 from __future__ import annotations
 
@@ -219,7 +219,7 @@ def test_a_queued_job_of_a_gone_owner_is_dropped_when_its_turn_comes(make_manage
     wait_until(lambda: manager.touch("alive") or time.monotonic() > past_grace, what="the grace period to pass")
     runner.release(1)
     dropped = wait_status(manager, orphan, "stopped")
-    assert dropped.reason == "the page was closed before the run started"
+    assert dropped.reason == "the page was closed before it started"
     wait_until(lambda: manager.touch("alive") or status(manager, later) == "running", what="the next job to start")
     runner.release(3)
     wait_status(manager, later, "finished")
@@ -452,3 +452,124 @@ def test_the_schedulers_thread_count_wins_over_the_configs(small_mnist):
     worker.start()
     worker.join()
     assert seen == [1]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Taking turns: a class starting at once sees first points after about one epoch per run ahead, not whole runs
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class EpochRunner:
+    """Stands in for train() with whole epochs: each reported at once, except that a held seed waits (until released
+    or stopped) before its first epoch. Logs (seed, epoch) in the order the epochs were trained."""
+
+    def __init__(self, held: tuple[int, ...] = ()):
+        self.lock = threading.Lock()
+        self.log: list[tuple[int, int]] = []
+        self.held = {seed: threading.Event() for seed in held}
+
+    def __call__(self, config, data, callback, stop, threads=None):
+        seed, epochs = config.train.seed, []
+        callback("start", {"params": FAKE_PARAMS, "epochs": config.train.epochs, "batches": 1, "images": 128})
+        gate = self.held.get(seed)
+        while gate is not None and not gate.wait(0.005) and not stop.is_set():
+            pass
+        for epoch in range(1, config.train.epochs + 1):
+            if stop.is_set():
+                return RunResult(config, "stopped", f"stopped during epoch {epoch}", FAKE_PARAMS, epochs, seconds=0.1)
+            stats = dict(zip(EPOCH_KEYS, (epoch, 0.5, 90.0, 0.4, 91.0, 0.01, 0.1), strict=True))
+            with self.lock:
+                self.log.append((seed, epoch))
+            epochs.append(stats)
+            callback("epoch", dict(stats))
+        return RunResult(config, "finished", "", FAKE_PARAMS, epochs, seconds=0.3)
+
+
+def epochs_cfg(seed: int, epochs: int = 3) -> RunConfig:
+    return RunConfig().replace(train={"seed": seed, "epochs": epochs})
+
+
+def test_a_run_gives_its_slot_up_after_an_epoch_while_a_new_run_waits(make_manager):
+    runner = EpochRunner(held=(1,))
+    manager = make_manager(runner, max_running=1)
+    tickets = [manager.submit(name, epochs_cfg(seed)) for seed, name in ((1, "ann"), (2, "bob"), (3, "cid"))]
+    assert [manager.snapshot(t.id).queue_position for t in tickets] == [None, 1, 2]
+    runner.held[1].set()
+    for ticket in tickets:
+        snap = wait_status(manager, ticket, "finished")
+        assert [e["epoch"] for e in snap.epochs] == [1, 2, 3]
+    # Every student's first epoch before anyone's second; the last new run goes on, then the paused ones in turn.
+    assert runner.log == [(1, 1), (2, 1), (3, 1), (3, 2), (3, 3), (1, 2), (1, 3), (2, 2), (2, 3)]
+
+
+def paused_pair(manager: JobManager, runner: EpochRunner) -> tuple[Ticket, Ticket]:
+    """ann's run paused after its first epoch, for bob's new run, which is running (held before its first epoch)."""
+    first = manager.submit("ann", epochs_cfg(1))
+    second = manager.submit("bob", epochs_cfg(2))
+    runner.held[1].set()
+    wait_until(
+        lambda: manager.snapshot(first.id).status == "queued" and manager.snapshot(first.id).epochs,
+        what="the first run to pause after its epoch 1",
+    )
+    wait_status(manager, second, "running")
+    return first, second
+
+
+def test_a_paused_run_shows_its_epochs_and_place_and_can_be_stopped(make_manager):
+    runner = EpochRunner(held=(1, 2))
+    manager = make_manager(runner, max_running=1)
+    first, second = paused_pair(manager, runner)
+    paused = manager.snapshot(first.id)
+    assert (paused.queue_position, [e["epoch"] for e in paused.epochs]) == (1, [1])
+    manager.stop(first.id)
+    stopped = wait_status(manager, first, "stopped")
+    assert (stopped.reason, len(stopped.epochs)) == ("stopped by the student", 1)  # what it trained is kept
+    runner.held[2].set()
+    assert [e["epoch"] for e in wait_status(manager, second, "finished").epochs] == [1, 2, 3]
+
+
+def test_the_server_stopping_ends_a_paused_run_with_why(make_manager):
+    runner = EpochRunner(held=(1, 2))
+    manager = make_manager(runner, max_running=1)
+    first, second = paused_pair(manager, runner)
+    manager.shutdown(timeout=60)
+    one, two = manager.snapshot(first.id), manager.snapshot(second.id)
+    assert (one.status, one.reason, len(one.epochs)) == ("stopped", "the server stopped", 1)
+    assert (two.status, two.reason) == ("stopped", "the server stopped")
+    assert not drill_threads()
+
+
+def test_taking_turns_changes_nothing_a_run_computes(small_mnist):
+    # Real training, with the first run made to pause after its first epoch while a new run trains.
+    data = small_mnist
+    small = get_preset("quick").config.replace(train={"subset": 1024, "epochs": 2})
+    one, two = small, small.replace(train={"seed": 2, "epochs": 1})
+    log, second_in = [], threading.Event()
+
+    def runner(config, data, callback, stop, threads=None):
+        def logged(event, payload):
+            if event == "epoch":
+                if config is one and payload["epoch"] == 1:
+                    second_in.wait(60)  # the new run is in the queue by the time this epoch ends
+                log.append((config.train.seed, payload["epoch"]))
+            callback(event, payload)
+
+        return train(config, data, logged, stop, threads)
+
+    manager = JobManager(max_running=1, runner=runner, data=lambda: data)
+    try:
+        first = manager.submit("ann", one)
+        second = manager.submit("bob", two)
+        second_in.set()
+        wait_status(manager, second, "finished", timeout=300)
+        taken = wait_status(manager, first, "finished", timeout=300)
+    finally:
+        manager.shutdown(timeout=60)
+    assert log == [(1, 1), (2, 1), (1, 2)]
+    before = torch.get_num_threads()
+    try:
+        alone = train(one, data, threads=manager.threads_per_job)  # the thread count the job had: the same sums
+    finally:
+        torch.set_num_threads(before)
+    assert [e["test_acc"] for e in taken.epochs] == [e["test_acc"] for e in alone.epochs]
+    assert [e["train_loss"] for e in taken.epochs] == pytest.approx([e["train_loss"] for e in alone.epochs], rel=1e-6)

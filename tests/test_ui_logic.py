@@ -214,3 +214,12 @@ def test_run_charts_are_made_once_for_everyone_watching_and_advance_in_steps():
 
 def test_pages_poll_less_often_as_the_class_grows():
     assert [ui.poll_seconds(n) for n in (0, 1, 9, 10, 25, 30, 200)] == [1, 1, 1, 2, 3, 4, 4]
+
+
+def test_status_text_tells_a_new_queued_run_from_one_paused_for_classmates():
+    assert ui.status_text("queued", 3, "Quick demo") == (
+        "⏳ **Quick demo** is queued: 2 run(s) ahead of it; it starts when a CPU slot frees up."
+    )
+    paused = ui.status_text("queued", 1, "Quick demo", epochs_done=2)
+    assert paused.startswith("⏸️ **Quick demo** is paused after epoch 2") and "0 run(s) ahead" in paused
+    assert ui.status_text("running", None, "custom", epochs_done=2) == "🏃 **custom**: running"
