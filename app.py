@@ -1,10 +1,7 @@
 """Drill-Down Lab: navigation, the shared sidebar (preset picker) and the heartbeat that keeps runs alive."""
 
-import time
-
 import streamlit as st
 
-from drill import ui_logic as ui
 from drill.presets import BY_NAME, PRESETS, matching_preset
 from views import common
 
@@ -46,7 +43,6 @@ with st.sidebar:
 
 # The page below is drawn for this many active runs of the student's; the heartbeat redraws it when that changes.
 st.session_state.active_drawn = common.manager().active_count(common.owner())
-st.session_state.live_view = None  # the Train page sets it when it shows a run going
 
 
 @st.fragment(run_every=HEARTBEAT_S)
@@ -55,13 +51,12 @@ def heartbeat() -> None:
 
     A run that starts or ends out of this page's sight (from the student's other tab, or through a Start whose
     callback ran in a rerun that drew nothing, such as a fragment's timer) redraws the whole page: otherwise the
-    Train page would show no run, or a run still going, until the student clicked something. So does a live view
-    of a run that has stopped redrawing (see ui.live_view_stalled).
+    Train page would show no run, or a run still going, until the student clicked something.
     """
     manager = common.manager()
     manager.touch(common.owner())
     active = manager.active_count(common.owner())
-    if active != st.session_state.active_drawn or ui.live_view_stalled(st.session_state.live_view, time.monotonic()):
+    if active != st.session_state.active_drawn:
         st.rerun()
     if active:
         st.caption(f"⏳ {active} run(s) going: see Train")

@@ -290,17 +290,6 @@ def shown_run(remembered: Snapshot | None, runs: list[Snapshot], owner: str) -> 
     return runs[-1] if runs else None
 
 
-def live_view_stalled(view: dict | None, now: float) -> bool:
-    """True when the Train page's live view of an active run ({"poll": s, "drawn": monotonic s}, None when no such
-    view is on the page) has missed six of its polls and half a minute more.
-
-    Under load the browser can lose a fragment's timer (a Streamlit race): the view then freezes, or never appears,
-    beside a run that is going, and only a full rerun of the page restores it. The margin is wide because a busy
-    server delays polls too, and a full rerun costs it more than a poll.
-    """
-    return view is not None and now - view["drawn"] > 6 * view["poll"] + 30.0
-
-
 def status_text(status: str, queue_position: int | None, label: str, epochs_done: int = 0) -> str:
     """The run's status as a headline; a queued run with epochs done is one paused for classmates' first epochs."""
     if status == "queued":

@@ -8,13 +8,11 @@ owner, so each test sees only its own runs.
 from __future__ import annotations
 
 import io
-import time
 
 import pyarrow as pa
 from conftest import REPO_ROOT, wait_until
 from streamlit.testing.v1 import AppTest
 
-from drill import ui_logic as ui
 from drill.presets import BY_NAME
 from views import common
 
@@ -134,12 +132,8 @@ def watch_and_stop(at: AppTest) -> None:
         what="the progress bar to show a batch",
     )
     assert "epoch 1/3" in progress and "left" in progress and "LR" in progress, progress
-    # The live view tells the heartbeat when it last drew, so a view whose timer the browser lost is redrawn.
-    view = at.session_state["live_view"]
-    assert view["poll"] >= 1 and not ui.live_view_stalled(view, time.monotonic())
     button(at, "Stop").click().run()
     rerun_until(at, "stopped")
-    assert at.session_state["live_view"] is None  # an ended run: nothing live to watch
     run = only_run(at)
     assert run.status == "stopped" and run.epochs == ()
     assert any("stopped by the student" in w.value for w in at.warning), [w.value for w in at.warning]

@@ -223,11 +223,3 @@ def test_status_text_tells_a_new_queued_run_from_one_paused_for_classmates():
     paused = ui.status_text("queued", 1, "Quick demo", epochs_done=2)
     assert paused.startswith("⏸️ **Quick demo** is paused after epoch 2") and "0 run(s) ahead" in paused
     assert ui.status_text("running", None, "custom", epochs_done=2) == "🏃 **custom**: running"
-
-
-def test_a_live_view_is_stalled_only_after_six_polls_and_half_a_minute():
-    assert not ui.live_view_stalled(None, 10_000.0)  # no run going on the page: nothing to watch
-    view = {"poll": 4.0, "drawn": 1000.0}
-    assert not ui.live_view_stalled(view, 1000.0 + 54.0)
-    assert ui.live_view_stalled(view, 1000.0 + 54.1)
-    assert ui.live_view_stalled({"poll": 1.0, "drawn": 0.0}, 36.1)

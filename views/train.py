@@ -1,7 +1,5 @@
 """Train: augmentation with a live preview, the LR schedule, and a run whose curves stream in while it trains."""
 
-import time
-
 import streamlit as st
 
 from drill import ui_logic as ui
@@ -102,15 +100,10 @@ note_col.caption(
 )
 
 
-poll_s = ui.poll_seconds(manager.online_count()) if shown_run and shown_run.status in ACTIVE else None
-
-
-@st.fragment(run_every=poll_s)
+@st.fragment(run_every=ui.poll_seconds(manager.online_count()) if shown_run and shown_run.status in ACTIVE else None)
 def show_run(job_id: str, was_active: bool) -> None:
     """The run's status, progress and curves; redrawn every poll (1-4 s, by class size) while it is active."""
     common.manager().touch(common.owner())  # this page polling the run is the surest sign the tab is open
-    if poll_s is not None:  # the heartbeat watches this, to redraw the page if the view stops polling
-        st.session_state.live_view = {"poll": poll_s, "drawn": time.monotonic()}
     run = common.manager().snapshot(job_id)
     if run is None:
         return
