@@ -146,12 +146,9 @@ def loss_fn(scores: torch.Tensor, labels: torch.Tensor, log_softmax: bool, reduc
 def _batches(model: nn.Module, images: torch.Tensor):
     """(start, scores) per evaluation batch of uint8 images, through the model's fast inference copy."""
     fast = inference_copy(model)
-    layout = (
-        torch.channels_last if fast.features[0].conv.weight.is_contiguous(memory_format=torch.channels_last) else None
-    )
     for begin in range(0, len(images), EVAL_BATCH):
         x = normalize(to_input(images[begin : begin + EVAL_BATCH]))
-        yield begin, fast(x.contiguous(memory_format=layout) if layout else x)
+        yield begin, fast(x.contiguous(memory_format=fast.input_format))
 
 
 @torch.inference_mode()
