@@ -47,11 +47,24 @@ CREATE TABLE IF NOT EXISTS tickets (
 CREATE INDEX IF NOT EXISTS tickets_by_owner ON tickets (owner, created);
 """
 INTERRUPTED = "the server stopped before the run ended"
+# A run takes about 50 KB on disk (its weights are most of it), so the default cap keeps the file near 250 MB: a
+# class of thirty can start 160 runs each before the oldest go.
+DEFAULT_MAX_RUNS = 5000
 
 
 def default_path() -> Path:
     """$DRILL_RUNS_DB, else runs.sqlite in the data directory."""
     return Path(os.environ.get("DRILL_RUNS_DB") or data_dir() / "runs.sqlite")
+
+
+def default_max_runs() -> int:
+    """How many runs the file keeps across restarts: $DRILL_MAX_RUNS, else DEFAULT_MAX_RUNS."""
+    text = os.environ.get("DRILL_MAX_RUNS", "")
+    if not text:
+        return DEFAULT_MAX_RUNS
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"DRILL_MAX_RUNS={text!r} is not allowed: a whole number of runs, 1 or more")
+    return int(text)
 
 
 @dataclass(frozen=True)
@@ -84,9 +97,13 @@ class TicketRow:
 
 
 class RunStore:
-    """Thread-safe access to the runs file; ":memory:" keeps everything in this process only (tests, benches)."""
+    """Thread-safe access to the runs file; ":memory:" keeps everything in this process only (tests, benches).
 
-    def __init__(self, path: Path | str = ":memory:"):
+    With max_runs, opening the file deletes the oldest runs beyond that many, with their tickets, so a server that
+    runs for a term does not fill its disk; the newest runs, every student's latest among them, stay.
+    """
+
+    def __init__(self, path: Path | str = ":memory:", max_runs: int | None = None):
         self.path = str(path)
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -100,6 +117,13 @@ class RunStore:
             self._db.execute(
                 "UPDATE runs SET status = 'failed', reason = ? WHERE status IN ('queued', 'running')", (INTERRUPTED,)
             )
+            if max_runs is not None:
+                # Nothing is going at this point, so no run a thread still writes to can go.
+                oldest = "SELECT id FROM runs ORDER BY created DESC LIMIT -1 OFFSET ?"
+                self._db.execute("BEGIN")
+                self._db.execute(f"DELETE FROM tickets WHERE run_id IN ({oldest})", (max_runs,))
+                self._db.execute(f"DELETE FROM runs WHERE id IN ({oldest})", (max_runs,))
+                self._db.execute("COMMIT")
 
     def close(self) -> None:
         with self._lock:

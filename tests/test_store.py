@@ -14,7 +14,16 @@ from test_jobs import FAKE_PARAMS, FakeRunner, cfg, wait_batches, wait_status
 from drill.jobs import ACTIVE, JobManager, config_key
 from drill.model import build_model
 from drill.presets import BY_NAME
-from drill.store import INTERRUPTED, RunRow, RunStore, pack_weights, unpack_weights
+from drill.store import (
+    DEFAULT_MAX_RUNS,
+    INTERRUPTED,
+    RunRow,
+    RunStore,
+    TicketRow,
+    default_max_runs,
+    pack_weights,
+    unpack_weights,
+)
 from drill.train import train
 
 
@@ -123,6 +132,37 @@ def test_a_run_the_file_says_is_going_failed_with_the_server_that_died(tmp_path)
     store.close()  # the process is killed: nothing else is written
     reopened = RunStore(tmp_path / "runs.sqlite").run("run-x")
     assert (reopened.status, reopened.reason) == ("failed", INTERRUPTED)
+
+
+def test_reopening_the_file_with_a_cap_drops_the_oldest_runs_and_their_tickets_only(tmp_path):
+    store = RunStore(tmp_path / "runs.sqlite")
+    config = cfg(1)
+    for n in range(5):
+        row = RunRow(f"run-{n}", config_key(config), "trained", config.to_dict(), "finished", "", 10, [], [], 1.0, n)
+        store.save_run(row, {"w": torch.full((2,), float(n))})
+        store.save_ticket(TicketRow(f"ticket-{n}", "ann" if n % 2 else "bob", f"run-{n}", "custom", n, None))
+    store.close()
+    capped = RunStore(tmp_path / "runs.sqlite", max_runs=3)
+    assert [capped.run(f"run-{n}") is not None for n in range(5)] == [False, False, True, True, True]
+    assert [t.run_id for t in capped.tickets("ann")] == ["run-3"]
+    assert [t.run_id for t in capped.tickets("bob")] == ["run-2", "run-4"]
+    assert capped.weights("run-4")["w"].tolist() == [4.0, 4.0]
+    assert capped.finished_run(config_key(config)).id == "run-2"  # the oldest kept now serves the key
+    capped.close()
+    assert RunStore(tmp_path / "runs.sqlite", max_runs=10).run("run-2") is not None  # a larger cap drops nothing
+
+
+@pytest.mark.parametrize(("text", "expected"), [("", DEFAULT_MAX_RUNS), ("40", 40)])
+def test_the_run_cap_comes_from_the_environment(monkeypatch, text, expected):
+    monkeypatch.setenv("DRILL_MAX_RUNS", text)
+    assert default_max_runs() == expected
+
+
+@pytest.mark.parametrize("text", ["0", "-3", "many", "2.5"])
+def test_a_run_cap_that_is_not_a_positive_whole_number_is_refused_with_what_is_allowed(monkeypatch, text):
+    monkeypatch.setenv("DRILL_MAX_RUNS", text)
+    with pytest.raises(ValueError, match="a whole number of runs, 1 or more"):
+        default_max_runs()
 
 
 def test_leaving_a_shared_run_keeps_what_was_seen_and_the_others_go_on(managers):

@@ -13,7 +13,7 @@ from drill.analysis import analyse
 from drill.config import ConfigError, RunConfig, field_choices, field_help, field_range
 from drill.jobs import JobManager
 from drill.presets import get_preset
-from drill.store import RunStore, default_path
+from drill.store import RunStore, default_max_runs, default_path
 
 DEFAULT_PRESET = "quick"
 OWNER_PARAM = "me"  # the student's id rides in the URL, so a reload (or a restart) finds their runs again
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 @st.cache_resource
 def manager() -> JobManager:
     """The process-wide job manager, shared by every session, keeping runs in the data directory's store."""
-    return JobManager(store=RunStore(default_path()))
+    return JobManager(store=RunStore(default_path(), max_runs=default_max_runs()))
 
 
 def owner() -> str:
