@@ -2,6 +2,7 @@
 
 import streamlit as st
 
+from drill import ui_logic as ui
 from drill.presets import BY_NAME, PRESETS, matching_preset
 from views import common
 
@@ -16,9 +17,6 @@ pages = [
     st.Page("views/inspect.py", title="Inspect", icon="🔍"),
 ]
 page = st.navigation(pages)
-# Often enough to notice a closed tab well inside the job manager's 5-minute grace; rarely enough that a class's
-# heartbeats cost the server little.
-HEARTBEAT_S = 5.0
 
 
 with st.sidebar:
@@ -43,19 +41,31 @@ with st.sidebar:
 
 # The page below is drawn for this many active runs of the student's; the heartbeat redraws it when that changes.
 st.session_state.active_drawn = common.manager().active_count(common.owner())
+# Heartbeats since the Train page's live view of a run last redrew; it stays None on a page without one.
+st.session_state.live_missed = None
 
 
-@st.fragment(run_every=HEARTBEAT_S)
+@st.fragment(run_every=ui.HEARTBEAT_S)
 def heartbeat() -> None:
     """Tell the job manager this tab is open (on every page), and show what is going on.
 
     A run that starts or ends out of this page's sight (from the student's other tab, or through a Start whose
     callback ran in a rerun that drew nothing, such as a fragment's timer) redraws the whole page: otherwise the
     Train page would show no run, or a run still going, until the student clicked something.
+
+    So does a live view that has stopped redrawing. On a loaded server about one browser tab in thirty or sixty
+    never receives the live view that Start's rerun drew (nor its timer), and shows nothing of its run while this
+    heartbeat, drawn earlier in the same rerun, keeps ticking. Missed redraws are counted in heartbeats, not
+    seconds, because a busy server delays both alike.
     """
     manager = common.manager()
     manager.touch(common.owner())
     active = manager.active_count(common.owner())
+    if st.session_state.live_missed is not None:
+        st.session_state.live_missed += 1
+        if st.session_state.live_missed > ui.LIVE_VIEW_MISSES:
+            common.log.warning("a live view of a run stopped redrawing; redrawing its page")
+            st.rerun()
     if active != st.session_state.active_drawn:
         st.rerun()
     if active:

@@ -324,6 +324,14 @@ def run_charts(run: Snapshot) -> tuple[dict, dict]:
     return accuracy, _RUN_CHARTS.get(key, lambda: loss_chart(epochs, losses, total))
 
 
+# Often enough to notice a closed tab well inside the job manager's 5-minute grace; rarely enough that a class's
+# heartbeats cost the server little. Longer than the slowest poll below (4 s), so a live view of a run redraws at least
+# once between two heartbeats.
+HEARTBEAT_S = 5.0
+# Heartbeats in a row without a redraw of the live view after which it counts as lost (about 20 s).
+LIVE_VIEW_MISSES = 3
+
+
 def poll_seconds(online: int) -> float:
     """How often a page redraws a run: every second for a few students, less often for a class, whose redraws
     would otherwise take the CPU from the very run they wait for."""

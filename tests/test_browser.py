@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from streamlit_server import CHROMIUM, CHROMIUM_ARGS, ROOT, serve
 
+from drill import ui_logic as ui
 from drill.presets import BY_NAME
 
 pytestmark = pytest.mark.browser
@@ -20,6 +21,8 @@ SHOTS = ROOT / "artifacts" / "screenshots"
 IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
 # The first epoch of the quick preset (6,000 images) takes seconds alone, but CI may share the cores.
 EPOCH_DEADLINE_MS = 180_000
+# Long enough that the run still trains when a lost live view is noticed and redrawn (20-25 s), on a fast machine too.
+LONG_RUN_EPOCHS = 15
 
 
 def own_store(tmp_path_factory) -> dict[str, str]:
@@ -139,6 +142,39 @@ def test_a_run_started_in_the_students_other_tab_appears_without_a_click(server,
         assert button(page, "Start").is_enabled()
     finally:
         other.context.close()
+
+
+def test_a_live_view_the_browser_never_got_comes_back_while_the_run_trains(server, page):
+    # On a loaded server a tab can miss the live view that Start's rerun drew, its timer included (one tab in thirty
+    # to sixty in the 30-tab load test), while the heartbeat drawn before it keeps ticking. Here the browser drops
+    # the live view's timer on purpose: the heartbeat must notice that the view no longer redraws and redraw the
+    # page, so the curves stream in while the run still trains, not only once it ends.
+    forward_msg = pytest.importorskip("streamlit.proto.ForwardMsg_pb2").ForwardMsg
+    dropped: list[float] = []
+
+    def relay(client) -> None:
+        upstream = client.connect_to_server()
+
+        def to_browser(message) -> None:
+            if isinstance(message, bytes) and not dropped:
+                msg = forward_msg.FromString(message)
+                if msg.WhichOneof("type") == "auto_rerun" and msg.auto_rerun.interval != ui.HEARTBEAT_S:
+                    dropped.append(msg.auto_rerun.interval)
+                    return
+            client.send(message)
+
+        upstream.on_message(to_browser)
+
+    page.route_web_socket(re.compile(r"/_stcore/stream"), relay)
+    query = BY_NAME["quick"].config.replace(train={"seed": 12, "epochs": LONG_RUN_EPOCHS}).to_query()
+    page.goto(f"{server}/train?{query}")
+    settle(page)
+    button(page, "Start").click()
+    mid_run = rf"Epoch ([1-9]|1[0-{LONG_RUN_EPOCHS - 11}]) of {LONG_RUN_EPOCHS}: train"
+    page.get_by_text(re.compile(mid_run)).first.wait_for(timeout=EPOCH_DEADLINE_MS)
+    assert dropped, "the live view's timer was not dropped, so this test proved nothing"
+    button(page, "Stop").click()
+    page.get_by_text("The run stopped").first.wait_for()
 
 
 def test_stopping_the_server_mid_run_ends_it_promptly_and_the_run_is_kept(browser, tmp_path_factory):

@@ -100,10 +100,15 @@ note_col.caption(
 )
 
 
-@st.fragment(run_every=ui.poll_seconds(manager.online_count()) if shown_run and shown_run.status in ACTIVE else None)
+live = shown_run is not None and shown_run.status in ACTIVE
+
+
+@st.fragment(run_every=ui.poll_seconds(manager.online_count()) if live else None)
 def show_run(job_id: str, was_active: bool) -> None:
     """The run's status, progress and curves; redrawn every poll (1-4 s, by class size) while it is active."""
     common.manager().touch(common.owner())  # this page polling the run is the surest sign the tab is open
+    if live:
+        st.session_state.live_missed = 0  # the heartbeat counts from here (app.py)
     run = common.manager().snapshot(job_id)
     if run is None:
         return
@@ -129,4 +134,4 @@ def show_run(job_id: str, was_active: bool) -> None:
 
 
 if shown_run is not None:
-    show_run(shown_run.id, shown_run.status in ACTIVE)
+    show_run(shown_run.id, live)
