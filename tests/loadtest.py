@@ -39,6 +39,11 @@ STATUS = re.compile(r"is queued: \d+ run\(s\) ahead|: running|: finished")
 QUEUED = re.compile(r"is queued: (\d+) run\(s\) ahead")
 EPOCH_POINT = re.compile(r"Epoch \d+ of \d+: train")
 MEMORY_LIMIT_MB = 1536
+# A run's status shows in the full rerun that Start makes. A page that shows it only much later had lost its live
+# view, and its student saw nothing happen (the page then caught up when the run ended).
+STATUS_LIMIT_S = 60.0
+LIVE_VIEW_REDRAWN = "a live view of a run stopped redrawing"  # what app.py's heartbeat logs when it redraws one
+CONSOLE_KEPT = 40
 WARM_UP_PAGES = (("", "drill-down"), ("/build", "Build"), ("/train", "Train"), ("/compare", "Compare"))
 
 
@@ -90,6 +95,8 @@ async def one_session(browser, url: str, n: int, args) -> dict:
     context = await browser.new_context(viewport={"width": 1400, "height": 1000})
     page = await context.new_page()
     page.set_default_timeout(args.timeout * 1000)
+    console: list[str] = []  # the browser's side of a failure: Streamlit's frontend logs its errors here
+    page.on("console", lambda message: console.append(f"{message.type}: {message.text}"[:500]))
     try:
         query = session_config(n, args.mode, args.epochs, args.subset).to_query()
         out["stage"] = "first render"
@@ -113,6 +120,7 @@ async def one_session(browser, url: str, n: int, args) -> dict:
         clicked = time.monotonic()
         await start.click()
         status = (await page.get_by_text(STATUS).first.inner_text()).strip()
+        out["status_s"] = time.monotonic() - clicked
         out["status_after_start"] = status
         if match := QUEUED.search(status):
             out["queue_position"] = int(match.group(1)) + 1
@@ -127,6 +135,8 @@ async def one_session(browser, url: str, n: int, args) -> dict:
     except Exception as error:  # a session that fails is a finding of the report, not a crash of the script
         out["error"] = f"{type(error).__name__}: {str(error).splitlines()[0]}"
         out["screenshot"] = str(args.work / f"session-{n}.png")
+        out["url"] = page.url
+        out["console"] = console[-CONSOLE_KEPT:]
         await page.screenshot(path=out["screenshot"], full_page=True)
     finally:
         await context.close()
@@ -189,7 +199,8 @@ def run_load(args) -> dict:
     """Serve the app, drive the sessions, and gather the report."""
     work = args.work = Path(tempfile.mkdtemp(prefix="drill-load-"))
     store = work / "runs.sqlite"
-    with serve(extra_env={"DRILL_RUNS_DB": str(store)}, log_path=work / "streamlit.log") as (url, process):
+    log = work / "streamlit.log"
+    with serve(extra_env={"DRILL_RUNS_DB": str(store)}, log_path=log) as (url, process):
         # The baseline is the idle server as one tab browses it: Streamlit and torch start their worker threads on
         # first use and keep them, and the web server's pool of idle workers (AnyIO's) varies by a thread or two
         # from visit to visit, so the most seen over three visits.
@@ -209,14 +220,17 @@ def run_load(args) -> dict:
     epochs = session_config(0, args.mode, args.epochs, args.subset).train.epochs
     renders = [r["first_render_s"] for r in results if "first_render_s" in r]
     first_points = [r["first_point_s"] for r in results if "first_point_s" in r]
+    statuses = [r["status_s"] for r in results if "status_s" in r]
     report = {
         "mode": args.mode,
         "sessions": args.sessions,
         "config": session_config(0, args.mode, args.epochs, args.subset).to_dict(),
         "seconds": round(elapsed, 1),
-        "sessions_failed": [r for r in results if "error" in r or r.get("exceptions_on_page")],
+        "sessions_failed": [r for r in results if failed(r)],
         "first_render_p50_s": percentile(renders, 50),
         "first_render_p95_s": percentile(renders, 95),
+        "status_p50_s": percentile(statuses, 50),
+        "status_max_s": max(statuses) if statuses else None,
         "first_point_p50_s": percentile(first_points, 50),
         "first_point_last_s": max(first_points) if first_points else None,
         "queue_positions_seen": sorted(r["queue_position"] for r in results if "queue_position" in r),
@@ -227,16 +241,30 @@ def run_load(args) -> dict:
         "peak_threads": sampler.peak_threads,
         "final_threads": final_threads,
         "threads_back_to_baseline_s": threads_back_s,
+        "live_views_redrawn": log.read_text(errors="replace").count(LIVE_VIEW_REDRAWN),
         "store": store_check(store, args.sessions, epochs),
         "per_session": results,
     }
     return report
 
 
-def failures(failed: list[dict]) -> str:
+def failed(result: dict) -> bool:
+    """A session failed if it stopped with an error, showed a traceback, or showed its run's status late."""
+    return "error" in result or bool(result.get("exceptions_on_page")) or result.get("status_s", 0) > STATUS_LIMIT_S
+
+
+def failure_stage(result: dict) -> str:
+    if "stage" in result:
+        return result["stage"]
+    if result.get("exceptions_on_page"):
+        return "a traceback on the page"
+    return f"run status shown after {result['status_s']:.0f} s"
+
+
+def failures(bad: list[dict]) -> str:
     """How many sessions failed and at which stage, e.g. "2 (Result: 2)"."""
-    stages = Counter(r.get("stage", "after Result (a traceback on the page)") for r in failed)
-    return f"{len(failed)} ({', '.join(f'{stage}: {count}' for stage, count in stages.items())})" if failed else "0"
+    stages = Counter(failure_stage(r) for r in bad)
+    return f"{len(bad)} ({', '.join(f'{stage}: {count}' for stage, count in stages.items())})" if bad else "0"
 
 
 def markdown(report: dict) -> str:
@@ -248,8 +276,12 @@ def markdown(report: dict) -> str:
     store = report["store"]
     rows = [
         ("sessions (mode)", f"{report['sessions']} ({report['mode']})"),
-        ("sessions with an error or a traceback", failures(report["sessions_failed"])),
+        ("sessions with an error, a traceback or a late status", failures(report["sessions_failed"])),
         ("first render, median / p95", f"{secs(report['first_render_p50_s'])} / {secs(report['first_render_p95_s'])}"),
+        (
+            "Start to the run's status shown, median / max",
+            f"{secs(report['status_p50_s'])} / {secs(report['status_max_s'])}",
+        ),
         (
             "Start to first curve point, median / last student",
             f"{secs(report['first_point_p50_s'])} / {secs(report['first_point_last_s'])}",
@@ -261,6 +293,7 @@ def markdown(report: dict) -> str:
             f"{report['baseline_threads']} / {report['peak_threads']} / {report['final_threads']}",
         ),
         ("threads back to baseline after the tabs closed", secs(report["threads_back_to_baseline_s"])),
+        ("live views lost and redrawn by the heartbeat", str(report["live_views_redrawn"])),
         ("tickets / runs trained / runs complete", f"{store['tickets']} / {store['runs']} / {store['runs_complete']}"),
         ("whole load", secs(report["seconds"])),
     ]
