@@ -61,11 +61,13 @@ def heartbeat() -> None:
     manager = common.manager()
     manager.touch(common.owner())
     active = manager.active_count(common.owner())
-    if st.session_state.live_missed is not None:
-        st.session_state.live_missed += 1
-        if st.session_state.live_missed > ui.LIVE_VIEW_MISSES:
-            common.log.warning("a live view of a run stopped redrawing; redrawing its page")
-            st.rerun()
+    patience = st.session_state.get("live_patience", ui.LIVE_VIEW_MISSES)
+    st.session_state.live_missed, st.session_state.live_patience, lost = ui.live_view_check(
+        st.session_state.live_missed, patience
+    )
+    if lost:
+        common.log.warning("a live view of a run stopped redrawing; redrawing its page")
+        st.rerun()
     if active != st.session_state.active_drawn:
         st.rerun()
     if active:

@@ -328,8 +328,23 @@ def run_charts(run: Snapshot) -> tuple[dict, dict]:
 # heartbeats cost the server little. Longer than the slowest poll below (4 s), so a live view of a run redraws at least
 # once between two heartbeats.
 HEARTBEAT_S = 5.0
-# Heartbeats in a row without a redraw of the live view after which it counts as lost (about 20 s).
+# Heartbeats in a row without a redraw of the live view after which it first counts as lost (about 20 s).
 LIVE_VIEW_MISSES = 3
+
+
+def live_view_check(missed: int | None, patience: int) -> tuple[int | None, int, bool]:
+    """One heartbeat's look at the Train page's live view of a run: (heartbeats it has now missed, the patience
+    for next time, whether to redraw the page). missed is None on a page without a live view.
+
+    A page that is only slow to receive its redraw (a loaded server flushes late) would be redrawn again and
+    again, so the patience doubles with each redraw: a lost view comes back at once, a slow one costs a rerun or two.
+    """
+    if missed is None:
+        return None, patience, False
+    missed += 1
+    if missed > patience:
+        return missed, 2 * patience, True
+    return missed, patience, False
 
 
 def poll_seconds(online: int) -> float:

@@ -223,3 +223,28 @@ def test_status_text_tells_a_new_queued_run_from_one_paused_for_classmates():
     paused = ui.status_text("queued", 1, "Quick demo", epochs_done=2)
     assert paused.startswith("⏸️ **Quick demo** is paused after epoch 2") and "0 run(s) ahead" in paused
     assert ui.status_text("running", None, "custom", epochs_done=2) == "🏃 **custom**: running"
+
+
+def test_a_live_view_counts_as_lost_after_its_patience_and_the_patience_doubles_each_time():
+    def heartbeats(missed, patience, n):
+        redraws = []
+        for beat in range(1, n + 1):
+            missed, patience, lost = ui.live_view_check(missed, patience)
+            if lost:
+                redraws.append(beat)
+                missed = 0  # the redrawn page draws the view again
+        return redraws, patience
+
+    assert heartbeats(0, ui.LIVE_VIEW_MISSES, 3) == ([], ui.LIVE_VIEW_MISSES)
+    # Lost for good (it never redraws): redrawn after 4 heartbeats, then after 7 more, then after 13 more.
+    assert heartbeats(0, 3, 24) == ([4, 11, 24], 24)
+    assert heartbeats(None, 3, 50) == ([], 3)  # a page with no live view is never redrawn for one
+
+
+def test_a_live_view_that_redraws_between_heartbeats_is_never_counted_lost():
+    missed, patience = 0, ui.LIVE_VIEW_MISSES
+    for _ in range(100):
+        missed, patience, lost = ui.live_view_check(missed, patience)
+        assert not lost
+        missed = 0  # the view polls faster than the heartbeat
+    assert patience == ui.LIVE_VIEW_MISSES
