@@ -306,7 +306,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--mode", choices=("same", "different"), default="same")
     parser.add_argument("--epochs", type=int, help="override the quick demo's epochs")
     parser.add_argument("--subset", type=int, help="override the quick demo's training images")
-    parser.add_argument("--timeout", type=float, default=1200, help="seconds any one wait of a session may take")
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds any one wait of a session may take")
     parser.add_argument("--grace", type=float, default=330, help="seconds for the threads to return to baseline")
     parser.add_argument("--out", type=Path, help="write OUT.json and OUT.md")
     return parser.parse_args(argv)
