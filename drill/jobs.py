@@ -211,6 +211,11 @@ def default_max_running() -> int:
     return int(text)
 
 
+def _is_active(ticket: Ticket) -> bool:
+    """Whether a ticket's run is queued or running for its owner (who has not left it)."""
+    return ticket.cut is None and ticket.run.status in ACTIVE
+
+
 class JobManager:
     """Runs trainings in threads: at most max_running at once, the rest in a queue.
 
@@ -249,12 +254,20 @@ class JobManager:
         _MANAGERS.add(self)
 
     # -- what sessions call -----------------------------------------------------------------------------------
-    def submit(self, owner: str, config: RunConfig, label: str = "") -> Ticket:
-        """A run of config for an owner: the identical run if one is going or finished, else a new one, queued."""
+    def submit(self, owner: str, config: RunConfig, label: str = "", one_at_a_time: bool = False) -> Ticket:
+        """A run of config for an owner: the identical run if one is going or finished, else a new one, queued.
+
+        With one_at_a_time, an owner who already has a run going gets its ticket back instead, checked under the
+        same lock: Streamlit can run one click's callback twice at once (it replays a click whose rerun was cut
+        short), and a check made before submitting let one student of 30 start twice in a load test.
+        """
         key = config_key(config)
         with self._lock:
             self._load(owner)
             self._seen[owner] = time.monotonic()
+            going = [t for t in self._tickets.values() if t.owner == owner and _is_active(t)]
+            if one_at_a_time and going:
+                return max(going, key=lambda t: t.created)
             run = self._shared_run(key)
             reused = run is not None and run.status == "finished"
             if run is None and (row := self.store.finished_run(key)) is not None:
@@ -377,7 +390,7 @@ class JobManager:
     def active_count(self, owner: str) -> int:
         """How many of an owner's runs are queued or running (cheap: no snapshots)."""
         with self._lock:
-            return sum(t.owner == owner and t.cut is None and t.run.status in ACTIVE for t in self._tickets.values())
+            return sum(t.owner == owner and _is_active(t) for t in self._tickets.values())
 
     def online_count(self, within_s: float = 15.0) -> int:
         """Students whose page sent a heartbeat in the last within_s seconds."""

@@ -125,13 +125,40 @@ def test_jobs_beyond_max_running_wait_in_the_queue(make_manager):
     assert (done.reason, done.seconds, len(done.epochs)) == ("", 1.5, 1)
     running = wait_status(manager, second, "running")
     assert running.queue_position is None
-    assert runner.started == [1, 2]
+    # The manager marks a run running just before its thread calls the runner.
+    wait_until(lambda: runner.started == [1, 2], what="the second job to reach the runner")
     runner.release(2)
     wait_status(manager, second, "finished")
     assert manager.running_count() == 0
     # Each job is given the cores divided among the running slots.
     assert manager.threads_per_job == max(1, (os.cpu_count() or 1) // 1)
     assert runner.threads == [manager.threads_per_job] * 2
+
+
+def test_one_click_run_twice_at_once_starts_one_run_for_the_student(make_manager):
+    # In a 30-tab load one student got two tickets 26 ms apart: Streamlit ran Start's callback twice at once, and
+    # both passed a check made before submitting. The check is now part of submit, under the manager's lock.
+    manager = make_manager(max_running=1)
+    first = manager.submit("ann", cfg(1), one_at_a_time=True)
+    barrier = threading.Barrier(8)
+    tickets = []
+
+    def click() -> None:
+        barrier.wait()
+        tickets.append(manager.submit("bob", cfg(2), one_at_a_time=True).id)
+
+    threads = [threading.Thread(target=click) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(set(tickets)) == 1 and [s.id for s in manager.snapshots("bob")] == tickets[:1]
+    # A later click, or one with other settings, still gets the run that is going.
+    assert manager.submit("ann", cfg(3), one_at_a_time=True).id == first.id
+    assert len(manager.snapshots("ann")) == 1
+    manager.stop(first.id)
+    wait_status(manager, first, "stopped")
+    assert manager.submit("ann", cfg(3), one_at_a_time=True).id != first.id  # once it ended, a new one starts
 
 
 def test_the_queue_is_first_in_first_out(make_manager):

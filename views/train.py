@@ -16,12 +16,11 @@ from views import common
 def start_run() -> None:
     """Start's callback: it runs before the next script run of any kind, so a click is never lost to a rerun that
     does not reach the button (a fragment's timer, another click); the page then draws the new run."""
-    manager, me = common.manager(), common.owner()
-    if manager.active_count(me):
-        return  # a second tab of the same student started one meanwhile; the page shows it
     cfg = common.config()
     preset = matching_preset(cfg)
-    st.session_state.train_job = manager.submit(me, cfg, BY_NAME[preset].title if preset else "custom").id
+    label = BY_NAME[preset].title if preset else "custom"
+    # A run already going (started in the student's other tab, or by this very click run twice) is shown instead.
+    st.session_state.train_job = common.manager().submit(common.owner(), cfg, label, one_at_a_time=True).id
 
 
 def stop_runs() -> None:
