@@ -66,7 +66,7 @@ def heartbeat() -> None:
         st.session_state.live_missed, patience
     )
     if lost:
-        common.log.warning("a live view of a run stopped redrawing; redrawing its page")
+        common.log.warning(ui.LIVE_VIEW_REDRAWN)
         st.rerun()
     if active != st.session_state.active_drawn:
         st.rerun()

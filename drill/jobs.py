@@ -265,8 +265,7 @@ class JobManager:
         with self._lock:
             self._load(owner)
             self._seen[owner] = time.monotonic()
-            going = [t for t in self._tickets.values() if t.owner == owner and _is_active(t)]
-            if one_at_a_time and going:
+            if one_at_a_time and (going := [t for t in self._tickets.values() if t.owner == owner and _is_active(t)]):
                 return max(going, key=lambda t: t.created)
             run = self._shared_run(key)
             reused = run is not None and run.status == "finished"

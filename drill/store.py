@@ -47,8 +47,9 @@ CREATE TABLE IF NOT EXISTS tickets (
 CREATE INDEX IF NOT EXISTS tickets_by_owner ON tickets (owner, created);
 """
 INTERRUPTED = "the server stopped before the run ended"
-# A run takes about 50 KB on disk (its weights are most of it), so the default cap keeps the file near 250 MB: a
-# class of thirty can start 160 runs each before the oldest go.
+# A run of the lesson's small networks takes about 50 KB on disk (its weights are most of it; the 138,762-parameter
+# skeleton's take 555 KB), so the default cap keeps the file near 250 MB: a class of thirty can start 160 runs each
+# before the oldest go.
 DEFAULT_MAX_RUNS = 5000
 
 
@@ -99,8 +100,8 @@ class TicketRow:
 class RunStore:
     """Thread-safe access to the runs file; ":memory:" keeps everything in this process only (tests, benches).
 
-    With max_runs, opening the file deletes the oldest runs beyond that many, with their tickets, so a server that
-    runs for a term does not fill its disk; the newest runs, every student's latest among them, stay.
+    With max_runs, opening the file keeps that many runs, those last asked for, and deletes the rest with their
+    tickets, so a server that runs for a term does not fill its disk.
     """
 
     def __init__(self, path: Path | str = ":memory:", max_runs: int | None = None):
@@ -118,12 +119,28 @@ class RunStore:
                 "UPDATE runs SET status = 'failed', reason = ? WHERE status IN ('queued', 'running')", (INTERRUPTED,)
             )
             if max_runs is not None:
-                # Nothing is going at this point, so no run a thread still writes to can go.
-                oldest = "SELECT id FROM runs ORDER BY created DESC LIMIT -1 OFFSET ?"
-                self._db.execute("BEGIN")
-                self._db.execute(f"DELETE FROM tickets WHERE run_id IN ({oldest})", (max_runs,))
-                self._db.execute(f"DELETE FROM runs WHERE id IN ({oldest})", (max_runs,))
-                self._db.execute("COMMIT")
+                self._prune(max_runs)
+
+    def _prune(self, max_runs: int) -> None:
+        """Keep the max_runs runs last asked for and delete the rest with their tickets (caller holds the lock).
+
+        A run counts as new as its newest ticket: a class's shared runs are the oldest trained, and the ones most
+        asked for. Nothing is going when the file is opened, so no run a thread still writes to can go.
+        """
+        self._db.execute("BEGIN")
+        try:
+            self._db.execute(
+                "CREATE TEMP TABLE gone AS SELECT runs.id FROM runs LEFT JOIN tickets ON tickets.run_id = runs.id "
+                "GROUP BY runs.id ORDER BY max(coalesce(tickets.created, runs.created)) DESC LIMIT -1 OFFSET ?",
+                (max_runs,),
+            )
+            self._db.execute("DELETE FROM tickets WHERE run_id IN (SELECT id FROM gone)")
+            self._db.execute("DELETE FROM runs WHERE id IN (SELECT id FROM gone)")
+            self._db.execute("DROP TABLE gone")
+        except sqlite3.Error:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     def close(self) -> None:
         with self._lock:

@@ -330,6 +330,8 @@ def run_charts(run: Snapshot) -> tuple[dict, dict]:
 HEARTBEAT_S = 5.0
 # Heartbeats in a row without a redraw of the live view after which it first counts as lost (about 20 s).
 LIVE_VIEW_MISSES = 3
+# What the server logs when the heartbeat redraws a lost live view (the load test counts these lines).
+LIVE_VIEW_REDRAWN = "a live view of a run stopped redrawing; redrawing its page"
 
 
 def live_view_check(missed: int | None, patience: int) -> tuple[int | None, int, bool]:

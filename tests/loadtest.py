@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from streamlit_server import CHROMIUM, CHROMIUM_ARGS, serve  # noqa: E402
 
+from drill import ui_logic as ui  # noqa: E402
 from drill.presets import BY_NAME  # noqa: E402
 
 IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
@@ -42,7 +43,6 @@ MEMORY_LIMIT_MB = 1536
 # A run's status shows in the full rerun that Start makes. A page that shows it only much later had lost its live
 # view, and its student saw nothing happen (the page then caught up when the run ended).
 STATUS_LIMIT_S = 60.0
-LIVE_VIEW_REDRAWN = "a live view of a run stopped redrawing"  # what app.py's heartbeat logs when it redraws one
 CONSOLE_KEPT = 40
 WARM_UP_PAGES = (("", "drill-down"), ("/build", "Build"), ("/train", "Train"), ("/compare", "Compare"))
 
@@ -241,7 +241,7 @@ def run_load(args) -> dict:
         "peak_threads": sampler.peak_threads,
         "final_threads": final_threads,
         "threads_back_to_baseline_s": threads_back_s,
-        "live_views_redrawn": log.read_text(errors="replace").count(LIVE_VIEW_REDRAWN),
+        "live_views_redrawn": log.read_text(errors="replace").count(ui.LIVE_VIEW_REDRAWN),
         "store": store_check(store, args.sessions, epochs),
         "per_session": results,
     }
@@ -254,6 +254,7 @@ def failed(result: dict) -> bool:
 
 
 def failure_stage(result: dict) -> str:
+    """Where a failed session was: the wait it timed out in, or what else made it fail."""
     if "stage" in result:
         return result["stage"]
     if result.get("exceptions_on_page"):

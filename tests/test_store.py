@@ -134,22 +134,24 @@ def test_a_run_the_file_says_is_going_failed_with_the_server_that_died(tmp_path)
     assert (reopened.status, reopened.reason) == ("failed", INTERRUPTED)
 
 
-def test_reopening_the_file_with_a_cap_drops_the_oldest_runs_and_their_tickets_only(tmp_path):
+def test_reopening_the_file_with_a_cap_drops_the_runs_asked_for_longest_ago_and_their_tickets(tmp_path):
     store = RunStore(tmp_path / "runs.sqlite")
     config = cfg(1)
     for n in range(5):
         row = RunRow(f"run-{n}", config_key(config), "trained", config.to_dict(), "finished", "", 10, [], [], 1.0, n)
         store.save_run(row, {"w": torch.full((2,), float(n))})
         store.save_ticket(TicketRow(f"ticket-{n}", "ann" if n % 2 else "bob", f"run-{n}", "custom", n, None))
+    # The oldest run is shared: a classmate asked for it last of all, so it is as new as that ticket.
+    store.save_ticket(TicketRow("ticket-late", "cy", "run-0", "custom", 9, None))
     store.close()
     capped = RunStore(tmp_path / "runs.sqlite", max_runs=3)
-    assert [capped.run(f"run-{n}") is not None for n in range(5)] == [False, False, True, True, True]
+    assert [capped.run(f"run-{n}") is not None for n in range(5)] == [True, False, False, True, True]
     assert [t.run_id for t in capped.tickets("ann")] == ["run-3"]
-    assert [t.run_id for t in capped.tickets("bob")] == ["run-2", "run-4"]
+    assert [t.run_id for t in capped.tickets("bob")] == ["run-0", "run-4"]
+    assert [t.run_id for t in capped.tickets("cy")] == ["run-0"]
     assert capped.weights("run-4")["w"].tolist() == [4.0, 4.0]
-    assert capped.finished_run(config_key(config)).id == "run-2"  # the oldest kept now serves the key
     capped.close()
-    assert RunStore(tmp_path / "runs.sqlite", max_runs=10).run("run-2") is not None  # a larger cap drops nothing
+    assert RunStore(tmp_path / "runs.sqlite", max_runs=10).run("run-3") is not None  # a larger cap drops nothing
 
 
 @pytest.mark.parametrize(("text", "expected"), [("", DEFAULT_MAX_RUNS), ("40", 40)])

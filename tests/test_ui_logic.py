@@ -248,3 +248,8 @@ def test_a_live_view_that_redraws_between_heartbeats_is_never_counted_lost():
         assert not lost
         missed = 0  # the view polls faster than the heartbeat
     assert patience == ui.LIVE_VIEW_MISSES
+
+
+def test_every_live_view_polls_more_often_than_the_heartbeat_that_watches_it():
+    # Otherwise a live view that works would miss heartbeats and be redrawn for nothing.
+    assert all(ui.poll_seconds(online) < ui.HEARTBEAT_S for online in (0, 1, 9, 10, 30, 10**6))

@@ -21,6 +21,7 @@ def start_run() -> None:
     label = BY_NAME[preset].title if preset else "custom"
     # A run already going (started in the student's other tab, or by this very click run twice) is shown instead.
     st.session_state.train_job = common.manager().submit(common.owner(), cfg, label, one_at_a_time=True).id
+    st.session_state.pop("live_patience", None)  # a new run's view gets the heartbeat's first, short patience
 
 
 def stop_runs() -> None:
@@ -106,7 +107,7 @@ live = shown_run is not None and shown_run.status in ACTIVE
 def show_run(job_id: str, was_active: bool) -> None:
     """The run's status, progress and curves; redrawn every poll (1-4 s, by class size) while it is active."""
     common.manager().touch(common.owner())  # this page polling the run is the surest sign the tab is open
-    if live:
+    if was_active:
         st.session_state.live_missed = 0  # the heartbeat counts from here (app.py)
     run = common.manager().snapshot(job_id)
     if run is None:
