@@ -23,6 +23,15 @@ log = logging.getLogger(__name__)
 
 Callback = Callable[[str, dict], None]
 EVAL_BATCH = 250  # small enough that each layer's activations stay in cache
+# Cross-entropy over 10 classes starts near ln 10 = 2.3 (a uniform guess), and a run that learns only lowers it. A
+# batch whose mean loss passes 1,000 (430x chance) gives the right class e^-1000 of the probability: its logits are
+# thousands apart, which only weights that have blown up produce. Such runs do not come back to learning: measured
+# here, SGD at lr 1 with momentum 0.99 went 2.6e6, 5e11, 1e34 and then sat at 2.30 (dead ReLUs, chance) without ever
+# reaching NaN on one thread, and Adam at lr 1 alternates spikes with 2.30 (3.4e6, 3.7e3, 2.3, 4.9e3, 2.3). So one
+# batch past the bound is enough, and waiting for a NaN (or for several bad batches in a row) would call such runs
+# "finished". The bound sits orders of magnitude from both a learning run and a blown-up one, so rounding, which
+# differs between CPUs by parts in a million, cannot move a run across it.
+DIVERGED_LOSS = 1000.0
 
 
 @dataclass
@@ -143,6 +152,22 @@ def loss_fn(scores: torch.Tensor, labels: torch.Tensor, log_softmax: bool, reduc
     return (F.nll_loss if log_softmax else F.cross_entropy)(scores, labels, reduction=reduction)
 
 
+def diverged(loss: float) -> bool:
+    """Whether one batch's mean loss shows the run has blown up: not finite, or past DIVERGED_LOSS."""
+    return not math.isfinite(loss) or loss > DIVERGED_LOSS
+
+
+def divergence_reason(cfg: RunConfig, loss: float, epoch: int, batch: int) -> str:
+    """Why a diverged run failed, in the Train page's words, with what to change."""
+    tc = cfg.train
+    label, rate = ("Peak LR (max_lr)", tc.max_lr) if tc.schedule == "onecycle" else ("Learning rate", tc.lr)
+    seen = f"became {loss}" if not math.isfinite(loss) else f"exploded to {loss:.3g} (a learning run stays near 2.3)"
+    fix = f"lower the {label} (now {rate:.3g}), e.g. to {rate / 10:.3g}"
+    if cfg.model.batch_norm == "off":
+        fix += ", or turn on Batch norm on the Build page"
+    return f"the run diverged: the loss {seen} in epoch {epoch}, batch {batch}: {fix}"
+
+
 def _batches(model: nn.Module, images: torch.Tensor):
     """(start, scores) per evaluation batch of uint8 images, through the model's fast inference copy."""
     fast = inference_copy(model)
@@ -232,12 +257,8 @@ def _run(cfg, data, model, generator, report, stop, result) -> None:
             scores = model(normalize(x))
             loss = loss_fn(scores, target, cfg.model.log_softmax)
             loss_value = loss.item()
-            if not math.isfinite(loss_value):
-                result.status = "failed"
-                result.reason = (
-                    f"the loss became {loss_value} in epoch {epoch}, batch {batch + 1}: the learning rate "
-                    f"({schedule.lr:.3g}) is too high for this model; try a lower one, e.g. {schedule.lr / 10:.3g}"
-                )
+            if diverged(loss_value):
+                result.status, result.reason = "failed", divergence_reason(cfg, loss_value, epoch, batch + 1)
                 return
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

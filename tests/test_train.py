@@ -176,10 +176,27 @@ def test_a_stop_set_before_the_run_trains_nothing(small_mnist):
     assert recorder.kinds() == ["start", "end"]
 
 
-@pytest.mark.parametrize("bad", [math.nan, math.inf])
-def test_a_diverging_loss_fails_the_run_naming_the_learning_rate(small_mnist, monkeypatch, bad):
-    # Divergence on real data depends on the hardware's rounding; a loss that turns non-finite at the third
-    # training batch exercises the same check deterministically.
+@pytest.mark.parametrize(
+    "losses, first_bad",
+    [
+        ([2.31, 2.30, 2.29, 1.2, 0.4], None),  # learning
+        ([2.31, 8.4, 6.7, 2.3, 2.3], None),  # a spike well inside the bound
+        ([2.31, 2.3, 2.56e6, 4.95e11, 1.17e34, 2.3], 2),  # SGD at lr 1: blown up, then dead at chance
+        ([2.31, 3.38e6, 3.69e3, 2.3, 4.9e3, 2.3], 1),  # Adam at lr 1: spikes between chance
+        ([2.31, math.nan], 1),
+        ([2.31, math.inf], 1),
+        ([2.31, 999.0, 1000.0], None),  # the bound itself is not past it
+        ([2.31, 1000.5], 1),
+    ],
+)
+def test_divergence_is_a_non_finite_loss_or_one_past_the_bound(losses, first_bad):
+    bad = [i for i, loss in enumerate(losses) if train_module.diverged(loss)]
+    assert (bad[0] if bad else None) == first_bad
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, 5e4])
+def test_a_diverging_loss_fails_the_run_naming_the_control_to_change(small_mnist, monkeypatch, bad):
+    # A loss made bad at the third training batch exercises the check whatever the hardware's rounding.
     real_loss = train_module.loss_fn
     calls = []
 
@@ -188,19 +205,29 @@ def test_a_diverging_loss_fails_the_run_naming_the_learning_rate(small_mnist, mo
         if reduction == "mean":
             calls.append(1)
             if len(calls) >= 3:
-                return loss * bad
+                return loss * 0 + bad
         return loss
 
     monkeypatch.setattr(train_module, "loss_fn", diverging)
     recorder = Recorder()
     result = train(TINY, small_mnist, recorder)
     assert result.status == "failed"
-    assert f"the loss became {bad} in epoch 1, batch 3" in result.reason
-    assert "learning rate (0.05) is too high" in result.reason
-    assert "e.g. 0.005" in result.reason
+    seen = f"became {bad}" if bad != 5e4 else "exploded to 5e+04 (a learning run stays near 2.3)"
+    assert result.reason.startswith(f"the run diverged: the loss {seen} in epoch 1, batch 3: "), result.reason
+    assert "lower the Learning rate (now 0.05), e.g. to 0.005" in result.reason
+    assert "Batch norm" not in result.reason  # the quick demo has it already
     assert [p["batch"] for p in recorder.payloads("batch")] == [1, 2]
     assert result.epochs == []
     assert recorder.events[-1] == ("end", {"status": "failed", "reason": result.reason})
+
+
+def test_the_divergence_fix_names_the_learning_rate_and_batch_norm_when_they_apply():
+    lean = get_preset("lean").config.replace(train={"schedule": "step", "lr": 0.5})
+    reason = train_module.divergence_reason(lean, 3.4e6, 2, 7)
+    assert reason == (
+        "the run diverged: the loss exploded to 3.4e+06 (a learning run stays near 2.3) in epoch 2, batch 7: "
+        "lower the Learning rate (now 0.5), e.g. to 0.05, or turn on Batch norm on the Build page"
+    )
 
 
 def test_an_error_inside_the_run_fails_it_with_the_reason(small_mnist, monkeypatch):
