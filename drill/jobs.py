@@ -1,8 +1,9 @@
-"""Background runner: a process-wide job manager that trains in threads, with a fair queue and an orphan reaper.
+"""The job manager: a process-wide registry of runs and the students' tickets to them, with a fair queue, sharing
+of identical runs, the store, and an orphan reaper. Where runs train is a backend's business (drill.backends).
 
-Threads here never touch the UI: each job writes only to its own lock-protected state, which pages read through
-snapshots. Sessions prove they are alive by calling touch(); a job whose owner stops touching (tab closed) is
-stopped after a grace period by its own thread, so no thread outlives its job or its student.
+Nothing here touches the UI: each run writes only to its own lock-protected state, which pages read through
+snapshots. Sessions prove they are alive by calling touch(); a run whose watchers stop touching (tabs closed) is
+stopped after a grace period.
 """
 
 from __future__ import annotations
@@ -15,17 +16,21 @@ import secrets
 import threading
 import time
 import weakref
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 from torch import nn
 
+from drill.backends import BACKENDS, Handle, Job, Outcome, ProcessBackend, ThreadBackend
+from drill.checkpoint import Checkpoint
 from drill.config import RunConfig
 from drill.data import Mnist, load_mnist
 from drill.model import build_model
+from drill.presence import Presence
 from drill.store import RunRow, RunStore, TicketRow
 from drill.train import RunResult, train
+from drill.turns import FairQueue
 
 log = logging.getLogger(__name__)
 
@@ -73,11 +78,10 @@ class Run:
     progress: dict = field(default_factory=dict)
     seconds: float = 0.0
     result: RunResult | None = None
-    stop_event: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
-    thread: threading.Thread | None = None  # set once it has started: a queued run with a thread is paused
-    wake: threading.Event = field(default_factory=threading.Event)  # a paused run's turn has come (or its end)
-    paused_s: float = 0.0  # time spent paused, left out of the run's seconds
+    handle: Handle | None = None  # while its backend trains it
+    checkpoint: Checkpoint | None = None  # while it waits for its next turn, paused between epochs
+    started: bool = False  # it has trained (a queued run that started is paused)
 
     def __post_init__(self):
         self.key = self.key or config_key(self.config)
@@ -87,7 +91,8 @@ class Run:
         with self.lock:
             if event == "start":
                 self.params = payload["params"]
-                self.progress = {"epoch": 1, "batch": 0, "batches": payload["batches"], "epochs": payload["epochs"]}
+                epoch = payload.get("resumed", 0) + 1
+                self.progress = {"epoch": epoch, "batch": 0, "batches": payload["batches"], "epochs": payload["epochs"]}
             elif event == "batch":
                 self._record_batch(payload)
             elif event == "epoch":
@@ -201,14 +206,18 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(6)}"
 
 
-def default_max_running() -> int:
-    """How many runs train at once: $DRILL_MAX_JOBS, else one per CPU core."""
-    text = os.environ.get("DRILL_MAX_JOBS", "")
-    if not text:
-        return os.cpu_count() or 1
-    if not text.isdigit() or int(text) < 1:
-        raise ValueError(f"DRILL_MAX_JOBS={text!r} is not allowed: a whole number of runs, 1 or more")
-    return int(text)
+def make_backend(name: str | None = None):
+    """The backend $DRILL_BACKEND names (threads by default); a name not known is refused, saying what is."""
+    name = name or os.environ.get("DRILL_BACKEND", "") or "threads"
+    if name == "threads":
+        return ThreadBackend()
+    if name == "processes":
+        return ProcessBackend()
+    if name == "ray":
+        from drill.raybackend import RayBackend
+
+        return RayBackend.from_environment()
+    raise ValueError(f"DRILL_BACKEND={name!r} is not allowed: one of {', '.join(BACKENDS)}")
 
 
 def _is_active(ticket: Ticket) -> bool:
@@ -217,12 +226,10 @@ def _is_active(ticket: Ticket) -> bool:
 
 
 class JobManager:
-    """Runs trainings in threads: at most max_running at once, the rest in a queue.
+    """Keeps every run and ticket, trains runs on a backend (at most its slots at once), the rest in a fair queue.
 
-    The queue is fair to a class that starts at once: a running run that ends an epoch while a run that has not
-    started waits gives up its slot and waits in turn, so every student sees a first curve point after about one
-    epoch per run ahead of theirs, not after whole runs. New runs go first, then paused ones, each in the order
-    they came; a run never pauses after its last epoch, and pausing changes nothing it computes.
+    Turns (drill.turns): while a run that has not trained yet waits, running runs pause after their next epoch and
+    wait in turn, their state kept in a checkpoint; pausing changes nothing a run computes.
 
     Identical requests share one run: a run already going gains a watcher, and a finished one is served from the
     store at once, since training is deterministic for a config and its seed. Everything is written to the store as
@@ -238,20 +245,28 @@ class JobManager:
         data: Callable[[], Mnist] = load_mnist,
         runner: Callable[..., RunResult] = train,
         store: RunStore | None = None,
+        backend=None,
     ):
-        self.max_running = max_running or default_max_running()
-        self.threads_per_job = max(1, (os.cpu_count() or 1) // self.max_running)
+        self.backend = backend or ThreadBackend(max_running, data, runner)
         self.grace_s = grace_s
         self.store = store or RunStore()
-        self._data = data
-        self._runner = runner
         self._lock = threading.Lock()
         self._runs: dict[str, Run] = {}
         self._tickets: dict[str, Ticket] = {}
-        self._queue: deque[str] = deque()  # run ids
-        self._seen: dict[str, float] = {}  # owner -> last heartbeat (monotonic seconds)
+        self._queue = FairQueue()
+        self._presence = Presence(grace_s)
         self._loaded: set[str] = set()  # owners whose stored tickets are in memory
+        self._closing = False
         _MANAGERS.add(self)
+
+    @property
+    def threads_per_job(self) -> int:
+        """Torch threads each run gets: the backend's share of the cores."""
+        return self.backend.threads_per_job
+
+    def problem(self) -> str | None:
+        """Why runs cannot train now (a cluster out of reach), to show on every page; None when they can."""
+        return self.backend.problem()
 
     # -- what sessions call -----------------------------------------------------------------------------------
     def submit(self, owner: str, config: RunConfig, label: str = "", one_at_a_time: bool = False) -> Ticket:
@@ -264,7 +279,7 @@ class JobManager:
         key = config_key(config)
         with self._lock:
             self._load(owner)
-            self._seen[owner] = time.monotonic()
+            self._presence.beat(owner)
             if one_at_a_time and (going := [t for t in self._tickets.values() if t.owner == owner and _is_active(t)]):
                 return max(going, key=lambda t: t.created)
             run = self._shared_run(key)
@@ -274,12 +289,12 @@ class JobManager:
             if run is None:
                 run = Run(new_id("run"), config, key=key)
                 self._runs[run.id] = run
-                self._queue.append(run.id)
+                self._queue.add(run.id)
                 self.store.save_run(run.row())
             ticket = Ticket(new_id("ticket"), owner, label, run, reused=reused)
             self._tickets[ticket.id] = ticket
             self.store.save_ticket(ticket.row())
-        self._dispatch()
+            self._dispatch()
         return ticket
 
     def add_finished(self, owner: str, record: dict, label: str = "") -> Ticket:
@@ -304,11 +319,12 @@ class JobManager:
         return ticket
 
     def touch(self, owner: str) -> None:
-        """Heartbeat: the owner's page is still open; also the moment to clear out what closed tabs left."""
+        """Heartbeat: the owner's page is still open; also the moment to clear out what closed tabs left, and to
+        start queued runs on capacity that came (a cluster node that joined)."""
         with self._lock:
             self._load(owner)
-            self._seen[owner] = time.monotonic()
-            self._sweep()
+            self._presence.beat(owner)
+            self._dispatch()
 
     def stop(self, ticket_id: str, reason: str = "stopped by the student") -> None:
         """Stop following a run. A run nobody else follows stops within a batch (or leaves the queue); a shared one
@@ -330,11 +346,9 @@ class JobManager:
                 return
             if run.id in self._queue:
                 self._drop_queued(run, reason)
+                self._dispatch()
                 return
-        with run.lock:
-            if run.status == "running" and not run.reason:
-                run.reason = reason
-        run.stop_event.set()
+            self._stop_running(run, reason)
 
     def get(self, ticket_id: str) -> Ticket | None:
         """The ticket with this id, if any."""
@@ -372,7 +386,7 @@ class JobManager:
         with self._lock:
             self._load(owner)
             tickets = sorted((t for t in self._tickets.values() if t.owner == owner), key=lambda t: t.created)
-            positions = self._queue_positions()
+            positions = self._queue.positions()
             views = [(t, positions.get(t.run.id), len(self._watchers(t.run))) for t in tickets]
         return [ticket.snapshot(position, watchers) for ticket, position, watchers in views]
 
@@ -382,7 +396,7 @@ class JobManager:
             ticket = self._tickets.get(ticket_id)
             if ticket is None:
                 return None
-            position = self._queue_positions().get(ticket.run.id)
+            position = self._queue.positions().get(ticket.run.id)
             watchers = len(self._watchers(ticket.run))
         return ticket.snapshot(position, watchers)
 
@@ -393,36 +407,77 @@ class JobManager:
 
     def online_count(self, within_s: float = 15.0) -> int:
         """Students whose page sent a heartbeat in the last within_s seconds."""
-        now = time.monotonic()
         with self._lock:
-            return sum(now - seen <= within_s for seen in self._seen.values())
+            return self._presence.online(within_s)
 
     def running_count(self) -> int:
         """Runs training right now."""
         with self._lock:
-            return sum(run.status == "running" for run in self._runs.values())
+            return self._running()
 
     def shutdown(self, timeout: float = 10.0) -> None:
-        """Stop every run and wait for their threads (server shutdown); the store records how each ended."""
+        """Stop every run and wait for the backend (server shutdown); the store records how each ended."""
         with self._lock:
-            runs = list(self._runs.values())
-            queued = [self._runs[run_id] for run_id in self._queue if self._runs[run_id].thread is None]
-            self._queue.clear()
-        for run in runs:
-            with run.lock:
-                if run.status == "queued" and run.thread is None:
-                    run.status, run.reason = "stopped", "the server stopped before it started"
-                elif run.status in ACTIVE and not run.reason:
-                    run.reason = "the server stopped"
-            run.stop_event.set()
-            run.wake.set()
-        for run in queued:
-            self.store.save_run(run.row())
-        for run in runs:
-            if run.thread is not None:
-                run.thread.join(timeout)
+            self._closing = True
+            for run_id in self._queue.clear():
+                run = self._runs[run_id]
+                with run.lock:
+                    run.status = "stopped"
+                    run.reason = "the server stopped" if run.started else "the server stopped before it started"
+                    run.checkpoint = None
+                self.store.save_run(run.row())
+            for run in self._runs.values():
+                if run.status == "running":
+                    self._stop_running(run, "the server stopped")
+        self.backend.shutdown(timeout)
 
-    # -- internals (the underscored ones expect the manager's lock held) ----------------------------------------
+    # -- what backends call, from their own threads -------------------------------------------------------------
+    def _on_event(self, run: Run, event: str, payload: dict) -> None:
+        """Record a training event; stop a run whose watchers' pages all stopped polling."""
+        run.on_event(event, payload)
+        if event == "epoch":
+            self.store.save_run(run.row())  # a crash mid-run still leaves the epochs done
+        elif event == "batch":
+            with self._lock:
+                if not self._watchers(run, alive_only=True):
+                    self._stop_running(run, f"the page stopped polling for {self.grace_s:.0f} s (tab closed?)")
+
+    def _on_end(self, run: Run, outcome: Outcome) -> None:
+        """A run left its slot: paused for a turn (back in the queue) or ended; then the slot goes on."""
+        weights = None
+        with self._lock:
+            with run.lock:
+                stopping = run.handle is not None and run.handle.stop_event.is_set()
+                run.handle = None
+                if outcome.status == "paused" and not stopping and not self._closing:
+                    run.status, run.checkpoint = "queued", outcome.checkpoint
+                    self._queue.add(run.id, started=True)
+                else:
+                    status = "stopped" if outcome.status == "paused" else outcome.status
+                    run.status = status
+                    run.reason = run.reason if status == "stopped" and run.reason else outcome.reason
+                    run.seconds = outcome.seconds
+                    run.result = RunResult(
+                        run.config, status, run.reason, run.params or 0, run.epochs, run.seconds, outcome.model
+                    )
+                    if outcome.model is not None:
+                        weights = outcome.model.state_dict()
+            self.store.save_run(run.row(), weights)
+            self._dispatch()
+
+    # -- internals (they expect the manager's lock held) ----------------------------------------------------------
+    def _running(self) -> int:
+        return sum(run.status == "running" for run in self._runs.values())
+
+    def _stop_running(self, run: Run, reason: str) -> None:
+        """Stop a run its backend is training, within a batch, saying why."""
+        with run.lock:
+            if run.status == "running" and not run.reason:
+                run.reason = reason
+            handle = run.handle
+        if handle is not None:
+            handle.stop()
+
     def _load(self, owner: str) -> None:
         """Bring an owner's stored tickets (and their runs) into memory, once: after a reload or a restart."""
         if owner in self._loaded:
@@ -446,46 +501,29 @@ class JobManager:
                 return run
         return None
 
-    def _alive(self, owner: str) -> bool:
-        return time.monotonic() - self._seen.get(owner, 0.0) <= self.grace_s
-
     def _watchers(self, run: Run, alive_only: bool = False) -> set[str]:
         """Ids of the tickets still following a run (not cut), optionally only those whose page is open."""
         return {
             t.id
             for t in self._tickets.values()
-            if t.run is run and t.cut is None and (not alive_only or self._alive(t.owner))
+            if t.run is run and t.cut is None and (not alive_only or self._presence.alive(t.owner))
         }
 
-    def _queue_order(self) -> list[str]:
-        """The queue's run ids in the order they will get a slot: runs not yet started, then paused ones."""
-        fresh = [run_id for run_id in self._queue if self._runs[run_id].thread is None]
-        return fresh + [run_id for run_id in self._queue if self._runs[run_id].thread is not None]
-
-    def _queue_positions(self) -> dict[str, int]:
-        """Run id -> 1-based place in the queue."""
-        return {run_id: place for place, run_id in enumerate(self._queue_order(), start=1)}
-
     def _drop_queued(self, run: Run, reason: str) -> None:
-        """Take a run out of the queue for good: one not started is stopped here, a paused one is woken to end."""
+        """Take a run out of the queue for good: it ends stopped, with the epochs it trained before its pause."""
         self._queue.remove(run.id)
-        if run.thread is None:
-            with run.lock:
-                run.status, run.reason = "stopped", reason + " before it started"
-            self.store.save_run(run.row())
-            return
         with run.lock:
-            run.reason = run.reason or reason
-        run.stop_event.set()
-        run.wake.set()
+            run.status = "stopped"
+            run.reason = reason if run.started else reason + " before it started"
+            run.checkpoint = None
+        self.store.save_run(run.row())
 
     def _sweep(self) -> None:
         """Drop queued runs nobody watches any more (so the queue positions others see are true) and forget
         owners gone for an hour: their runs stay in the store, not in memory."""
-        for run_id in [r for r in self._queue if not self._watchers(self._runs[r], alive_only=True)]:
+        for run_id in [r for r in self._queue.order() if not self._watchers(self._runs[r], alive_only=True)]:
             self._drop_queued(self._runs[run_id], "the page was closed")
-        now = time.monotonic()
-        gone = {owner for owner, seen in self._seen.items() if now - seen > FORGET_AFTER_S}
+        gone = self._presence.silent_for(FORGET_AFTER_S)
         if not gone:
             return
         for ticket_id in [t.id for t in self._tickets.values() if t.owner in gone and t.run.status not in ACTIVE]:
@@ -494,74 +532,27 @@ class JobManager:
         for run_id in [r.id for r in self._runs.values() if r.id not in followed and r.status not in ACTIVE]:
             del self._runs[run_id]
         for owner in gone - {t.owner for t in self._tickets.values()}:
-            del self._seen[owner]
+            self._presence.forget(owner)
             self._loaded.discard(owner)
 
     def _dispatch(self) -> None:
-        """Start (or resume) queued runs while slots are free, after dropping those nobody watches."""
-        with self._lock:
-            self._sweep()
-            while self._queue and sum(r.status == "running" for r in self._runs.values()) < self.max_running:
-                run = self._runs[self._queue_order()[0]]
-                self._queue.remove(run.id)
-                with run.lock:
-                    run.status = "running"
-                if run.thread is not None:
-                    run.wake.set()
-                    continue
-                run.thread = threading.Thread(target=self._work, args=(run,), name=f"drill-{run.id}", daemon=True)
-                run.thread.start()
-
-    def _take_turns(self, run: Run) -> None:
-        """At the end of an epoch, in the run's thread: give the slot up while a run that has not started waits."""
-        with self._lock:
-            last_epoch = len(run.epochs) >= run.config.train.epochs
-            if last_epoch or run.stop_event.is_set() or all(self._runs[r].thread for r in self._queue):
-                return
+        """Start (or resume) queued runs while the backend has free slots, after dropping those nobody watches;
+        then tell every running run whether to pause after its epoch."""
+        if self._closing:
+            return
+        self._sweep()
+        while len(self._queue) and self._running() < self.backend.slots():
+            run = self._runs[self._queue.pop_next()]
             with run.lock:
-                run.status = "queued"
-            run.wake.clear()
-            self._queue.append(run.id)
-        paused = time.monotonic()
-        self._dispatch()
-        run.wake.wait()
-        with run.lock:
-            run.paused_s += time.monotonic() - paused
-
-    def _work(self, run: Run) -> None:
-        """A run's thread: train, stopping when no watcher's page polls any more, then hand the slot on."""
-
-        def callback(event: str, payload: dict) -> None:
-            run.on_event(event, payload)
-            if event == "epoch":
-                self.store.save_run(run.row())  # a crash mid-run still leaves the epochs done
-                self._take_turns(run)
-            elif event == "batch":
-                with self._lock:
-                    watched = bool(self._watchers(run, alive_only=True))
-                if not watched:
-                    with run.lock:
-                        run.reason = run.reason or f"the page stopped polling for {self.grace_s:.0f} s (tab closed?)"
-                    run.stop_event.set()
-
-        weights = None
-        try:
-            self.store.save_run(run.row())
-            result = self._runner(run.config, self._data(), callback, run.stop_event, threads=self.threads_per_job)
-            with run.lock:
-                run.result = result
-                run.status = result.status
-                run.reason = run.reason if result.status == "stopped" and run.reason else result.reason
-                run.seconds = result.seconds - run.paused_s
-            if result.model is not None and result.epochs:
-                weights = result.model.state_dict()
-        except Exception as error:  # data missing or a bug: the student still sees the run, failed, with why
-            log.exception("run %s failed", run.id)
-            with run.lock:
-                run.status, run.reason = "failed", f"{type(error).__name__}: {error}"
-        finally:
-            self.store.save_run(run.row(), weights)
-            self._dispatch()
+                run.status, run.started = "running", True
+                job = Job(run.id, run.config, self.threads_per_job, run.checkpoint, self._queue.wants_turns())
+                run.checkpoint = None
+            run.handle = self.backend.start(job, partial(self._on_event, run), partial(self._on_end, run))
+        # The training loop never pauses after a run's last epoch, so the flag is the queue's alone.
+        turns = self._queue.wants_turns()
+        for run in self._runs.values():
+            if run.handle is not None and run.status == "running":
+                run.handle.want_pause(turns)
 
 
 _MANAGERS: weakref.WeakSet[JobManager] = weakref.WeakSet()

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from drill.augment import augment_batch
+from drill.checkpoint import Checkpoint
 from drill.config import NUM_CLASSES, RunConfig, TrainConfig
 from drill.data import MNIST_MEAN, MNIST_STD, Mnist
 from drill.model import build_model, count_params, inference_copy, set_generator
@@ -39,12 +40,13 @@ class RunResult:
     """What a run produced: its status, every epoch's metrics and the trained model."""
 
     config: RunConfig
-    status: str  # "finished", "stopped" or "failed"
+    status: str  # "finished", "stopped", "failed", or "paused" (between epochs, to go on from checkpoint)
     reason: str  # why it stopped or failed; "" when it finished
     params: int
     epochs: list[dict] = field(default_factory=list)  # one dict per epoch, see EPOCH_KEYS
     seconds: float = 0.0
     model: nn.Module | None = None
+    checkpoint: Checkpoint | None = None  # set when paused
 
 
 EPOCH_KEYS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds")
@@ -200,11 +202,15 @@ def train(
     callback: Callback | None = None,
     stop: threading.Event | None = None,
     threads: int | None = None,
+    pause: Callable[[], bool] | None = None,
+    resume: Checkpoint | None = None,
 ) -> RunResult:
     """Train a model for cfg on data; report through callback(event, payload); stop within a batch of `stop` being set.
 
-    Events: "start" {params, epochs, batches, images}; "batch" {epoch, batch, batches, loss, lr, images_per_s};
-    "epoch" {EPOCH_KEYS}; "end" {status, reason}.
+    Between two epochs the loop asks pause(); on True it ends "paused" with a checkpoint, and a later train(...,
+    resume=that checkpoint) goes on from there, computing exactly what an unpaused run computes (the same thread
+    count gives the same bits). Events: "start" {params, epochs, batches, images, resumed}; "batch" {epoch, batch,
+    batches, loss, lr, images_per_s}; "epoch" {EPOCH_KEYS}; "end" {status, reason}.
     """
     report = callback or (lambda event, payload: None)
     stop = stop or threading.Event()
@@ -219,18 +225,20 @@ def train(
     result = RunResult(cfg, "failed", "", count_params(model), model=model)
     started = time.perf_counter()
     try:
-        _run(cfg, data, model, generator, report, stop, result)
+        _run(cfg, data, model, generator, report, stop, pause or (lambda: False), resume, result)
     except Exception as error:  # a run must end with a reason the student can read, whatever went wrong
         log.exception("run failed")
         result.status, result.reason = "failed", f"{type(error).__name__}: {error}"
-    result.seconds = time.perf_counter() - started
+    result.seconds = time.perf_counter() - started + (resume.seconds if resume else 0.0)
+    if result.checkpoint is not None:
+        result.checkpoint.seconds = result.seconds
     model.eval()
     report("end", {"status": result.status, "reason": result.reason})
     return result
 
 
-def _run(cfg, data, model, generator, report, stop, result) -> None:
-    """The epochs of one run; fills result in place."""
+def _run(cfg, data, model, generator, report, stop, pause, resume, result) -> None:
+    """The epochs of one run (from the checkpoint's next one, when resuming); fills result in place."""
     tc = cfg.train
     if tc.subset:
         index = stratified_subset(data.train_labels, tc.subset)
@@ -240,8 +248,15 @@ def _run(cfg, data, model, generator, report, stop, result) -> None:
     batches = math.ceil(len(images) / tc.batch_size)
     optimizer = make_optimizer(model.parameters(), tc)
     schedule = Schedule(optimizer, tc, batches)
-    report("start", {"params": result.params, "epochs": tc.epochs, "batches": batches, "images": len(images)})
-    for epoch in range(1, tc.epochs + 1):
+    if resume is not None:
+        _restore(resume, model, optimizer, schedule, generator)
+        result.epochs = [dict(e) for e in resume.epochs]
+    done = len(result.epochs)
+    report(
+        "start",
+        {"params": result.params, "epochs": tc.epochs, "batches": batches, "images": len(images), "resumed": done},
+    )
+    for epoch in range(done + 1, tc.epochs + 1):
         model.train()
         epoch_start = time.perf_counter()
         lr = schedule.lr
@@ -293,7 +308,34 @@ def _run(cfg, data, model, generator, report, stop, result) -> None:
         result.epochs.append(stats)
         report("epoch", dict(stats))
         schedule.after_epoch(test_loss)
+        if epoch < tc.epochs and pause():
+            result.status = "paused"
+            result.checkpoint = Checkpoint(
+                [dict(e) for e in result.epochs], 0.0, _state(model, optimizer, schedule, generator)
+            )
+            return
     result.status = "finished"
+
+
+def _state(model, optimizer, schedule, generator) -> dict:
+    """Every piece of training state that the next epoch reads."""
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "schedule": schedule.scheduler.state_dict() if schedule.scheduler is not None else None,
+        # One generator draws the training order, the augmentation and the dropout masks (set_generator).
+        "generator": generator.get_state(),
+    }
+
+
+def _restore(checkpoint: Checkpoint, model, optimizer, schedule, generator) -> None:
+    """Put a checkpoint's state back (the inverse of _state)."""
+    state = checkpoint.state
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if schedule.scheduler is not None:
+        schedule.scheduler.load_state_dict(state["schedule"])
+    generator.set_state(state["generator"])
 
 
 def run_summary(result: RunResult) -> dict[str, Any]:

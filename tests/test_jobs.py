@@ -12,6 +12,7 @@ import pytest
 import torch
 from conftest import drill_threads, wait_until
 
+from drill.checkpoint import Checkpoint
 from drill.config import ConfigError, RunConfig
 from drill.data import DataUnavailable
 from drill.jobs import MAX_BATCH_POINTS, JobManager, Run, Ticket
@@ -42,7 +43,7 @@ class FakeRunner:
             gate = self.gates[seed]
         gate.set()
 
-    def __call__(self, config, data, callback, stop, threads=None):
+    def __call__(self, config, data, callback, stop, threads=None, pause=None, resume=None):
         seed = config.train.seed
         with self.lock:
             self.started.append(seed)
@@ -81,7 +82,7 @@ def make_manager():
 
     yield make
     for manager in managers:
-        runner = manager._runner
+        runner = manager.backend._runner
         if isinstance(runner, FakeRunner):
             for seed in list(runner.gates):
                 runner.release(seed)
@@ -130,8 +131,8 @@ def test_jobs_beyond_max_running_wait_in_the_queue(make_manager):
     runner.release(2)
     wait_status(manager, second, "finished")
     assert manager.running_count() == 0
-    # Each job is given the cores divided among the running slots.
-    assert manager.threads_per_job == max(1, (os.cpu_count() or 1) // 1)
+    # Each job is given the cores this process may use, divided among the running slots.
+    assert manager.threads_per_job == len(os.sched_getaffinity(0))
     assert runner.threads == [manager.threads_per_job] * 2
 
 
@@ -293,7 +294,7 @@ def test_no_job_thread_outlives_its_job(make_manager):
     for job in jobs:
         wait_until(lambda job=job: status(manager, job) in ("stopped", "finished"), what=f"{job.id} to end")
     wait_until(lambda: not drill_threads(), what="every job thread to end")
-    assert all(not job.run.thread.is_alive() for job in jobs)
+    assert all(job.run.handle is None for job in jobs)
 
 
 def test_shutdown_stops_everything_and_joins_the_threads(make_manager):
@@ -302,8 +303,8 @@ def test_shutdown_stops_everything_and_joins_the_threads(make_manager):
     running, queued = manager.submit("ann", cfg(1)), manager.submit("bob", cfg(2))
     wait_batches(manager, running)
     manager.shutdown(timeout=60)
-    assert not running.run.thread.is_alive()
-    assert queued.run.thread is None
+    assert not drill_threads()
+    assert running.run.handle is None and not queued.run.started
     one, two = manager.snapshot(running.id), manager.snapshot(queued.id)
     assert (one.status, one.reason) == ("stopped", "the server stopped")
     assert (two.status, two.reason, two.queue_position) == ("stopped", "the server stopped before it started", None)
@@ -376,7 +377,7 @@ def test_add_finished_registers_an_imported_record(make_manager):
     snap = manager.snapshot(job.id)
     assert (snap.status, snap.reason, snap.params, snap.seconds, snap.label) == ("finished", "", 7570, 41.5, "imported")
     assert snap.config == config and list(snap.epochs) == epochs and snap.queue_position is None
-    assert job.run.thread is None and runner.started == [] and manager.running_count() == 0
+    assert not job.run.started and runner.started == [] and manager.running_count() == 0
     # Changing the imported record afterwards does not reach the registered job.
     record["epochs"][0]["test_acc"] = 0.0
     record["epochs"].append({"epoch": 3})
@@ -495,13 +496,13 @@ class EpochRunner:
         self.log: list[tuple[int, int]] = []
         self.held = {seed: threading.Event() for seed in held}
 
-    def __call__(self, config, data, callback, stop, threads=None):
-        seed, epochs = config.train.seed, []
+    def __call__(self, config, data, callback, stop, threads=None, pause=None, resume=None):
+        seed, epochs = config.train.seed, list(resume.epochs) if resume else []
         callback("start", {"params": FAKE_PARAMS, "epochs": config.train.epochs, "batches": 1, "images": 128})
-        gate = self.held.get(seed)
+        gate = self.held.get(seed) if resume is None else None
         while gate is not None and not gate.wait(0.005) and not stop.is_set():
             pass
-        for epoch in range(1, config.train.epochs + 1):
+        for epoch in range(len(epochs) + 1, config.train.epochs + 1):
             if stop.is_set():
                 return RunResult(config, "stopped", f"stopped during epoch {epoch}", FAKE_PARAMS, epochs, seconds=0.1)
             stats = dict(zip(EPOCH_KEYS, (epoch, 0.5, 90.0, 0.4, 91.0, 0.01, 0.1), strict=True))
@@ -509,6 +510,8 @@ class EpochRunner:
                 self.log.append((seed, epoch))
             epochs.append(stats)
             callback("epoch", dict(stats))
+            if epoch < config.train.epochs and pause():
+                return RunResult(config, "paused", "", FAKE_PARAMS, epochs, 0.1, checkpoint=Checkpoint(epochs, 0.1))
         return RunResult(config, "finished", "", FAKE_PARAMS, epochs, seconds=0.3)
 
 
@@ -573,7 +576,7 @@ def test_taking_turns_changes_nothing_a_run_computes(small_mnist):
     one, two = small, small.replace(train={"seed": 2, "epochs": 1})
     log, second_in = [], threading.Event()
 
-    def runner(config, data, callback, stop, threads=None):
+    def runner(config, data, callback, stop, threads=None, pause=None, resume=None):
         def logged(event, payload):
             if event == "epoch":
                 if config is one and payload["epoch"] == 1:
@@ -581,7 +584,7 @@ def test_taking_turns_changes_nothing_a_run_computes(small_mnist):
                 log.append((config.train.seed, payload["epoch"]))
             callback(event, payload)
 
-        return train(config, data, logged, stop, threads)
+        return train(config, data, logged, stop, threads, pause=pause, resume=resume)
 
     manager = JobManager(max_running=1, runner=runner, data=lambda: data)
     try:

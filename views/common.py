@@ -11,7 +11,7 @@ import streamlit as st
 from drill import ui_logic as ui
 from drill.analysis import analyse
 from drill.config import ConfigError, RunConfig, field_choices, field_help, field_range
-from drill.jobs import JobManager
+from drill.jobs import JobManager, make_backend
 from drill.presets import get_preset
 from drill.store import RunStore, default_max_runs, default_path
 
@@ -22,8 +22,9 @@ log = logging.getLogger(__name__)
 
 @st.cache_resource
 def manager() -> JobManager:
-    """The process-wide job manager, shared by every session, keeping runs in the data directory's store."""
-    return JobManager(store=RunStore(default_path(), max_runs=default_max_runs()))
+    """The process-wide job manager, shared by every session, keeping runs in the data directory's store and
+    training them on the backend $DRILL_BACKEND names."""
+    return JobManager(backend=make_backend(), store=RunStore(default_path(), max_runs=default_max_runs()))
 
 
 def owner() -> str:
