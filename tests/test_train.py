@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from drill import train as train_module
+from drill.checkpoint import Checkpoint
 from drill.config import RunConfig, TrainConfig
 from drill.data import Mnist
 from drill.presets import get_preset
@@ -118,7 +119,7 @@ def test_the_callback_sees_start_batches_epochs_and_end(small_mnist):
     assert recorder.kinds() == ["start"] + ["batch"] * 4 + ["epoch"] + ["batch"] * 4 + ["epoch"] + ["end"]
 
     (start,) = recorder.payloads("start")
-    assert start == {"params": 6_520, "epochs": 2, "batches": 4, "images": 200}
+    assert start == {"params": 6_520, "epochs": 2, "batches": 4, "images": 200, "resumed": 0}
 
     batches = recorder.payloads("batch")
     assert all(set(p) == BATCH_KEYS for p in batches)
@@ -368,3 +369,45 @@ def test_plateau_schedule_decays_when_the_test_loss_stops_improving():
     assert schedule.lr == pytest.approx(0.1)
     schedule.after_epoch(0.8)  # two: decay by gamma
     assert schedule.lr == pytest.approx(0.05)
+
+
+@pytest.mark.parametrize(
+    "train_settings",
+    [
+        {"schedule": "onecycle"},
+        {"schedule": "step", "step_size": 1, "gamma": 0.5},
+        {"optimizer": "adam", "schedule": "plateau"},
+        {"schedule": "cosine"},
+    ],
+)
+def test_a_run_paused_after_every_epoch_and_resumed_from_bytes_computes_the_same_bits(
+    small_mnist, one_torch_thread, train_settings
+):
+    # The final step has batch norm, dropout and augmentation: every random generator and running statistic counts.
+    cfg = get_preset("final").config.replace(train={"subset": 512, "epochs": 3, **train_settings})
+    alone = train(cfg, small_mnist)
+    recorder = Recorder()
+    result, parts = train(cfg, small_mnist, recorder, pause=lambda: True), 1
+    while result.status == "paused":
+        assert len(result.epochs) == parts and result.model is not None
+        checkpoint = Checkpoint.from_bytes(result.checkpoint.to_bytes())
+        result, parts = train(cfg, small_mnist, recorder, pause=lambda: True, resume=checkpoint), parts + 1
+    assert (result.status, parts) == ("finished", 3)  # never paused after the last epoch
+    assert [p["resumed"] for p in recorder.payloads("start")] == [0, 1, 2]
+    untimed = [{k: v for k, v in e.items() if k != "seconds"} for e in result.epochs]
+    assert untimed == [{k: v for k, v in e.items() if k != "seconds"} for e in alone.epochs]
+    for mine, theirs in zip(result.model.state_dict().values(), alone.model.state_dict().values(), strict=True):
+        assert torch.equal(mine, theirs)
+
+
+def test_a_damaged_or_foreign_checkpoint_is_refused_with_why(small_mnist):
+    result = train(TINY, small_mnist, pause=lambda: True)
+    blob = result.checkpoint.to_bytes()
+    with pytest.raises(ValueError, match="cut short"):
+        Checkpoint.from_bytes(blob[:-10])
+    with pytest.raises(ValueError, match="not a checkpoint"):
+        Checkpoint.from_bytes(b"hello world")
+    older = blob.replace(b'"format", 1', b'"format", 0', 1)
+    assert older != blob
+    with pytest.raises(ValueError, match="a checkpoint of format 0; this version reads format 1"):
+        Checkpoint.from_bytes(older)
