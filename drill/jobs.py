@@ -541,6 +541,14 @@ class JobManager:
         if self._closing:
             return
         self._sweep()
+        if len(self._queue) and (problem := self.backend.problem()):
+            # Not a silent wait behind a cluster out of reach: each waiting run ends failed, saying why.
+            for run_id in self._queue.clear():
+                run = self._runs[run_id]
+                with run.lock:
+                    run.status, run.reason, run.checkpoint = "failed", problem, None
+                self.store.save_run(run.row())
+            return
         while len(self._queue) and self._running() < self.backend.slots():
             run = self._runs[self._queue.pop_next()]
             with run.lock:

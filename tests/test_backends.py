@@ -1,0 +1,201 @@
+"""The job manager's behaviour on each backend, with real training: threads, worker processes, and a real Ray
+cluster (two simulated nodes, started here, only inside a loopback-only network namespace: scripts/test.sh runs the
+`ray` tests that way). What is the same everywhere: finished epochs, Stop, the queue's order and positions, turns,
+sharing identical runs; and what each backend does when the machine under a run goes away."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+
+import pytest
+import torch
+from conftest import need, need_module, wait_until
+
+from drill.backends import ProcessBackend, ThreadBackend
+from drill.jobs import ACTIVE, JobManager, Ticket
+from drill.presets import get_preset
+from drill.store import RunStore
+from drill.train import train
+
+SMALL = get_preset("quick").config.replace(train={"subset": 512, "epochs": 2, "seed": 5})
+# Minutes of work on these cores (all 60,000 images): the run is still training whenever the test acts on it.
+LONG = get_preset("quick").config.replace(train={"subset": 0, "epochs": 3, "seed": 6})
+KINDS = ["threads", "processes", pytest.param("ray", marks=pytest.mark.ray)]
+RUN_LIMIT_S = 600  # generous: a run of SMALL takes seconds; an actor's cold start a few more
+
+
+def loopback_only() -> bool:
+    """Whether this process is in a network namespace with nothing but loopback (where Ray may be started)."""
+    return [name for _, name in socket.if_nameindex()] == ["lo"]
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A real Ray cluster of two simulated one-CPU nodes and a head with no CPUs (so every actor is on a node a
+    test may remove), shut down at the end; never `ray stop`, which would kill every Ray process on the machine."""
+    need(loopback_only(), "Ray is started only in a loopback-only network namespace: run scripts/test.sh")
+    cluster_utils = need_module("ray.cluster_utils", "ray is not installed (requirements-ray.txt)")
+    # The cluster's processes inherit this: they find the repo's packages the way the test process does.
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(os.getcwd()), os.environ.get("PYTHONPATH")]))
+    memory = {"object_store_memory": 100 * 2**20}
+    cluster = cluster_utils.Cluster(
+        initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False, **memory}
+    )
+    nodes = [cluster.add_node(num_cpus=1, **memory) for _ in range(2)]
+    cluster.wait_for_nodes()
+    yield cluster, nodes
+    cluster.shutdown()
+
+
+def make_backend(kind: str, request):
+    if kind == "threads":
+        return ThreadBackend(max_running=2)
+    if kind == "processes":
+        return ProcessBackend(max_running=2)
+    from drill.raybackend import RayBackend
+
+    cluster, _ = request.getfixturevalue("ray_cluster")
+    return RayBackend(cluster.address)
+
+
+@pytest.fixture(params=KINDS)
+def manager(request):
+    """A job manager on one backend with two slots, and its own store; shut down afterwards."""
+    made = JobManager(backend=make_backend(request.param, request), store=RunStore())
+    made.kind = request.param
+    yield made
+    made.shutdown(timeout=120)
+
+
+def wait_status(manager: JobManager, ticket: Ticket, wanted: str | tuple[str, ...], timeout: float = RUN_LIMIT_S):
+    wanted = (wanted,) if isinstance(wanted, str) else wanted
+
+    def reached():
+        manager.touch(ticket.owner)
+        return manager.snapshot(ticket.id).status in wanted
+
+    wait_until(reached, timeout, interval=0.05, what=f"{ticket.id} to be {' or '.join(wanted)}")
+    return manager.snapshot(ticket.id)
+
+
+def wait_batches(manager: JobManager, ticket: Ticket, count: int = 2) -> None:
+    def trained():
+        manager.touch(ticket.owner)
+        return manager.snapshot(ticket.id).progress.get("batch", 0) >= count
+
+    wait_until(trained, RUN_LIMIT_S, interval=0.05, what=f"{ticket.id} to train {count} batches")
+
+
+def untimed(epochs) -> list[dict]:
+    return [{k: v for k, v in e.items() if k != "seconds"} for e in epochs]
+
+
+def test_a_run_gives_the_same_epochs_as_training_it_here(manager, mnist):
+    ticket = manager.submit("ann", SMALL)
+    done = wait_status(manager, ticket, "finished")
+    before = torch.get_num_threads()
+    try:
+        alone = train(SMALL, mnist, threads=manager.threads_per_job)
+    finally:
+        torch.set_num_threads(before)
+    assert untimed(done.epochs) == untimed(alone.epochs)
+    assert done.params == alone.params and done.progress["batch"] == done.progress["batches"] == 8
+    model = manager.model(ticket.id)
+    for mine, theirs in zip(model.state_dict().values(), alone.model.state_dict().values(), strict=True):
+        assert torch.equal(mine, theirs)
+
+
+def test_stop_ends_a_training_run_and_keeps_it_as_stopped(manager):
+    ticket = manager.submit("ann", LONG)
+    wait_batches(manager, ticket)
+    manager.stop(ticket.id)
+    stopped = wait_status(manager, ticket, "stopped")
+    assert stopped.reason == "stopped by the student" and stopped.epochs == ()
+    assert manager.running_count() == 0
+
+
+def test_runs_beyond_the_slots_queue_in_order_and_take_turns(manager):
+    # Two slots, four runs of two epochs each: the last two wait with their places, and turns give every run its
+    # first epoch before any run's second.
+    configs = [SMALL.replace(train={"seed": seed}) for seed in (11, 12, 13, 14)]
+    tickets = [manager.submit(name, c) for name, c in zip(("ann", "bob", "cid", "dee"), configs, strict=True)]
+    waiting = [manager.snapshot(t.id) for t in tickets[2:]]
+    assert [(s.status, s.queue_position) for s in waiting] == [("queued", 1), ("queued", 2)]
+    firsts, seconds_at = {}, {}
+
+    def all_done():
+        for t in tickets:
+            manager.touch(t.owner)
+            snap = manager.snapshot(t.id)
+            if len(snap.epochs) >= 1:
+                firsts.setdefault(t.id, len(firsts))
+            if len(snap.epochs) >= 2:
+                seconds_at.setdefault(t.id, len(firsts))
+        return all(manager.snapshot(t.id).status not in ACTIVE for t in tickets)
+
+    wait_until(all_done, RUN_LIMIT_S, interval=0.02, what="all four runs to end")
+    assert [manager.snapshot(t.id).status for t in tickets] == ["finished"] * 4
+    # When any run had its second epoch, every run already had its first... or was the last one to start.
+    assert min(seconds_at.values()) >= 3, (firsts, seconds_at)
+
+
+def test_identical_runs_are_trained_once_and_served_to_both(manager):
+    config = SMALL.replace(train={"seed": 21})
+    first, second = manager.submit("ann", config), manager.submit("bob", config)
+    assert first.run is second.run and manager.snapshot(second.id).watchers == 2
+    wait_status(manager, first, "finished")
+    later = manager.submit("cid", config)
+    served = manager.snapshot(later.id)
+    assert (served.status, served.reused, served.run_id) == ("finished", True, first.run.id)
+
+
+# A thread cannot die apart from the server: the threads backend has no worker to lose.
+@pytest.mark.parametrize("manager", KINDS[1:], indirect=True)
+def test_a_worker_that_dies_fails_its_run_saying_why_and_the_next_run_trains(manager):
+    ticket = manager.submit("ann", LONG)
+    wait_batches(manager, ticket)
+    os.kill(worker_pid(manager, ticket), signal.SIGKILL)
+    failed = wait_status(manager, ticket, "failed")
+    lost = {"processes": "the worker process training it died", "ray": "the machine training it was lost"}
+    assert failed.reason.startswith(lost[manager.kind]), failed.reason
+    assert failed.reason.endswith("start it again")
+    after = manager.submit("ann", SMALL.replace(train={"seed": 31}))
+    assert wait_status(manager, after, "finished").epochs
+
+
+def worker_pid(manager: JobManager, ticket: Ticket) -> int:
+    handle = ticket.run.handle
+    if manager.kind == "processes":
+        return handle.worker.process.pid
+    import ray
+
+    wait_until(lambda: handle.actor is not None, what="the run's actor")
+    return ray.get(handle.actor.where.remote())[0]
+
+
+@pytest.mark.ray
+def test_a_node_removed_mid_run_fails_its_run_and_the_others_go_on(ray_cluster):
+    import ray
+
+    from drill.raybackend import RayBackend
+
+    cluster, nodes = ray_cluster
+    manager = JobManager(backend=RayBackend(cluster.address), store=RunStore())
+    try:
+        ticket = manager.submit("ann", LONG)
+        wait_batches(manager, ticket)
+        _, node_id = ray.get(ticket.run.handle.actor.where.remote())
+        [node] = [n for n in nodes if n.node_id == node_id]
+        cluster.remove_node(node)
+        nodes.remove(node)
+        failed = wait_status(manager, ticket, "failed")
+        assert failed.reason.startswith("the machine training it was lost"), failed.reason
+        wait_until(lambda: manager.backend.slots() == 1, 60, 0.5, what="the cluster to count one node")
+        after = manager.submit("bob", SMALL.replace(train={"seed": 41}))
+        assert wait_status(manager, after, "finished").epochs
+    finally:
+        manager.shutdown(timeout=120)
+        nodes.append(cluster.add_node(num_cpus=1, object_store_memory=100 * 2**20))
+        cluster.wait_for_nodes()
