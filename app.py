@@ -77,6 +77,9 @@ def heartbeat() -> None:
 with st.sidebar:
     heartbeat()
 
+if problem := common.manager().problem():
+    st.error(f"Runs can't train right now. {problem}")
+
 if "link_error" in st.session_state:
     error = st.session_state.pop("link_error")
     st.warning(f"The link's settings could not be loaded, so the default model is shown. {error}")

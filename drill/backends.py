@@ -133,6 +133,28 @@ class Handle:
         """Pass a command on to where the job trains (nothing to do in this process)."""
 
 
+class Unavailable:
+    """Stands in for a backend that could not be set up: every page says why, and runs fail with it."""
+
+    name = "unavailable"
+    threads_per_job = 1
+
+    def __init__(self, problem: str):
+        self._problem = problem
+
+    def problem(self) -> str:
+        return self._problem
+
+    def slots(self) -> int:
+        return 0
+
+    def start(self, job: Job, on_event: OnEvent, on_end: Callable[[Outcome], None]) -> Handle:
+        raise RuntimeError(self._problem)  # never called: the manager starts nothing on a backend with a problem
+
+    def shutdown(self, timeout: float) -> None:
+        """Nothing to stop."""
+
+
 def default_slots() -> int:
     """How many runs train at once: $DRILL_MAX_JOBS, else one per CPU this process may use."""
     text = os.environ.get("DRILL_MAX_JOBS", "")

@@ -22,7 +22,7 @@ from functools import partial
 
 from torch import nn
 
-from drill.backends import BACKENDS, Handle, Job, Outcome, ProcessBackend, ThreadBackend
+from drill.backends import BACKENDS, Handle, Job, Outcome, ProcessBackend, ThreadBackend, Unavailable
 from drill.checkpoint import Checkpoint
 from drill.config import RunConfig
 from drill.data import Mnist, load_mnist
@@ -207,17 +207,26 @@ def new_id(prefix: str) -> str:
 
 
 def make_backend(name: str | None = None):
-    """The backend $DRILL_BACKEND names (threads by default); a name not known is refused, saying what is."""
+    """The backend $DRILL_BACKEND names (threads by default). A setting that cannot be used gives a backend that
+    trains nothing and says why on every page: the app never falls back silently to training somewhere else."""
     name = name or os.environ.get("DRILL_BACKEND", "") or "threads"
-    if name == "threads":
-        return ThreadBackend()
-    if name == "processes":
-        return ProcessBackend()
-    if name == "ray":
-        from drill.raybackend import RayBackend
-
-        return RayBackend.from_environment()
-    raise ValueError(f"DRILL_BACKEND={name!r} is not allowed: one of {', '.join(BACKENDS)}")
+    try:
+        if name == "threads":
+            return ThreadBackend()
+        if name == "processes":
+            return ProcessBackend()
+        if name == "ray":
+            try:
+                from drill.raybackend import RayBackend
+            except ImportError as error:
+                raise ValueError(
+                    f"DRILL_BACKEND=ray needs the ray package ({error}): pip install -r requirements-ray.txt"
+                ) from error
+            return RayBackend.from_environment()
+        raise ValueError(f"DRILL_BACKEND={name!r} is not allowed: one of {', '.join(BACKENDS)}")
+    except ValueError as error:
+        log.error("%s", error)
+        return Unavailable(str(error))
 
 
 def _is_active(ticket: Ticket) -> bool:

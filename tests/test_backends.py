@@ -199,3 +199,123 @@ def test_a_node_removed_mid_run_fails_its_run_and_the_others_go_on(ray_cluster):
         manager.shutdown(timeout=120)
         nodes.append(cluster.add_node(num_cpus=1, object_store_memory=100 * 2**20))
         cluster.wait_for_nodes()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A backend setting that cannot be used: said on every page and in each run's reason, never a silent fallback
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def refused_connection(*args, **kwargs):
+    raise AssertionError("no connection may be tried to a cluster this app refuses to use")
+
+
+@pytest.mark.parametrize(
+    "env, says",
+    [
+        ({"DRILL_BACKEND": "bogus"}, "DRILL_BACKEND='bogus' is not allowed: one of threads, processes, ray"),
+        ({"DRILL_BACKEND": "ray"}, "DRILL_BACKEND=ray needs RAY_ADDRESS: the head node's host:port"),
+        ({"DRILL_BACKEND": "ray", "RAY_ADDRESS": "head"}, "RAY_ADDRESS='head' is not allowed: host:port"),
+        ({"DRILL_BACKEND": "ray", "DRILL_RAY_CPUS": "lots"}, "DRILL_RAY_CPUS='lots' is not allowed: a number from"),
+        (
+            {"DRILL_BACKEND": "ray", "RAY_ADDRESS": "10.1.2.3:6379"},  # refused before any packet is sent to it
+            "is on another machine, and Ray runs any code for anyone who reaches it: this app uses such a cluster "
+            "only with token authentication. Start every node and this server with RAY_AUTH_MODE=token",
+        ),
+    ],
+)
+def test_a_backend_that_cannot_be_used_says_why_and_its_runs_fail_with_it(monkeypatch, env, says):
+    need_module("ray", "ray is not installed (requirements-ray.txt)")
+    from drill.jobs import make_backend
+
+    for name in ("DRILL_BACKEND", "RAY_ADDRESS", "RAY_AUTH_MODE", "DRILL_RAY_CPUS"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(socket, "create_connection", refused_connection)
+    manager = JobManager(backend=make_backend(), store=RunStore())
+    try:
+        assert says in manager.problem()
+        ticket = manager.submit("ann", SMALL)
+        failed = manager.snapshot(ticket.id)
+        assert (failed.status, failed.reason) == ("failed", manager.problem())
+    finally:
+        manager.shutdown()
+
+
+def test_a_cluster_out_of_reach_is_named_with_what_to_do(monkeypatch):
+    need_module("ray", "ray is not installed (requirements-ray.txt)")
+    from streamlit_server import free_port
+
+    from drill.raybackend import RayBackend
+
+    address = f"127.0.0.1:{free_port()}"  # nobody listens there: refused at once, without starting Ray
+    problem = RayBackend(address).problem()
+    assert problem.startswith(f"The Ray cluster at {address} (RAY_ADDRESS) can't be reached: ")
+    assert problem.endswith("start its head node (see the README), or unset DRILL_BACKEND to train on this server.")
+
+
+def test_every_page_shows_a_backend_problem(monkeypatch):
+    from conftest import REPO_ROOT
+    from streamlit.testing.v1 import AppTest
+
+    from views import common
+
+    monkeypatch.setenv("DRILL_BACKEND", "bogus")
+    common.manager.clear()  # the app's manager is process-wide: this test's server uses the bogus setting
+    try:
+        for page in ("views/drilldown.py", "views/train.py", "views/compare.py"):
+            at = AppTest.from_file(str(REPO_ROOT / "app.py"), default_timeout=60)
+            at.run()
+            at.switch_page(page).run()
+            assert not at.exception, at.exception
+            assert [e.value for e in at.error][:1] == [
+                "Runs can't train right now. DRILL_BACKEND='bogus' is not allowed: one of threads, processes, ray"
+            ], page
+    finally:
+        common.manager().shutdown()
+        common.manager.clear()
+
+
+TOKEN_HEAD = """
+import sys
+from ray.cluster_utils import Cluster
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False,
+                                                         "object_store_memory": 100 * 2**20})
+print(cluster.address, flush=True)
+sys.stdin.read()  # until the test closes it
+cluster.shutdown()
+"""
+TOKEN_CLIENT = "import sys\nfrom drill.raybackend import RayBackend\nprint(RayBackend(sys.argv[1], warm=0).problem())"
+
+
+@pytest.mark.ray
+def test_a_cluster_with_token_authentication_refuses_a_wrong_token_and_takes_the_right_one(tmp_path):
+    import subprocess
+    import sys
+
+    need(loopback_only(), "Ray is started only in a loopback-only network namespace: run scripts/test.sh")
+    token = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0123456789abcdef" * 2}
+    env = {**os.environ, **token, "PYTHONPATH": os.getcwd()}
+    head = subprocess.Popen(
+        [sys.executable, "-c", TOKEN_HEAD], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        address = head.stdout.readline().strip()
+        assert address.startswith("127.0.0.1:"), address
+
+        def problem_with(**changes) -> str:
+            client_env = {**env, **changes}
+            done = subprocess.run(
+                [sys.executable, "-c", TOKEN_CLIENT, address], env=client_env, capture_output=True, text=True
+            )
+            assert done.returncode == 0, done.stderr[-2000:]
+            return done.stdout.strip().splitlines()[-1]
+
+        wrong = problem_with(RAY_AUTH_TOKEN="f" * 32)
+        assert wrong.startswith(f"The Ray cluster at {address} refused this app"), wrong
+        assert "Check that RAY_AUTH_MODE and the token match the cluster's" in wrong
+        assert problem_with() == "None"
+    finally:
+        head.stdin.close()
+        head.wait(timeout=120)
