@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -214,6 +215,37 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_contention(args) -> int:
+    """A run's epoch beside busy Python threads in the serving process: trained in a thread there, and in a worker
+    process, each measured alone and beside them, all in one process pinned to the same cores."""
+    from drill import bench
+    from drill.backends import ProcessBackend, ThreadBackend
+    from drill.data import load_mnist
+
+    if args.cores:
+        os.sched_setaffinity(0, args.cores)  # the worker processes inherit it
+    cfg = load_config(args).replace(train={"subset": args.subset, "threads": 1})
+    load_mnist()  # cached for the thread backend's runs; each worker process loads its own
+    busy = (args.busy, args.work_ms, args.period)
+    print(
+        f"{cfg.train.subset:,} images, 1 torch thread; cores {sorted(os.sched_getaffinity(0))}; "
+        f"beside: {args.busy} threads of {args.work_ms:g} ms of Python every {args.period:g} s; "
+        f"switch interval {sys.getswitchinterval() * 1000:g} ms",
+        flush=True,
+    )
+    print("| trained in | alone | beside the threads | ratio |\n|---|---:|---:|---:|")
+    for name, make in (
+        ("a thread of the server", lambda: ThreadBackend(1)),
+        ("a worker process", lambda: ProcessBackend(1)),
+    ):
+        times = []
+        for beside in (False, True):
+            with bench.busy_threads(*busy) if beside else contextlib.nullcontext():
+                times.append(bench.epoch_on_backend(cfg, make()))
+        print(f"| {name} | {times[0]:.1f} s | {times[1]:.1f} s | {times[1] / times[0]:.2f}x |", flush=True)
+    return 0
+
+
 def cmd_profile(args) -> int:
     """Milliseconds per training step of a config, and where they go (torch's profiler)."""
     import torch
@@ -327,6 +359,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3, help="drill epochs to take the median of")
     p.add_argument("--subset", type=int, help="time an epoch of N images instead of the preset's (a smoke test)")
     p.set_defaults(func=cmd_bench, config=None)
+    p = sub.add_parser("contention", help="a run's epoch beside busy Python threads: in a thread vs a worker process")
+    p.add_argument("--preset", choices=list(BY_NAME), default="quick")
+    p.add_argument("--subset", type=int, default=6000, help="training images in the timed epoch")
+    p.add_argument("--busy", type=int, default=30, help="busy Python threads beside the run (a class's tabs)")
+    p.add_argument("--work-ms", type=float, default=20.0, help="Python work per wake-up of each busy thread")
+    p.add_argument("--period", type=float, default=2.0, help="seconds between a busy thread's wake-ups")
+    p.add_argument("--cores", type=int, nargs="*", help="pin everything to these cores (e.g. 0)")
+    p.set_defaults(func=cmd_contention, config=None)
     p = sub.add_parser("profile", help="ms per training step and the ops that take them")
     with_config(p)
     p.add_argument("--steps", type=int, default=20)

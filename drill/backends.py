@@ -45,6 +45,7 @@ class Job:
     threads: int
     resume: Checkpoint | None = None
     pause_now: bool = False  # a new run waits already: give the slot up after the next epoch
+    checkpoints: bool = False  # report a "checkpoint" event after every epoch but the last (a store keeps them)
 
 
 @dataclass
@@ -93,6 +94,7 @@ def job_to_wire(job: Job) -> dict:
         "threads": job.threads,
         "resume": job.resume.to_bytes() if job.resume is not None else None,
         "pause_now": job.pause_now,
+        "checkpoints": job.checkpoints,
     }
 
 
@@ -103,7 +105,16 @@ def train_wire_job(wire: dict, data: Mnist, on_event: OnEvent, stop: threading.E
     """
     config = RunConfig.from_dict(wire["config"])
     resume = Checkpoint.from_bytes(wire["resume"]) if wire["resume"] is not None else None
-    result = train(config, data, on_event, stop, wire["threads"], pause=pause.is_set, resume=resume)
+    result = train(
+        config,
+        data,
+        on_event,
+        stop,
+        wire["threads"],
+        pause=pause.is_set,
+        resume=resume,
+        checkpoints=wire["checkpoints"],
+    )
     return Outcome.from_result(result).to_wire()
 
 
@@ -210,6 +221,7 @@ class ThreadBackend:
                     threads=job.threads,
                     pause=handle.pause_event.is_set,
                     resume=job.resume,
+                    checkpoints=job.checkpoints,
                 )
                 outcome = Outcome.from_result(result)
             except Exception as error:  # data missing or a bug: the student still sees the run, failed, with why

@@ -6,6 +6,7 @@ import statistics
 import struct
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -164,3 +165,46 @@ def step_profile(cfg: RunConfig, steps: int = 20, rows: int = 12) -> StepProfile
     # Self time, so the wrappers (aten::convolution, aten::_convolution) do not count their kernels twice.
     conv_us = sum(op.self_cpu_time_total for op in ops if "convolution" in op.key)
     return StepProfile(median_ms, conv_us / 1000 / steps, ops.table(sort_by="self_cpu_time_total", row_limit=rows))
+
+
+@contextmanager
+def busy_threads(count: int, work_ms: float, period_s: float):
+    """`count` Python threads that each run pure-Python work for work_ms every period_s, staggered: a class's
+    ScriptRunner threads redrawing their pages, without Streamlit."""
+    stop = threading.Event()
+
+    def spin(offset: float) -> None:
+        stop.wait(offset)
+        while not stop.is_set():
+            end = time.perf_counter() + work_ms / 1000
+            while time.perf_counter() < end:
+                sum(range(200))
+            stop.wait(period_s)
+
+    threads = [threading.Thread(target=spin, args=(period_s * i / max(count, 1),), daemon=True) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+
+
+def epoch_on_backend(cfg: RunConfig, backend) -> float:
+    """Training seconds of a one-epoch run of cfg through a JobManager on the backend (its worker warmed first)."""
+    manager = JobManager(backend=backend)
+    one_epoch = cfg.replace(train={"epochs": 1})
+    try:
+        # A short run first starts the worker and loads MNIST there, so the timed run measures training alone.
+        for run in (one_epoch.replace(train={"seed": cfg.train.seed + 1000, "subset": 1000}), one_epoch):
+            ticket = manager.submit("bench", run)
+            while (snap := manager.snapshot(ticket.id)).status in ACTIVE:
+                manager.touch("bench")
+                time.sleep(0.05)
+    finally:
+        manager.shutdown(timeout=60)
+    if snap.status != "finished":
+        raise RuntimeError(f"a bench run {snap.status}: {snap.reason}")
+    return snap.epochs[0]["seconds"]

@@ -59,6 +59,7 @@ class Snapshot:
     watchers: int = 1  # students following this very run (a class starting the same step shares one)
     reused: bool = False  # served from an identical run trained earlier, not trained for this student
     run_id: str = ""  # the training behind the ticket, shared by every student following it
+    note: str = ""  # what happened to the run that its numbers do not show ("resumed after epoch 6 ...")
 
 
 @dataclass
@@ -82,6 +83,7 @@ class Run:
     handle: Handle | None = None  # while its backend trains it
     checkpoint: Checkpoint | None = None  # while it waits for its next turn, paused between epochs
     started: bool = False  # it has trained (a queued run that started is paused)
+    note: str = ""  # shown beside its status: how it came back after a restart
 
     def __post_init__(self):
         self.key = self.key or config_key(self.config)
@@ -189,6 +191,7 @@ class Ticket:
                 watchers,
                 self.reused,
                 run.id,
+                run.note,
             )
 
     def row(self) -> TicketRow:
@@ -267,6 +270,8 @@ class JobManager:
         self._loaded: set[str] = set()  # owners whose stored tickets are in memory
         self._closing = False
         _MANAGERS.add(self)
+        with self._lock:
+            self._resume()
 
     @property
     def threads_per_job(self) -> int:
@@ -276,6 +281,10 @@ class JobManager:
     def problem(self) -> str | None:
         """Why runs cannot train now (a cluster out of reach), to show on every page; None when they can."""
         return self.backend.problem()
+
+    def warning(self) -> str | None:
+        """What students should know although runs train (a store that can't be written), else None."""
+        return self.store.problem
 
     # -- what sessions call -----------------------------------------------------------------------------------
     def submit(self, owner: str, config: RunConfig, label: str = "", one_at_a_time: bool = False) -> Ticket:
@@ -425,24 +434,24 @@ class JobManager:
             return self._running()
 
     def shutdown(self, timeout: float = 10.0) -> None:
-        """Stop every run and wait for the backend (server shutdown); the store records how each ended."""
+        """Stop training and wait for the backend (server shutdown). Runs going stay queued in the store with their
+        checkpoints, and the next server on the same store resumes them; then the store is closed."""
         with self._lock:
+            if self._closing:
+                return
             self._closing = True
-            for run_id in self._queue.clear():
-                run = self._runs[run_id]
-                with run.lock:
-                    run.status = "stopped"
-                    run.reason = "the server stopped" if run.started else "the server stopped before it started"
-                    run.checkpoint = None
-                self.store.save_run(run.row())
             for run in self._runs.values():
-                if run.status == "running":
-                    self._stop_running(run, "the server stopped")
+                if run.status == "running" and run.handle is not None:
+                    run.handle.stop()
         self.backend.shutdown(timeout)
+        self.store.close()
 
     # -- what backends call, from their own threads -------------------------------------------------------------
     def _on_event(self, run: Run, event: str, payload: dict) -> None:
         """Record a training event; stop a run whose watchers' pages all stopped polling."""
+        if event == "checkpoint":
+            self.store.save_checkpoint(run.id, payload["epoch"], payload["blob"])
+            return
         run.on_event(event, payload)
         if event == "epoch":
             self.store.save_run(run.row())  # a crash mid-run still leaves the epochs done
@@ -452,15 +461,19 @@ class JobManager:
                     self._stop_running(run, f"the page stopped polling for {self.grace_s:.0f} s (tab closed?)")
 
     def _on_end(self, run: Run, outcome: Outcome) -> None:
-        """A run left its slot: paused for a turn (back in the queue) or ended; then the slot goes on."""
+        """A run left its slot: paused for a turn (back in the queue), suspended by the server stopping (left in the
+        store as queued, to resume from its checkpoint at the next start), or ended; then the slot goes on."""
         weights = None
         with self._lock:
             with run.lock:
                 stopping = run.handle is not None and run.handle.stop_event.is_set()
                 run.handle = None
-                if outcome.status == "paused" and not stopping and not self._closing:
+                suspended = self._closing and outcome.status in ("paused", "stopped")
+                if suspended or (outcome.status == "paused" and not stopping):
                     run.status, run.checkpoint = "queued", outcome.checkpoint
-                    self._queue.add(run.id, started=True)
+                    run.reason = ""
+                    if not suspended:
+                        self._queue.add(run.id, started=True)
                 else:
                     status = "stopped" if outcome.status == "paused" else outcome.status
                     run.status = status
@@ -472,9 +485,50 @@ class JobManager:
                     if outcome.model is not None:
                         weights = outcome.model.state_dict()
             self.store.save_run(run.row(), weights)
+            if run.status not in ACTIVE:
+                self.store.drop_checkpoint(run.id)
             self._dispatch()
 
     # -- internals (they expect the manager's lock held) ----------------------------------------------------------
+    def _resume(self) -> None:
+        """Put back in the queue the runs the store says are going (a server stopped or killed under them), in their
+        order: each from its last checkpoint, or from epoch 1 when it has none that can be read. Their students get
+        the grace period to come back before a run nobody watches is dropped."""
+        for row in self.store.active_runs():
+            run = Run.from_row(row)
+            run.status, run.reason, run.note = "queued", "", self._restore(run)
+            self._runs[run.id] = run
+            self._queue.add(run.id, started=run.started)
+            for ticket in self.store.tickets_of(run.id):
+                self._load(ticket.owner)
+                self._presence.beat(ticket.owner)
+            log.info("run %s: %s", run.id, run.note)
+        self._dispatch()
+
+    def _restore(self, run: Run) -> str:
+        """Give a run back its last checkpoint; what the student is told about it."""
+        blob = self.store.checkpoint(run.id)
+        why = "the server restarted before its first epoch ended"
+        if blob is not None:
+            try:
+                checkpoint = Checkpoint.from_bytes(blob)
+                if not 0 < len(checkpoint.epochs) < run.config.train.epochs:
+                    raise ValueError(f"it holds {len(checkpoint.epochs)} epochs of {run.config.train.epochs}")
+            except ValueError as error:
+                log.warning("the checkpoint of run %s is refused: %s", run.id, error)
+                self.store.drop_checkpoint(run.id)
+                why = f"its checkpoint could not be used ({error})"
+            else:
+                done = len(checkpoint.epochs)
+                run.checkpoint, run.started = checkpoint, True
+                run.epochs = [dict(e) for e in checkpoint.epochs]
+                run.batch_losses = [point for point in run.batch_losses if point[0] <= done]
+                return f"Resumed after epoch {done}: the server restarted, and nothing trained before is lost."
+        if not run.epochs and not run.batch_losses:
+            return ""  # it had not started: it just keeps its place
+        run.epochs, run.batch_losses = [], []
+        return f"Started over from epoch 1: {why}."
+
     def _running(self) -> int:
         return sum(run.status == "running" for run in self._runs.values())
 
@@ -526,6 +580,7 @@ class JobManager:
             run.reason = reason if run.started else reason + " before it started"
             run.checkpoint = None
         self.store.save_run(run.row())
+        self.store.drop_checkpoint(run.id)
 
     def _sweep(self) -> None:
         """Drop queued runs nobody watches any more (so the queue positions others see are true) and forget
@@ -557,12 +612,13 @@ class JobManager:
                 with run.lock:
                     run.status, run.reason, run.checkpoint = "failed", problem, None
                 self.store.save_run(run.row())
+                self.store.drop_checkpoint(run.id)
             return
         while len(self._queue) and self._running() < self.backend.slots():
             run = self._runs[self._queue.pop_next()]
             with run.lock:
                 run.status, run.started = "running", True
-                job = Job(run.id, run.config, self.threads_per_job, run.checkpoint, self._queue.wants_turns())
+                job = Job(run.id, run.config, self.threads_per_job, run.checkpoint, self._queue.wants_turns(), True)
                 run.checkpoint = None
             run.handle = self.backend.start(job, partial(self._on_event, run), partial(self._on_end, run))
         # The training loop never pauses after a run's last epoch, so the flag is the queue's alone.

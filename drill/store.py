@@ -7,7 +7,9 @@ bytes behind a JSON header: nothing read back is unpickled.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import logging
 import math
 import os
 import sqlite3
@@ -19,6 +21,8 @@ from pathlib import Path
 import torch
 
 from drill.data import data_dir
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -45,8 +49,13 @@ CREATE TABLE IF NOT EXISTS tickets (
     cut TEXT                      -- JSON [epochs, batch position, reason] once the student left a shared run
 );
 CREATE INDEX IF NOT EXISTS tickets_by_owner ON tickets (owner, created);
+CREATE INDEX IF NOT EXISTS tickets_by_run ON tickets (run_id);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    run_id TEXT PRIMARY KEY,      -- a run still going: its state after its last finished epoch (drill.checkpoint)
+    epoch INTEGER NOT NULL,
+    blob BLOB NOT NULL
+);
 """
-INTERRUPTED = "the server stopped before the run ended"
 # A run of the lesson's small networks takes about 50 KB on disk (its weights are most of it; the 138,762-parameter
 # skeleton's take 555 KB), so the default cap keeps the file near 250 MB: a class of thirty can start 160 runs each
 # before the oldest go.
@@ -97,29 +106,73 @@ class TicketRow:
     cut: tuple[int, float, str] | None
 
 
+class StoreInUse(RuntimeError):
+    """Another server has the runs file open."""
+
+
 class RunStore:
     """Thread-safe access to the runs file; ":memory:" keeps everything in this process only (tests, benches).
+
+    One server at a time: the server that opens the file resumes the runs it says are going, so a second server on
+    the same file would train them twice. It is refused (StoreInUse) while the first holds the file's lock, which
+    the system frees when that process ends, however it ends (kill -9 included).
+
+    A file that cannot be written (disk full, read-only) does not stop the class: writes are skipped and `problem`
+    says so, and runs go on in memory.
 
     With max_runs, opening the file keeps that many runs, those last asked for, and deletes the rest with their
     tickets, so a server that runs for a term does not fill its disk.
     """
 
-    def __init__(self, path: Path | str = ":memory:", max_runs: int | None = None):
+    def __init__(self, path: Path | str = ":memory:", max_runs: int | None = None, read_only: bool = False):
         self.path = str(path)
+        self.problem: str | None = None
+        self._lock = threading.Lock()
+        self._lock_file = None
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
+            self._hold(Path(self.path + ".lock"))
         # One connection shared under a lock: writes are a few per epoch, far from SQLite's limits.
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        target = f"file:{self.path}?mode=ro" if read_only else self.path
+        self._db = sqlite3.connect(target, check_same_thread=False, isolation_level=None, uri=read_only)
         with self._lock:
+            if read_only:
+                return
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.executescript(SCHEMA)
-            # A run the file says is going belongs to a server that is no longer running: it ended with that server.
-            self._db.execute(
-                "UPDATE runs SET status = 'failed', reason = ? WHERE status IN ('queued', 'running')", (INTERRUPTED,)
-            )
             if max_runs is not None:
                 self._prune(max_runs)
+
+    def _hold(self, lock_path: Path) -> None:
+        """Take the file's lock for this process's life, or refuse when another server holds it."""
+        self._lock_file = open(lock_path, "a+")  # held until close()
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.seek(0)
+            holder = self._lock_file.read().strip() or "another process"
+            self._lock_file.close()
+            raise StoreInUse(
+                f"the run store {self.path} is in use by another server ({holder}); two servers on one store would "
+                "train its runs twice. Stop the other server, or give this one its own DRILL_RUNS_DB."
+            ) from None
+        self._lock_file.seek(0)
+        self._lock_file.truncate()
+        self._lock_file.write(f"pid {os.getpid()}")
+        self._lock_file.flush()
+
+    def _write(self, sql: str, args: tuple = ()) -> None:
+        """One write; a file that refuses it (full, read-only) turns into `problem`, not an error."""
+        with self._lock:
+            try:
+                self._db.execute(sql, args)
+            except sqlite3.OperationalError as error:
+                if self.problem is None:
+                    log.error("the run store %s cannot be written: %s", self.path, error)
+                self.problem = (
+                    f"The run store can't be written ({error}): runs go on in memory, but they will not survive a "
+                    "restart of the server."
+                )
 
     def _prune(self, max_runs: int) -> None:
         """Keep the max_runs runs last asked for and delete the rest with their tickets (caller holds the lock).
@@ -135,6 +188,7 @@ class RunStore:
                 (max_runs,),
             )
             self._db.execute("DELETE FROM tickets WHERE run_id IN (SELECT id FROM gone)")
+            self._db.execute("DELETE FROM checkpoints WHERE run_id IN (SELECT id FROM gone)")
             self._db.execute("DELETE FROM runs WHERE id IN (SELECT id FROM gone)")
             self._db.execute("DROP TABLE gone")
         except sqlite3.Error:
@@ -143,8 +197,11 @@ class RunStore:
         self._db.execute("COMMIT")
 
     def close(self) -> None:
+        """Close the file and let another server have it (closing twice is harmless)."""
         with self._lock:
             self._db.close()
+            if self._lock_file is not None and not self._lock_file.closed:
+                self._lock_file.close()
 
     def save_run(self, row: RunRow, weights: dict[str, torch.Tensor] | None = None) -> None:
         """Insert or update a run (its weights too, when given)."""
@@ -162,23 +219,50 @@ class RunStore:
             row.created,
             pack_weights(weights) if weights is not None else None,
         )
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
-                "status = excluded.status, reason = excluded.reason, params = excluded.params, "
-                "epochs = excluded.epochs, batch_losses = excluded.batch_losses, seconds = excluded.seconds, "
-                "weights = coalesce(excluded.weights, runs.weights)",
-                values,
-            )
+        self._write(
+            "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+            "status = excluded.status, reason = excluded.reason, params = excluded.params, "
+            "epochs = excluded.epochs, batch_losses = excluded.batch_losses, seconds = excluded.seconds, "
+            "weights = coalesce(excluded.weights, runs.weights)",
+            values,
+        )
 
     def save_ticket(self, row: TicketRow) -> None:
         """Insert or update a ticket."""
         cut = json.dumps(list(row.cut)) if row.cut else None
+        self._write(
+            "INSERT INTO tickets VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET cut = excluded.cut",
+            (row.id, row.owner, row.run_id, row.label, row.created, cut),
+        )
+
+    def save_checkpoint(self, run_id: str, epoch: int, blob: bytes) -> None:
+        """A going run's state after its epoch `epoch`, replacing the one before."""
+        self._write("INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?)", (run_id, epoch, blob))
+
+    def drop_checkpoint(self, run_id: str) -> None:
+        """Free a run's checkpoint (it ended)."""
+        self._write("DELETE FROM checkpoints WHERE run_id = ?", (run_id,))
+
+    def checkpoint(self, run_id: str) -> bytes | None:
+        """A run's last checkpoint, if one is stored."""
         with self._lock:
-            self._db.execute(
-                "INSERT INTO tickets VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET cut = excluded.cut",
-                (row.id, row.owner, row.run_id, row.label, row.created, cut),
-            )
+            row = self._db.execute("SELECT blob FROM checkpoints WHERE run_id = ?", (run_id,)).fetchone()
+        return bytes(row[0]) if row else None
+
+    def active_runs(self) -> list[RunRow]:
+        """Runs the file says are queued or running (a server stopped or killed under them), oldest first."""
+        with self._lock:
+            ids = [
+                r[0]
+                for r in self._db.execute(
+                    "SELECT id FROM runs WHERE status IN ('queued', 'running') ORDER BY created"
+                ).fetchall()
+            ]
+        return [self.run(run_id) for run_id in ids]
+
+    def tickets_of(self, run_id: str) -> list[TicketRow]:
+        """The tickets that follow a run."""
+        return self._tickets_where("run_id = ?", run_id)
 
     def run(self, run_id: str) -> RunRow | None:
         """One run by id."""
@@ -193,8 +277,11 @@ class RunStore:
 
     def tickets(self, owner: str) -> list[TicketRow]:
         """An owner's tickets, oldest first."""
+        return self._tickets_where("owner = ?", owner)
+
+    def _tickets_where(self, condition: str, value: str) -> list[TicketRow]:
         with self._lock:
-            rows = self._db.execute("SELECT * FROM tickets WHERE owner = ? ORDER BY created", (owner,)).fetchall()
+            rows = self._db.execute(f"SELECT * FROM tickets WHERE {condition} ORDER BY created", (value,)).fetchall()
         return [TicketRow(*row[:5], tuple(json.loads(row[5])) if row[5] else None) for row in rows]
 
     def weights(self, run_id: str) -> dict[str, torch.Tensor] | None:

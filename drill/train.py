@@ -204,13 +204,17 @@ def train(
     threads: int | None = None,
     pause: Callable[[], bool] | None = None,
     resume: Checkpoint | None = None,
+    checkpoints: bool = False,
 ) -> RunResult:
     """Train a model for cfg on data; report through callback(event, payload); stop within a batch of `stop` being set.
 
     Between two epochs the loop asks pause(); on True it ends "paused" with a checkpoint, and a later train(...,
     resume=that checkpoint) goes on from there, computing exactly what an unpaused run computes (the same thread
-    count gives the same bits). Events: "start" {params, epochs, batches, images, resumed}; "batch" {epoch, batch,
-    batches, loss, lr, images_per_s}; "epoch" {EPOCH_KEYS}; "end" {status, reason}.
+    count gives the same bits). With checkpoints, every epoch but the last is followed by a "checkpoint" event
+    {epoch, blob}: the checkpoint's bytes, for a store that lets the run survive its server.
+
+    Events: "start" {params, epochs, batches, images, resumed}; "batch" {epoch, batch, batches, loss, lr,
+    images_per_s}; "epoch" {EPOCH_KEYS}; "checkpoint" {epoch, blob}; "end" {status, reason}.
     """
     report = callback or (lambda event, payload: None)
     stop = stop or threading.Event()
@@ -223,21 +227,23 @@ def train(
     model = build_model(cfg.model, seed=cfg.train.seed)
     set_generator(model, generator)
     result = RunResult(cfg, "failed", "", count_params(model), model=model)
-    started = time.perf_counter()
+    started, before = time.perf_counter(), resume.seconds if resume else 0.0
+
+    def clock() -> float:
+        return time.perf_counter() - started + before  # training seconds, those before a pause included
+
     try:
-        _run(cfg, data, model, generator, report, stop, pause or (lambda: False), resume, result)
+        _run(cfg, data, model, generator, report, stop, pause or (lambda: False), resume, checkpoints, clock, result)
     except Exception as error:  # a run must end with a reason the student can read, whatever went wrong
         log.exception("run failed")
         result.status, result.reason = "failed", f"{type(error).__name__}: {error}"
-    result.seconds = time.perf_counter() - started + (resume.seconds if resume else 0.0)
-    if result.checkpoint is not None:
-        result.checkpoint.seconds = result.seconds
+    result.seconds = clock()
     model.eval()
     report("end", {"status": result.status, "reason": result.reason})
     return result
 
 
-def _run(cfg, data, model, generator, report, stop, pause, resume, result) -> None:
+def _run(cfg, data, model, generator, report, stop, pause, resume, checkpoints, clock, result) -> None:
     """The epochs of one run (from the checkpoint's next one, when resuming); fills result in place."""
     tc = cfg.train
     if tc.subset:
@@ -308,11 +314,17 @@ def _run(cfg, data, model, generator, report, stop, pause, resume, result) -> No
         result.epochs.append(stats)
         report("epoch", dict(stats))
         schedule.after_epoch(test_loss)
-        if epoch < tc.epochs and pause():
-            result.status = "paused"
-            result.checkpoint = Checkpoint(
-                [dict(e) for e in result.epochs], 0.0, _state(model, optimizer, schedule, generator)
+        if epoch == tc.epochs:
+            break
+        pausing = pause()
+        if checkpoints or pausing:
+            checkpoint = Checkpoint(
+                [dict(e) for e in result.epochs], clock(), _state(model, optimizer, schedule, generator)
             )
+        if checkpoints:
+            report("checkpoint", {"epoch": epoch, "blob": checkpoint.to_bytes()})
+        if pausing:
+            result.status, result.checkpoint = "paused", checkpoint
             return
     result.status = "finished"
 

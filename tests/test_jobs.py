@@ -43,7 +43,7 @@ class FakeRunner:
             gate = self.gates[seed]
         gate.set()
 
-    def __call__(self, config, data, callback, stop, threads=None, pause=None, resume=None):
+    def __call__(self, config, data, callback, stop, threads=None, pause=None, resume=None, checkpoints=False):
         seed = config.train.seed
         with self.lock:
             self.started.append(seed)
@@ -297,7 +297,7 @@ def test_no_job_thread_outlives_its_job(make_manager):
     assert all(job.run.handle is None for job in jobs)
 
 
-def test_shutdown_stops_everything_and_joins_the_threads(make_manager):
+def test_shutdown_stops_training_and_leaves_every_run_going_for_the_next_server(make_manager):
     runner = FakeRunner()
     manager = make_manager(runner, max_running=1)
     running, queued = manager.submit("ann", cfg(1)), manager.submit("bob", cfg(2))
@@ -305,11 +305,9 @@ def test_shutdown_stops_everything_and_joins_the_threads(make_manager):
     manager.shutdown(timeout=60)
     assert not drill_threads()
     assert running.run.handle is None and not queued.run.started
-    one, two = manager.snapshot(running.id), manager.snapshot(queued.id)
-    assert (one.status, one.reason) == ("stopped", "the server stopped")
-    assert (two.status, two.reason, two.queue_position) == ("stopped", "the server stopped before it started", None)
+    # Both stay queued, to resume when a server opens the store again (test_resume.py).
+    assert [manager.snapshot(t.id).status for t in (running, queued)] == ["queued", "queued"]
     assert runner.started == [1]
-    assert not drill_threads()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -496,7 +494,7 @@ class EpochRunner:
         self.log: list[tuple[int, int]] = []
         self.held = {seed: threading.Event() for seed in held}
 
-    def __call__(self, config, data, callback, stop, threads=None, pause=None, resume=None):
+    def __call__(self, config, data, callback, stop, threads=None, pause=None, resume=None, checkpoints=False):
         seed, epochs = config.train.seed, list(resume.epochs) if resume else []
         callback("start", {"params": FAKE_PARAMS, "epochs": config.train.epochs, "batches": 1, "images": 128})
         gate = self.held.get(seed) if resume is None else None
@@ -558,14 +556,14 @@ def test_a_paused_run_shows_its_epochs_and_place_and_can_be_stopped(make_manager
     assert [e["epoch"] for e in wait_status(manager, second, "finished").epochs] == [1, 2, 3]
 
 
-def test_the_server_stopping_ends_a_paused_run_with_why(make_manager):
+def test_the_server_stopping_keeps_a_paused_run_with_its_epochs(make_manager):
     runner = EpochRunner(held=(1, 2))
     manager = make_manager(runner, max_running=1)
     first, second = paused_pair(manager, runner)
     manager.shutdown(timeout=60)
     one, two = manager.snapshot(first.id), manager.snapshot(second.id)
-    assert (one.status, one.reason, len(one.epochs)) == ("stopped", "the server stopped", 1)
-    assert (two.status, two.reason) == ("stopped", "the server stopped")
+    assert (one.status, one.reason, len(one.epochs)) == ("queued", "", 1)
+    assert (two.status, two.reason, len(two.epochs)) == ("queued", "", 0)
     assert not drill_threads()
 
 
@@ -576,7 +574,7 @@ def test_taking_turns_changes_nothing_a_run_computes(small_mnist):
     one, two = small, small.replace(train={"seed": 2, "epochs": 1})
     log, second_in = [], threading.Event()
 
-    def runner(config, data, callback, stop, threads=None, pause=None, resume=None):
+    def runner(config, data, callback, stop, threads=None, pause=None, resume=None, checkpoints=False):
         def logged(event, payload):
             if event == "epoch":
                 if config is one and payload["epoch"] == 1:
@@ -584,7 +582,7 @@ def test_taking_turns_changes_nothing_a_run_computes(small_mnist):
                 log.append((config.train.seed, payload["epoch"]))
             callback(event, payload)
 
-        return train(config, data, logged, stop, threads, pause=pause, resume=resume)
+        return train(config, data, logged, stop, threads, pause=pause, resume=resume, checkpoints=checkpoints)
 
     manager = JobManager(max_running=1, runner=runner, data=lambda: data)
     try:

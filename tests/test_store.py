@@ -3,6 +3,7 @@ runs survive a reload (a new session with the same id) and a server restart (a n
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 
@@ -11,14 +12,15 @@ import torch
 from conftest import wait_until
 from test_jobs import FAKE_PARAMS, FakeRunner, cfg, wait_batches, wait_status
 
+from drill.backends import ThreadBackend
 from drill.jobs import ACTIVE, JobManager, config_key
 from drill.model import build_model
 from drill.presets import BY_NAME
 from drill.store import (
     DEFAULT_MAX_RUNS,
-    INTERRUPTED,
     RunRow,
     RunStore,
+    StoreInUse,
     TicketRow,
     default_max_runs,
     pack_weights,
@@ -104,7 +106,7 @@ def test_a_finished_run_is_served_from_the_store_at_once_even_after_a_restart(ma
     assert fresh_runner.started == []
 
 
-def test_a_students_runs_survive_a_server_restart_with_how_each_ended(managers):
+def test_a_students_runs_survive_a_server_restart_and_a_run_going_trains_on(managers):
     runner = FakeRunner()
     manager = managers(runner, max_running=1)
     finished = manager.submit("ann", cfg(1), label="step 5")
@@ -114,24 +116,41 @@ def test_a_students_runs_survive_a_server_restart_with_how_each_ended(managers):
     wait_batches(manager, running)
     manager.shutdown(timeout=60)
 
-    restarted = managers(FakeRunner(), max_running=1)
+    fresh = FakeRunner()
+    restarted = managers(fresh, max_running=1)
     views = restarted.snapshots("ann")
-    assert [(v.id, v.label, v.status) for v in views] == [
-        (finished.id, "step 5", "finished"),
-        (running.id, "custom", "stopped"),
-    ]
-    assert views[0].epochs[0]["test_acc"] == 91.0 and views[1].reason == "the server stopped"
+    assert [(v.id, v.label) for v in views] == [(finished.id, "step 5"), (running.id, "custom")]
+    assert views[0].status == "finished" and views[0].epochs[0]["test_acc"] == 91.0
+    # The fake reports no checkpoints, so the run that was going starts over, saying why, without a click.
+    assert views[1].note == "Started over from epoch 1: the server restarted before its first epoch ended."
+    wait_until(lambda: fresh.started == [2], what="the run to train again")
+    fresh.release(2)
+    assert wait_status(restarted, running, "finished").epochs
     assert restarted.snapshots("bob") == []
 
 
-def test_a_run_the_file_says_is_going_failed_with_the_server_that_died(tmp_path):
-    store = RunStore(tmp_path / "runs.sqlite")
-    config = cfg(1)
-    row = RunRow("run-x", config_key(config), "trained", config.to_dict(), "running", "", 10, [], [], 0.0, 0.0)
-    store.save_run(row)
-    store.close()  # the process is killed: nothing else is written
-    reopened = RunStore(tmp_path / "runs.sqlite").run("run-x")
-    assert (reopened.status, reopened.reason) == ("failed", INTERRUPTED)
+def test_a_second_server_on_the_same_file_is_refused_until_the_first_is_gone(tmp_path):
+    first = RunStore(tmp_path / "runs.sqlite")
+    with pytest.raises(StoreInUse, match=rf"in use by another server \(pid {os.getpid()}\); two servers on one"):
+        RunStore(tmp_path / "runs.sqlite")
+    first.close()
+    RunStore(tmp_path / "runs.sqlite").close()  # the lock went with the first
+
+
+def test_a_store_that_cannot_be_written_keeps_the_class_going_and_says_so(tmp_path):
+    RunStore(tmp_path / "runs.sqlite").close()
+    store = RunStore(tmp_path / "runs.sqlite", read_only=True)  # SQLite's own read-only mode: every write fails
+    manager = JobManager(backend=ThreadBackend(1, lambda: "data", FakeRunner()), store=store)
+    try:
+        ticket = manager.submit("ann", cfg(1))
+        manager.backend._runner.release(1)
+        done = wait_status(manager, ticket, "finished")
+        assert done.epochs and manager.warning() == (
+            "The run store can't be written (attempt to write a readonly database): runs go on in memory, but they "
+            "will not survive a restart of the server."
+        )
+    finally:
+        manager.shutdown()
 
 
 def test_reopening_the_file_with_a_cap_drops_the_runs_asked_for_longest_ago_and_their_tickets(tmp_path):

@@ -1,0 +1,189 @@
+"""Runs survive their server: a run going when the server stops, or is killed with SIGKILL mid-epoch, resumes from its
+last finished epoch when a server opens the store again, and computes exactly what it would have computed without
+the interruption (same machine, same thread count). A checkpoint that cannot be used starts the run over, saying why."""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from conftest import REPO_ROOT, wait_until
+
+from drill.backends import ThreadBackend, usable_cpus
+from drill.checkpoint import Checkpoint
+from drill.data import load_mnist
+from drill.jobs import ACTIVE, JobManager
+from drill.presets import get_preset
+from drill.store import RunStore
+from drill.train import train
+
+# Fifteen epochs of a small run: a second or two each, so a test can interrupt it in epoch 7.
+RUN = get_preset("final").config.replace(train={"subset": 640, "epochs": 15, "seed": 77})
+SHORT = RUN.replace(train={"epochs": 4})  # for the faults: any interruption between epochs makes the point
+SERVER = textwrap.dedent(
+    """
+    import sys, time
+    from drill.backends import ThreadBackend
+    from drill.config import RunConfig
+    from drill.jobs import JobManager
+    from drill.store import RunStore
+    store_path, config_json = sys.argv[1], sys.argv[2]
+    manager = JobManager(backend=ThreadBackend(1), store=RunStore(store_path))
+    if config_json != "-":
+        manager.submit("ann", RunConfig.from_json(config_json))
+    while True:  # a server whose student keeps the page open, until it is killed or its runs end
+        manager.touch("ann")
+        [run] = manager.snapshots("ann")
+        print(run.status, len(run.epochs), run.note, sep="|", flush=True)
+        if run.status not in ("queued", "running"):
+            break
+        time.sleep(0.2)
+    """
+)
+
+
+def untimed(epochs) -> list[dict]:
+    return [{k: v for k, v in e.items() if k != "seconds"} for e in epochs]
+
+
+@functools.cache
+def uninterrupted(config) -> list[dict]:
+    """The run trained start to end here, with the thread count a one-slot server gives it."""
+    before = torch.get_num_threads()
+    try:
+        return untimed(train(config, load_mnist(), threads=usable_cpus()).epochs)
+    finally:
+        torch.set_num_threads(before)
+
+
+def stored(path, what: str):
+    with sqlite3.connect(path) as db:
+        return db.execute(what).fetchone()
+
+
+def checkpointed(path) -> int:
+    """The epoch of the newest checkpoint in the store file (0 when there is none yet)."""
+    return path.exists() and stored(path, "SELECT max(epoch) FROM checkpoints")[0] or 0
+
+
+def test_a_server_killed_mid_epoch_7_resumes_the_run_and_it_computes_the_same_15_epochs(tmp_path):
+    path = tmp_path / "runs.sqlite"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    first = subprocess.Popen(
+        [sys.executable, "-c", SERVER, str(path), RUN.to_json()], env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        # Epoch 6 is checkpointed: the kill lands while epoch 7 trains.
+        wait_until(
+            lambda: checkpointed(path) == 6,
+            600,
+            0.05,
+            what="the run's checkpoint after epoch 6",
+        )
+        os.kill(first.pid, signal.SIGKILL)
+    finally:
+        first.kill()
+        first.wait()
+    assert stored(path, "SELECT status FROM runs") == ("running",)  # nothing clean happened
+    second = subprocess.run(
+        [sys.executable, "-c", SERVER, str(path), "-"], env=env, capture_output=True, text=True, timeout=900
+    )
+    assert second.returncode == 0, second.stderr[-3000:]
+    lines = second.stdout.splitlines()
+    assert lines[0].split("|")[2] == "Resumed after epoch 6: the server restarted, and nothing trained before is lost."
+    assert lines[-1].split("|")[:2] == ["finished", "15"]
+    store = RunStore(path)
+    try:
+        [row] = [store.run(r.run_id) for r in store.tickets("ann")]
+        assert untimed(row.epochs) == uninterrupted(RUN)
+        assert stored(path, "SELECT count(*) FROM checkpoints") == (0,)  # freed when the run ended
+    finally:
+        store.close()
+
+
+def interrupted_run(path, epochs_done: int = 2):
+    """A run trained by a server that is then stopped cleanly after epochs_done epochs are checkpointed."""
+    manager = JobManager(backend=ThreadBackend(1), store=RunStore(path))
+    ticket = manager.submit("ann", SHORT)
+    wait_until(
+        lambda: manager.touch("ann") or checkpointed(path) >= epochs_done,
+        600,
+        0.05,
+        what=f"a checkpoint after epoch {epochs_done}",
+    )
+    manager.shutdown(timeout=120)
+    return ticket
+
+
+def finish(path):
+    """Open the store in a new server, wait for the student's run to end, and return its snapshot."""
+    manager = JobManager(backend=ThreadBackend(1), store=RunStore(path))
+    try:
+        [run] = manager.snapshots("ann")
+        note = run.note
+        wait_until(
+            lambda: manager.touch("ann") or manager.snapshots("ann")[0].status not in ACTIVE,
+            900,
+            0.1,
+            what="the resumed run to end",
+        )
+        return note, manager.snapshots("ann")[0]
+    finally:
+        manager.shutdown()
+
+
+def test_a_clean_restart_resumes_from_the_last_checkpoint(tmp_path):
+    path = tmp_path / "runs.sqlite"
+    interrupted_run(path)
+    size = stored(path, "SELECT length(blob) FROM checkpoints")[0]
+    assert 50_000 < size < 250_000  # the final step's network, its optimizer and generators: about 100 KB
+    note, run = finish(path)
+    assert note.startswith("Resumed after epoch ")
+    assert run.status == "finished" and untimed(run.epochs) == uninterrupted(SHORT)
+
+
+@pytest.mark.parametrize(
+    "damage, why",
+    [
+        (lambda blob: blob[: len(blob) // 2], "its checkpoint could not be used (the checkpoint is cut short)"),
+        (lambda blob: b"\x00" * 64, "its checkpoint could not be used (not a checkpoint"),
+        (
+            lambda blob: blob.replace(b'"format", 1', b'"format", 0', 1),
+            "its checkpoint could not be used (a checkpoint of format 0; this version reads format 1)",
+        ),
+    ],
+)
+def test_a_checkpoint_that_cannot_be_used_starts_the_run_over_saying_why(tmp_path, damage, why):
+    path = tmp_path / "runs.sqlite"
+    interrupted_run(path, epochs_done=1)
+    with sqlite3.connect(path) as db:
+        [(blob,)] = db.execute("SELECT blob FROM checkpoints").fetchall()
+        Checkpoint.from_bytes(blob)  # it was sound before the damage
+        db.execute("UPDATE checkpoints SET blob = ?", (damage(blob),))
+    note, run = finish(path)
+    assert note.startswith(f"Started over from epoch 1: {why}"), note
+    assert run.status == "finished" and untimed(run.epochs) == uninterrupted(SHORT)
+
+
+def test_queued_runs_keep_their_places_across_a_restart(tmp_path):
+    path = tmp_path / "runs.sqlite"
+    manager = JobManager(backend=ThreadBackend(1), store=RunStore(path))
+    tickets = [
+        manager.submit(name, RUN.replace(train={"seed": seed})) for seed, name in ((1, "ann"), (2, "bob"), (3, "cy"))
+    ]
+    wait_until(lambda: manager.snapshot(tickets[0].id).progress.get("batch"), 300, what="the first run to train")
+    manager.shutdown(timeout=120)
+    restarted = JobManager(backend=ThreadBackend(1), store=RunStore(path))
+    try:
+        places = [restarted.snapshot(t.id).queue_position for t in tickets]
+        assert places[0] is None and places[1:] == [1, 2]  # the first trains again; the others wait in order
+        assert restarted.snapshot(tickets[0].id).status == "running"
+    finally:
+        restarted.shutdown()
