@@ -1,11 +1,14 @@
-"""Shared fixtures: the real MNIST data (loaded once per session) and a lighter view of it for short runs."""
+"""Shared fixtures: the real MNIST data (loaded once per session) and a lighter view of it for short runs; `need`,
+which skips a test that lacks a part on a developer's machine and fails it in CI; a summary of the skips."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,36 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # are served to later identical requests, as in class, but never from or into a developer's own store.
 os.environ["DRILL_RUNS_DB"] = str(Path(tempfile.mkdtemp(prefix="drill-test-store-")) / "runs.sqlite")
 SMALL_TEST_SET = 1000
+# CI must run every test: there a missing browser or package is a broken set-up, not a reason to skip.
+IN_CI = os.environ.get("CI") == "true"
+
+
+def need(condition: object, why: str) -> None:
+    """Go on if condition holds; else skip the test (a developer's machine) or fail it (CI=true)."""
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail(f"{why} (CI=true: every test must run)", pytrace=False)
+    pytest.skip(why)
+
+
+def need_module(name: str, why: str):
+    """The imported module, or need() refused: skipped on a developer's machine, failed in CI."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as error:
+        need(False, f"{why} ({error})")
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """One line with how many tests were skipped, then each reason with its count, so a CI log shows what did not
+    run even when every other test passed."""
+    skipped = [report for report in terminalreporter.stats.get("skipped", []) if not hasattr(report, "wasxfail")]
+    reasons = Counter(r.longrepr[2] if isinstance(r.longrepr, tuple) else str(r.longrepr) for r in skipped)
+    ran = sum(len(terminalreporter.stats.get(key, [])) for key in ("passed", "failed", "error"))
+    terminalreporter.write_line(f"skipped: {len(skipped)} of {ran + len(skipped)} tests")
+    for reason, count in reasons.most_common():
+        terminalreporter.write_line(f"  {count} x {reason.removeprefix('Skipped: ')}")
 
 
 @pytest.fixture(scope="session")

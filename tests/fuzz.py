@@ -2,11 +2,13 @@
 
 Each case is a mutation of something valid (a preset's link, an exported runs file): values cut short, swapped for
 other types, made huge, keys dropped or invented, bytes flipped, files truncated or padded past the limit. The
-cases are deterministic for a seed, so a failure reproduces. `python tests/fuzz.py` prints how each set fares.
+cases are deterministic for a seed, so a failure reproduces. `python tests/fuzz.py` prints how each set fares;
+`--out results/fuzz.json` writes the counts that the README quotes and tests/test_fuzz.py holds the parsers to.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
 import sys
@@ -211,5 +213,12 @@ def run_import_cases(cases) -> dict[str, int]:
 
 
 if __name__ == "__main__":
-    print("URL query configs:", run_url_cases(url_cases()))
-    print("imported runs files:", run_import_cases(import_cases()))
+    parser = argparse.ArgumentParser(description="Run the seeded fuzz sets through the parsers; count the outcomes.")
+    parser.add_argument("--out", type=Path, help="also write the counts here as JSON (results/fuzz.json)")
+    args = parser.parse_args()
+    counts = {"url": run_url_cases(url_cases()), "import": run_import_cases(import_cases())}
+    print("URL query configs:", counts["url"])
+    print("imported runs files:", counts["import"])
+    if args.out:
+        written = {"command": f"python tests/fuzz.py --out {args.out}", **counts}
+        args.out.write_text(json.dumps(written, indent=2) + "\n")

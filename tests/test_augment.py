@@ -17,12 +17,25 @@ from drill.augment import (
     erase_batch,
     preview,
 )
+from drill.config import AugmentConfig
 
 BILINEAR = InterpolationMode.BILINEAR
-# Observed max-abs difference to torchvision is ~3e-6: both sample the same bilinear grid, but torchvision builds
-# it in pixel units and normalises afterwards while F.affine_grid works in normalised units, so grid coordinates
-# differ by float32 rounding (~1e-6 of a pixel) times the local image gradient.
-GEOM_TOL = 1e-5
+EPS32 = torch.finfo(torch.float32).eps
+PIXEL_RANGE = 1.0  # images in [0, 1]: the largest step between neighbouring pixels
+ROUNDINGS = 10  # float32 operations behind one sampling coordinate on each side (grid, matrix product, unnormalise)
+
+
+def geom_tol(side: int) -> float:
+    """How far our bilinear resampling of a side x side image may be from torchvision's on float rounding alone.
+
+    Both sample the same grid but compute it differently (torchvision in pixel units, normalised afterwards;
+    F.affine_grid in normalised units), so each coordinate carries up to ROUNDINGS roundings of EPS32 on each side,
+    relative to values no larger than the image side in pixels. A bilinear sample moves by at most its shift times
+    the pixel range, along each of the two axes. (Observed: at most about 5e-6, on the 84-pixel padded images.)
+    """
+    return 2 * 2 * ROUNDINGS * EPS32 * side * PIXEL_RANGE
+
+
 AFFINE_CASES = [
     # angle (ours, counter-clockwise), translate (px), scale, shear (x, y) degrees
     (30.0, (2.5, -1.25), 1.2, (10.0, 5.0)),
@@ -90,7 +103,7 @@ def test_affine_matches_torchvision_affine(angle, translate, scale, shear):
     out = affine_batch(x, *batched(3, angle, translate, scale, shear))
     # torchvision's F.affine turns clockwise for positive angles (F.rotate counter-clockwise), hence -angle.
     ref = TF.affine(x, -angle, list(translate), scale, list(shear), interpolation=BILINEAR)
-    assert (out - ref).abs().max().item() < GEOM_TOL
+    assert (out - ref).abs().max().item() < geom_tol(28)
 
 
 def test_affine_per_sample_parameters_match_torchvision_one_by_one():
@@ -99,7 +112,7 @@ def test_affine_per_sample_parameters_match_torchvision_one_by_one():
     out = affine_batch(x, *params)
     for i, (angle, translate, scale, shear) in enumerate(AFFINE_CASES):
         ref = TF.affine(x[i], -angle, list(translate), scale, list(shear), interpolation=BILINEAR)
-        assert (out[i] - ref).abs().max().item() < GEOM_TOL
+        assert (out[i] - ref).abs().max().item() < geom_tol(28)
 
 
 @pytest.mark.parametrize("angle", [7.0, -33.0, 45.0, 90.0])
@@ -107,7 +120,7 @@ def test_pure_rotation_matches_torchvision_rotate(angle):
     x = noise(2, seed=3)
     out = affine_batch(x, *batched(2, angle, (0.0, 0.0), 1.0, (0.0, 0.0)))
     ref = TF.rotate(x, angle, interpolation=BILINEAR)
-    assert (out - ref).abs().max().item() < GEOM_TOL
+    assert (out - ref).abs().max().item() < geom_tol(28)
 
 
 def test_positive_angle_turns_counter_clockwise():
@@ -116,7 +129,7 @@ def test_positive_angle_turns_counter_clockwise():
     out = affine_batch(x, *batched(1, 90.0, (0.0, 0.0), 1.0, (0.0, 0.0)))
     expected = torch.zeros(1, 1, 9, 9)
     expected[0, 0, 4, 0:4] = 1.0  # now from the left edge to the centre
-    assert (out - expected).abs().max().item() < GEOM_TOL
+    assert (out - expected).abs().max().item() < geom_tol(9)
 
 
 @pytest.mark.parametrize("angle, translate, scale, shear", AFFINE_CASES)
@@ -128,7 +141,7 @@ def test_fill_is_bilinear_sampling_of_an_image_padded_with_fill(angle, translate
     ref = TF.affine(padded, -angle, list(translate), scale, list(shear), interpolation=BILINEAR)[
         ..., pad:-pad, pad:-pad
     ]
-    assert (out - ref).abs().max().item() < GEOM_TOL
+    assert (out - ref).abs().max().item() < geom_tol(28 + 2 * pad)
 
 
 @pytest.mark.parametrize("angle, translate, scale, shear", AFFINE_CASES)
@@ -143,12 +156,12 @@ def test_fill_matches_torchvision_except_where_bilinear_straddles_the_edge(angle
     ref = TF.affine(x, *tv_args, interpolation=BILINEAR, fill=fill)
     mask = TF.affine(torch.ones_like(x), *tv_args, interpolation=BILINEAR)
     clean = (mask > 1 - 1e-6) | (mask < 1e-6)
-    assert (out - ref)[clean].abs().max().item() < GEOM_TOL
+    assert (out - ref)[clean].abs().max().item() < geom_tol(28)
     # With MNIST-like images (nothing near the border) the difference vanishes everywhere.
     x = digit_like(2, seed=5)
     out = affine_batch(x, *params, fill=fill)
     ref = TF.affine(x, *tv_args, interpolation=BILINEAR, fill=fill)
-    assert (out - ref).abs().max().item() < GEOM_TOL
+    assert (out - ref).abs().max().item() < geom_tol(28)
 
 
 def test_brightness_and_contrast_match_torchvision():
@@ -273,8 +286,7 @@ def test_preview_is_deterministic_digit_major_and_in_range():
 
 
 def test_works_with_the_real_augment_config():
-    config = pytest.importorskip("drill.config")
     x = digit_like(4, seed=22)
-    assert augment_batch(x, config.AugmentConfig(), torch.Generator()) is x
-    out = augment_batch(x, config.AugmentConfig(rotation=7.0, erase_prob=1.0), torch.Generator().manual_seed(23))
+    assert augment_batch(x, AugmentConfig(), torch.Generator()) is x
+    out = augment_batch(x, AugmentConfig(rotation=7.0, erase_prob=1.0), torch.Generator().manual_seed(23))
     assert out.shape == x.shape and not torch.equal(out, x)

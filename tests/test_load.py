@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import need, need_module
 from loadtest import parse_args, run_load
 from streamlit_server import CHROMIUM
 
@@ -19,9 +20,8 @@ SMALL_CLASS = ["--sessions", "4", "--epochs", "1", "--subset", "2000", "--timeou
 
 @pytest.fixture(autouse=True)
 def needs_chromium():
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian's chromium is not installed (scripts/test.sh installs it when run as root)")
-    pytest.importorskip("playwright.async_api")
+    need(Path(CHROMIUM).exists(), "Debian's chromium is not installed (scripts/test.sh installs it when run as root)")
+    need_module("playwright.async_api", "the playwright package is not installed (requirements-dev.txt)")
 
 
 def check_common(report: dict) -> None:
