@@ -1,0 +1,167 @@
+"""Small measurements the README quotes, each written to a file under results/ with its date, machine and command.
+
+    .venv/bin/python scripts/measure.py gc --out results/gc-pause.json
+    .venv/bin/python scripts/measure.py dropout --out results/dropout-cost.json
+    .venv/bin/python scripts/measure.py cache --out results/cache-load.json
+
+gc: how long one full garbage collection takes in a process that has run each page of the app once. Streamlit runs
+one after every script run (fragments included), holding the GIL, unless `runner.postScriptGC` is false (as
+.streamlit/config.toml sets it). A server many students use holds more objects, so its collections take longer.
+dropout: a training step of the final network with its dropout, with nn.Dropout in its place, and without dropout.
+cache: loading MNIST from the data directory's cache, as every new server process does.
+Each takes well under a minute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+PAGES = ("views/drilldown.py", "views/build.py", "views/train.py", "views/compare.py", "views/inspect.py")
+
+
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo (the platform's name elsewhere)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def milliseconds(times: list[float]) -> dict[str, float]:
+    """Median, min and max of durations in seconds, as ms."""
+    return {
+        f"{name}_ms": round(f(times) * 1000, 1)
+        for name, f in (("median", statistics.median), ("min", min), ("max", max))
+    }
+
+
+def gc_pause(repeats: int) -> dict:
+    """ms per full gc.collect() once every page has run in this process."""
+    from streamlit.testing.v1 import AppTest
+
+    os.chdir(ROOT)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at.run()
+    for page in PAGES:
+        at.switch_page(page).run()
+        if at.exception:
+            raise SystemExit(f"{page} raised: {at.exception}")
+    gc.collect()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        gc.collect()
+        times.append(time.perf_counter() - started)
+    what = "one full gc.collect() after each page ran once (AppTest)"
+    return {"what": what, "tracked_objects": len(gc.get_objects()), **milliseconds(times), "repeats": repeats}
+
+
+def dropout_cost(repeats: int) -> dict:
+    """ms per training step of the final network: its dropout, nn.Dropout in its place, no dropout at all."""
+    import torch
+    from torch import nn
+
+    from drill.model import Dropout, build_model, set_generator
+    from drill.presets import BY_NAME
+    from drill.train import loss_fn, make_optimizer
+
+    # One thread, as each run has when two train side by side on two cores; two threads on a shared machine swing
+    # several-fold with what else runs.
+    torch.set_num_threads(1)
+    cfg = BY_NAME["final"].config
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(cfg.train.batch_size, 1, 28, 28, generator=generator)
+    y = torch.randint(0, 10, (cfg.train.batch_size,), generator=generator)
+
+    def variant(replace) -> tuple:
+        model = build_model(cfg.model)
+        for block in model.features:
+            if isinstance(block, nn.Sequential) and isinstance(getattr(block, "dropout", None), Dropout):
+                block.dropout = replace(block.dropout)
+        set_generator(model, generator)
+        return model, make_optimizer(model.parameters(), cfg.train)
+
+    variants = {
+        "drill": variant(lambda dropout: dropout),
+        "nn.Dropout": variant(lambda dropout: nn.Dropout(dropout.p)),
+        "none": variant(lambda dropout: nn.Identity()),
+    }
+
+    def step(model, optimizer) -> float:
+        started = time.perf_counter()
+        loss = loss_fn(model(x), y, cfg.model.log_softmax)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return time.perf_counter() - started
+
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for round_number in range(repeats + 3):
+        # Round-robin, so a machine that slows down or speeds up meanwhile weighs on every variant alike.
+        for name, (model, optimizer) in variants.items():
+            elapsed = step(model, optimizer)
+            if round_number >= 3:
+                times[name].append(elapsed)
+    median = {name: statistics.median(values) for name, values in times.items()}
+    none = median["none"]
+    return {
+        "what": f"a training step of the final network (batch {cfg.train.batch_size}, dropout {cfg.model.dropout})",
+        "threads": torch.get_num_threads(),
+        "step_ms": {name: round(value * 1000, 1) for name, value in median.items()},
+        "dropout_share_of_step": {
+            name: round((median[name] - none) / median[name], 3) for name in ("drill", "nn.Dropout")
+        },
+        "repeats": repeats,
+    }
+
+
+def cache_load(repeats: int) -> dict:
+    """Seconds to load MNIST from the cache (checksum, torch.load, verification), as a new process does."""
+    from drill import data
+
+    data.load_mnist()  # builds the cache if it is not there yet
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        data._load_uncached(data.data_dir())
+        times.append(time.perf_counter() - started)
+    return {"what": "MNIST from the data directory's cache", **milliseconds(times), "repeats": repeats}
+
+
+MEASUREMENTS = {"gc": (gc_pause, 20), "dropout": (dropout_cost, 100), "cache": (cache_load, 5)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("what", choices=list(MEASUREMENTS))
+    parser.add_argument("--repeats", type=int, help="timings to take the median of")
+    parser.add_argument("--out", type=Path, help="write the figures here as JSON")
+    args = parser.parse_args()
+    measure, repeats = MEASUREMENTS[args.what]
+    figures = {
+        "command": " ".join(["python", "scripts/measure.py", *sys.argv[1:]]),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+        "machine": f"{cpu_name()}, {os.cpu_count()} cores",
+        # The machine may be shared: how busy it was says how far the timings are from an idle one's.
+        "load_average_before": round(os.getloadavg()[0], 2),
+        **measure(args.repeats or repeats),
+    }
+    print(json.dumps(figures, indent=2))
+    if args.out:
+        args.out.write_text(json.dumps(figures, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""The README's figures are its files' own: each file under results/ that it names is there, its tables of runs are
+what `python -m drill report` makes of the run files, and its quoted counts and timings are the files' numbers."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+
+import pytest
+from conftest import REPO_ROOT
+
+from drill.__main__ import main
+
+README = (REPO_ROOT / "README.md").read_text()
+FLAT = " ".join(README.split())  # prose as one line: a figure may wrap anywhere
+RESULTS = REPO_ROOT / "results"
+LESSON_FILES = ["skeleton", "lean", "batchnorm", "regularised", "final-seed1", "final-seed2", "final-seed3", "quick"]
+
+
+def section(title: str) -> str:
+    """The README's text from a heading (or bold title) to the next heading."""
+    start = README.index(title)
+    end = README.find("\n#", start + len(title))
+    return README[start : end if end > 0 else None]
+
+
+def report(capsys, files: list[str]) -> list[str]:
+    assert main(["report", *(str(RESULTS / file) for file in files)]) == 0
+    return capsys.readouterr().out.splitlines()
+
+
+def expand(pattern: str) -> list[str]:
+    """Shell brace expansion of one {a,b,...} group, as the README's commands use it."""
+    found = re.search(r"\{([^}]*)\}", pattern)
+    if not found:
+        return [pattern]
+    return [pattern[: found.start()] + choice + pattern[found.end() :] for choice in found.group(1).split(",")]
+
+
+def test_every_results_file_the_readme_names_is_there():
+    # A name with a shell variable in it ($seed) stands for files named in full elsewhere.
+    named = sorted({name for name in re.findall(r"results/[\w./*{},$-]*[\w*]", README) if "$" not in name})
+    assert len(named) > 15
+    # loadtest.py's --out is a prefix: it writes OUT.json and OUT.md.
+    missing = [
+        path
+        for pattern in named
+        for path in expand(pattern)
+        if not any(itertools.chain(REPO_ROOT.glob(path), REPO_ROOT.glob(path + ".*")))
+    ]
+    assert missing == []
+
+
+def test_the_lesson_tables_are_the_report_of_the_run_files(capsys):
+    made = report(capsys, [f"{name}.json" for name in LESSON_FILES])
+    quoted = [line for line in section("## The lesson's steps, measured").splitlines() if line.startswith("| ")]
+    assert len(quoted) == 1 + len(LESSON_FILES) + 1 + 3  # the write-up table, then the final step's three seeds
+    assert [line for line in quoted if line not in made] == []
+    assert "3 of 3 seeds hold >= 99.4% in each of the last 4 epochs; mean last-epoch test accuracy 99.53%" in made
+
+
+def test_the_stretch_presets_table_is_the_report_of_its_runs(capsys):
+    made = report(capsys, ["stretch-attempts/6618.json"])
+    quoted = [line for line in section("**6. Stretch: fewer parameters**").splitlines() if line.startswith("| ")]
+    assert len(quoted) == 1 + 3 and [line for line in quoted if line not in made] == []
+
+
+@pytest.mark.parametrize(
+    "file, quoted",
+    [
+        ("fuzz.json", lambda f: [f"{f['url']['loaded']} load, {f['url']['refused_with_a_message']:,} are refused"]),
+        ("fuzz.json", lambda f: [f"({f['import']['loaded']} load, {f['import']['refused_with_a_message']} refused"]),
+        ("gc-pause.json", lambda f: [f"holds the GIL for {f['median_ms']:.0f} ms (median of {f['repeats']}"]),
+        (
+            "dropout-cost.json",
+            lambda f: [
+                f"it is {f['dropout_share_of_step']['nn.Dropout']:.0%} of a training step, drill's dropout "
+                f"{f['dropout_share_of_step']['drill']:.0%}",
+                f"median of {f['repeats']} steps",
+            ],
+        ),
+        ("cache-load.json", lambda f: [f"loading it takes {f['median_ms'] / 1000:.2f} s (median of {f['repeats']}"]),
+    ],
+)
+def test_the_figures_quoted_are_the_files_own(file, quoted):
+    figures = json.loads((RESULTS / file).read_text())
+    for text in quoted(figures):
+        assert text in FLAT, text
+    if "date" in figures:
+        assert figures["date"] in README
