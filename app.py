@@ -79,6 +79,8 @@ with st.sidebar:
 
 if problem := common.manager().problem():
     st.error(f"Runs can't train right now. {problem}")
+elif warning := common.manager().warning():
+    st.warning(warning)
 
 if "link_error" in st.session_state:
     error = st.session_state.pop("link_error")

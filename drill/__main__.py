@@ -72,18 +72,36 @@ def cmd_summary(args) -> None:
     )
 
 
-def run_one(cfg: RunConfig, quiet: bool = False, threads: int | None = None, prefix: str = ""):
-    """Train one config with a tqdm bar per epoch (unless prefixed: runs side by side) and a line per epoch."""
+def run_one(
+    cfg: RunConfig, quiet: bool = False, threads: int | None = None, prefix: str = "", checkpoint: Path | None = None
+):
+    """Train one config with a tqdm bar per epoch (unless prefixed: runs side by side) and a line per epoch.
+
+    With a checkpoint file, the run goes on from it when it exists, and writes it after every epoch but the last
+    (removed when the run ends), so a run cut short (Ctrl-C) goes on when the same command is given again.
+    """
     from tqdm import tqdm
 
+    from drill.checkpoint import Checkpoint
     from drill.data import load_mnist
     from drill.train import train
 
     data = load_mnist()
     bar = None
+    resume = None
+    if checkpoint is not None and checkpoint.exists():
+        try:
+            resume = Checkpoint.from_bytes(checkpoint.read_bytes())
+        except ValueError as error:
+            raise UsageError(f"{checkpoint} cannot be resumed from: {error}; delete it to start over") from None
+        print(f"resuming after epoch {len(resume.epochs)} from {checkpoint}", flush=True)
 
     def report(event, payload):
         nonlocal bar
+        if event == "checkpoint" and checkpoint is not None:
+            partial = checkpoint.with_name(checkpoint.name + ".partial")
+            partial.write_bytes(payload["blob"])
+            partial.replace(checkpoint)  # a Ctrl-C mid-write leaves the previous checkpoint whole
         if quiet:
             return
         if event == "batch" and not prefix:
@@ -102,9 +120,11 @@ def run_one(cfg: RunConfig, quiet: bool = False, threads: int | None = None, pre
                 flush=True,
             )
 
-    result = train(cfg, data, report, threads=threads)
+    result = train(cfg, data, report, threads=threads, resume=resume, checkpoints=checkpoint is not None)
     if bar is not None:
         bar.close()
+    if checkpoint is not None and result.status == "finished":
+        checkpoint.unlink(missing_ok=True)
     return result
 
 
@@ -112,7 +132,16 @@ def cmd_train(args) -> int:
     from drill.train import run_summary
 
     cfg = load_config(args)
-    result = run_one(cfg)
+    try:
+        result = run_one(cfg, checkpoint=Path(args.checkpoint) if args.checkpoint else None)
+    except KeyboardInterrupt:
+        again = (
+            "give the same command again to go on from its last finished epoch"
+            if args.checkpoint
+            else ("with --checkpoint FILE a run cut short goes on where it stopped")
+        )
+        print(f"interrupted: {again}", file=sys.stderr)
+        return 130
     verdict = analyse(result.epochs, result.params, k=args.last_k)
     if args.out:
         Path(args.out).write_text(json.dumps(run_summary(result), indent=2))
@@ -339,6 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(p, training=True)
     p.add_argument("--seed", type=int)
     p.add_argument("--out", metavar="RUN.json", help="write the config and every epoch here")
+    p.add_argument(
+        "--checkpoint", metavar="FILE", help="go on from this checkpoint if it exists; keep it after every epoch"
+    )
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("consistency", help="train a config over several seeds and check the last K epochs")
     with_config(p, training=True)

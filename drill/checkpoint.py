@@ -27,11 +27,13 @@ class Checkpoint:
     epochs: list[dict]  # the finished epochs' metrics, as the run reported them
     seconds: float  # training time so far
     state: dict = field(default_factory=dict)  # model, optimizer, schedule and random generator states
+    config: dict = field(default_factory=dict)  # the run's config: a checkpoint goes on only the run it came from
 
     def to_bytes(self) -> bytes:
         """This checkpoint as bytes."""
         tensors: list[torch.Tensor] = []
-        tree = _encode({"format": FORMAT, "epochs": self.epochs, "seconds": self.seconds, "state": self.state}, tensors)
+        whole = {"format": FORMAT, "epochs": self.epochs, "seconds": self.seconds, "state": self.state}
+        tree = _encode(whole | {"config": self.config}, tensors)
         header = {"tree": tree, "tensors": []}
         chunks = []
         for tensor in tensors:
@@ -46,6 +48,8 @@ class Checkpoint:
         """The inverse of to_bytes; raises ValueError on anything else (cut short, another format, not one)."""
         try:
             (length,) = struct.unpack_from("<I", blob)
+            if 4 + length > len(blob):
+                raise ValueError("the checkpoint is cut short")
             header = json.loads(blob[4 : 4 + length])
             offset, tensors = 4 + length, []
             for dtype_name, shape in header["tensors"]:
@@ -61,7 +65,7 @@ class Checkpoint:
             raise ValueError(f"not a checkpoint ({type(error).__name__}: {error})") from error
         if tree.get("format") != FORMAT:
             raise ValueError(f"a checkpoint of format {tree.get('format')!r}; this version reads format {FORMAT}")
-        return cls(tree["epochs"], tree["seconds"], tree["state"])
+        return cls(tree["epochs"], tree["seconds"], tree["state"], tree["config"])
 
 
 # JSON has no tuples, no non-string keys and no tensors, and optimizer states need all three (parameter indices as

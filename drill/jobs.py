@@ -512,6 +512,8 @@ class JobManager:
         if blob is not None:
             try:
                 checkpoint = Checkpoint.from_bytes(blob)
+                if config_key(RunConfig.from_dict(checkpoint.config)) != run.key:
+                    raise ValueError("it is of another config")
                 if not 0 < len(checkpoint.epochs) < run.config.train.epochs:
                     raise ValueError(f"it holds {len(checkpoint.epochs)} epochs of {run.config.train.epochs}")
             except ValueError as error:

@@ -255,6 +255,8 @@ def _run(cfg, data, model, generator, report, stop, pause, resume, checkpoints, 
     optimizer = make_optimizer(model.parameters(), tc)
     schedule = Schedule(optimizer, tc, batches)
     if resume is not None:
+        if RunConfig.from_dict(resume.config).replace(train={"threads": 0}) != cfg.replace(train={"threads": 0}):
+            raise ValueError("the checkpoint is of another config, so this run cannot go on from it")
         _restore(resume, model, optimizer, schedule, generator)
         result.epochs = [dict(e) for e in resume.epochs]
     done = len(result.epochs)
@@ -318,9 +320,8 @@ def _run(cfg, data, model, generator, report, stop, pause, resume, checkpoints, 
             break
         pausing = pause()
         if checkpoints or pausing:
-            checkpoint = Checkpoint(
-                [dict(e) for e in result.epochs], clock(), _state(model, optimizer, schedule, generator)
-            )
+            state = _state(model, optimizer, schedule, generator)
+            checkpoint = Checkpoint([dict(e) for e in result.epochs], clock(), state, cfg.to_dict())
         if checkpoints:
             report("checkpoint", {"epoch": epoch, "blob": checkpoint.to_bytes()})
         if pausing:

@@ -5,12 +5,15 @@ the interruption (same machine, same thread count). A checkpoint that cannot be 
 from __future__ import annotations
 
 import functools
+import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
 import sys
 import textwrap
+import uuid
 
 import pytest
 import torch
@@ -108,12 +111,12 @@ def test_a_server_killed_mid_epoch_7_resumes_the_run_and_it_computes_the_same_15
         store.close()
 
 
-def interrupted_run(path, epochs_done: int = 2):
+def interrupted_run(path, epochs_done: int = 2, owner: str = "ann"):
     """A run trained by a server that is then stopped cleanly after epochs_done epochs are checkpointed."""
     manager = JobManager(backend=ThreadBackend(1), store=RunStore(path))
-    ticket = manager.submit("ann", SHORT)
+    ticket = manager.submit(owner, SHORT)
     wait_until(
-        lambda: manager.touch("ann") or checkpointed(path) >= epochs_done,
+        lambda: manager.touch(owner) or checkpointed(path) >= epochs_done,
         600,
         0.05,
         what=f"a checkpoint after epoch {epochs_done}",
@@ -187,3 +190,63 @@ def test_queued_runs_keep_their_places_across_a_restart(tmp_path):
         assert restarted.snapshot(tickets[0].id).status == "running"
     finally:
         restarted.shutdown()
+
+
+def test_the_train_page_shows_the_resumed_run_and_that_nothing_was_lost(tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from views import common
+
+    owner = uuid.uuid4().hex
+    path = tmp_path / "runs.sqlite"
+    interrupted_run(path, epochs_done=1, owner=owner)
+    monkeypatch.setenv("DRILL_RUNS_DB", str(path))
+    common.manager.clear()  # a server started on the interrupted store
+    try:
+        at = AppTest.from_file(str(REPO_ROOT / "app.py"), default_timeout=60)
+        at.query_params["me"] = owner
+        at.run()
+        at.switch_page("views/train.py").run()
+        assert not at.exception, at.exception
+        notes = [i.value for i in at.info]
+        assert any(n.startswith("Resumed after epoch ") and "nothing trained before is lost" in n for n in notes), notes
+    finally:
+        common.manager().shutdown()
+        common.manager.clear()
+
+
+def test_a_cli_run_cut_short_by_ctrl_c_goes_on_from_its_checkpoint(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    base = [sys.executable, "-m", "drill", "train", "--preset", "quick", "--subset", "640", "--epochs", "4"]
+    checkpoint = tmp_path / "run.ckpt"
+    resumable = [*base, "--checkpoint", str(checkpoint), "--out", str(tmp_path / "resumed.json")]
+    cut = subprocess.Popen(resumable, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_until(lambda: checkpoint.exists() or cut.poll() is not None, 600, 0.02, what="the first checkpoint")
+    cut.send_signal(signal.SIGINT)
+    _, err = cut.communicate(timeout=120)
+    assert cut.returncode == 130, err[-2000:]
+    assert "interrupted: give the same command again to go on from its last finished epoch" in err
+    again = subprocess.run(resumable, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert re.search(rf"^resuming after epoch [123] from {re.escape(str(checkpoint))}$", again.stdout, re.M), (
+        again.stdout
+    )
+    assert not checkpoint.exists()  # freed when the run finished
+    whole = subprocess.run([*base, "--out", str(tmp_path / "whole.json")], env=env, capture_output=True, timeout=600)
+    assert whole.returncode == 0
+    resumed, straight = (json.loads((tmp_path / name).read_text()) for name in ("resumed.json", "whole.json"))
+    assert untimed(resumed["epochs"]) == untimed(straight["epochs"]) and len(straight["epochs"]) == 4
+
+
+def test_a_checkpoint_of_another_config_is_refused_by_the_cli(tmp_path, capsys):
+    from drill.__main__ import main
+
+    checkpoint = tmp_path / "run.ckpt"
+    blob = train(SHORT, load_mnist(), pause=lambda: True).checkpoint.to_bytes()
+    checkpoint.write_bytes(blob)
+    assert main(["train", "--preset", "quick", "--subset", "640", "--checkpoint", str(checkpoint)]) == 1
+    out = capsys.readouterr().out
+    assert "failed: ValueError: the checkpoint is of another config, so this run cannot go on from it" in out
+    checkpoint.write_bytes(blob[:100])
+    assert main(["train", "--preset", "quick", "--checkpoint", str(checkpoint)]) == 2
+    assert "cannot be resumed from: the checkpoint is cut short; delete it to start over" in capsys.readouterr().err

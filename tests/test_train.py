@@ -406,7 +406,7 @@ def test_a_damaged_or_foreign_checkpoint_is_refused_with_why(small_mnist):
     with pytest.raises(ValueError, match="cut short"):
         Checkpoint.from_bytes(blob[:-10])
     with pytest.raises(ValueError, match="not a checkpoint"):
-        Checkpoint.from_bytes(b"hello world")
+        Checkpoint.from_bytes(len(b"hello").to_bytes(4, "little") + b"hello")
     older = blob.replace(b'"format", 1', b'"format", 0', 1)
     assert older != blob
     with pytest.raises(ValueError, match="a checkpoint of format 0; this version reads format 1"):

@@ -11,9 +11,10 @@ import streamlit as st
 from drill import ui_logic as ui
 from drill.analysis import analyse
 from drill.config import ConfigError, RunConfig, field_choices, field_help, field_range
+from drill.backends import Unavailable
 from drill.jobs import JobManager, make_backend
 from drill.presets import get_preset
-from drill.store import RunStore, default_max_runs, default_path
+from drill.store import RunStore, StoreInUse, default_max_runs, default_path
 
 DEFAULT_PRESET = "quick"
 OWNER_PARAM = "me"  # the student's id rides in the URL, so a reload (or a restart) finds their runs again
@@ -24,7 +25,12 @@ log = logging.getLogger(__name__)
 def manager() -> JobManager:
     """The process-wide job manager, shared by every session, keeping runs in the data directory's store and
     training them on the backend $DRILL_BACKEND names."""
-    return JobManager(backend=make_backend(), store=RunStore(default_path(), max_runs=default_max_runs()))
+    try:
+        store = RunStore(default_path(), max_runs=default_max_runs())
+    except StoreInUse as error:  # said on every page; this server trains nothing rather than train runs twice
+        log.error("%s", error)
+        return JobManager(backend=Unavailable(f"This server can't keep runs: {error}"), store=RunStore())
+    return JobManager(backend=make_backend(), store=store)
 
 
 def owner() -> str:

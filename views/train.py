@@ -115,6 +115,8 @@ def show_run(job_id: str, was_active: bool) -> None:
     if was_active and run.status not in ACTIVE:
         st.rerun()  # a full rerun, once: the page redraws its buttons and this fragment stops ticking
     st.markdown(ui.status_text(run.status, run.queue_position, run.label, len(run.epochs)))
+    if run.note:
+        st.info(run.note, icon="🔁")
     if note := ui.sharing_note(run):
         st.caption(note)
     if run.status == "running":
