@@ -11,9 +11,9 @@ from torch import nn
 
 from drill.config import NUM_CLASSES, ModelConfig, feature_sizes
 
-# Dense dropout masks come from 15-bit random integers: four per 64-bit draw, which costs a fifth of bernoulli_'s
-# per-element sampling (that was 40% of a training step). p is honoured to 1/32768 and the kept values are scaled
-# by 1 / (1 - p_effective), so the expected activation is exactly unchanged.
+# Dense dropout masks come from 15-bit random integers, four per 64-bit draw, not one draw per element as in
+# nn.Dropout's bernoulli_ (31% of the final network's training step: results/dropout-cost.json). p is honoured to
+# 1/32768 and the kept values are scaled by 1 / (1 - p_effective), so the expected activation is exactly unchanged.
 _MASK_LEVELS = 32768
 _LOW_15_BITS = 0x7FFF_7FFF_7FFF_7FFF
 # Up to this rate, element dropout draws where the drops fall instead of a mask: about n * p draws, not n / 4.
@@ -187,7 +187,7 @@ def inference_copy(model: Net) -> Net:
     Each batch norm that directly follows its conv is folded into the conv's weights and bias (the same function
     up to float rounding); when none is left, the copy is channels_last, where conv, ReLU and max-pool are all
     faster on the CPU (batch norm is slower that way, so a model that keeps one stays NCHW). Its ReLUs work in
-    place: nothing is kept for a backward pass, and a pass less over memory is about a tenth of the test pass.
+    place: nothing is kept for a backward pass, so each saves a pass over memory.
     """
     fast = Net(model.cfg)
     fast.load_state_dict(model.state_dict())
