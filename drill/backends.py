@@ -57,6 +57,7 @@ class Outcome:
     seconds: float = 0.0
     model: nn.Module | None = None
     checkpoint: Checkpoint | None = None
+    lost: str = ""  # set when the worker or machine under the run went away: what happened, for the student
 
     @classmethod
     def from_result(cls, result: RunResult) -> Outcome:
@@ -338,7 +339,8 @@ class ProcessBackend:
             worker.process.join(5)
             code = worker.process.exitcode
             log.error("the worker process training run %s died (exit code %s)", job.run_id, code)
-            outcome = Outcome("failed", f"the worker process training it died (exit code {code}); start it again")
+            lost = f"the worker process training it died (exit code {code})"
+            outcome = Outcome("failed", f"{lost}; start it again", lost=lost)
         except Exception as error:
             log.exception("run %s failed", job.run_id)
             outcome = Outcome("failed", f"{type(error).__name__}: {error}")

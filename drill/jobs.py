@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 ACTIVE = ("queued", "running")
 FORGET_AFTER_S = 3600.0  # an owner silent this long has left: their ended runs are freed
 MAX_BATCH_POINTS = 2000  # batch-loss points kept per job; older ones are thinned so long runs stay light
+# A run whose worker or machine is lost goes on from its checkpoint elsewhere, but only so often: a config that
+# kills every worker it lands on (out of memory, say) must end failed rather than take the class's slots forever.
+MAX_LOSSES = 2
 
 
 @dataclass(frozen=True)
@@ -83,7 +86,8 @@ class Run:
     handle: Handle | None = None  # while its backend trains it
     checkpoint: Checkpoint | None = None  # while it waits for its next turn, paused between epochs
     started: bool = False  # it has trained (a queued run that started is paused)
-    note: str = ""  # shown beside its status: how it came back after a restart
+    note: str = ""  # shown beside its status: how it came back after a restart or a lost worker
+    losses: int = 0  # workers or machines lost under it
 
     def __post_init__(self):
         self.key = self.key or config_key(self.config)
@@ -469,7 +473,12 @@ class JobManager:
                 stopping = run.handle is not None and run.handle.stop_event.is_set()
                 run.handle = None
                 suspended = self._closing and outcome.status in ("paused", "stopped")
-                if suspended or (outcome.status == "paused" and not stopping):
+                run.losses += bool(outcome.lost)
+                if outcome.lost and not stopping and not self._closing and run.losses <= MAX_LOSSES:
+                    run.status, run.note = "queued", self._restore(run, outcome.lost)
+                    self._queue.add(run.id, started=run.started)
+                    log.warning("run %s: %s", run.id, run.note)
+                elif suspended or (outcome.status == "paused" and not stopping):
                     run.status, run.checkpoint = "queued", outcome.checkpoint
                     run.reason = ""
                     if not suspended:
@@ -496,7 +505,8 @@ class JobManager:
         the grace period to come back before a run nobody watches is dropped."""
         for row in self.store.active_runs():
             run = Run.from_row(row)
-            run.status, run.reason, run.note = "queued", "", self._restore(run)
+            run.started = row.status == "running" or bool(row.epochs or row.batch_losses)  # it trained before
+            run.status, run.reason, run.note = "queued", "", self._restore(run, "the server restarted")
             self._runs[run.id] = run
             self._queue.add(run.id, started=run.started)
             for ticket in self.store.tickets_of(run.id):
@@ -505,10 +515,10 @@ class JobManager:
             log.info("run %s: %s", run.id, run.note)
         self._dispatch()
 
-    def _restore(self, run: Run) -> str:
-        """Give a run back its last checkpoint; what the student is told about it."""
+    def _restore(self, run: Run, cause: str) -> str:
+        """Give a run back its last checkpoint, after `cause` (what interrupted it); what the student is told."""
         blob = self.store.checkpoint(run.id)
-        why = "the server restarted before its first epoch ended"
+        why = f"{cause} before its first epoch ended"
         if blob is not None:
             try:
                 checkpoint = Checkpoint.from_bytes(blob)
@@ -522,13 +532,13 @@ class JobManager:
                 why = f"its checkpoint could not be used ({error})"
             else:
                 done = len(checkpoint.epochs)
-                run.checkpoint, run.started = checkpoint, True
+                run.checkpoint, run.started, run.progress = checkpoint, True, {}
                 run.epochs = [dict(e) for e in checkpoint.epochs]
                 run.batch_losses = [point for point in run.batch_losses if point[0] <= done]
-                return f"Resumed after epoch {done}: the server restarted, and nothing trained before is lost."
-        if not run.epochs and not run.batch_losses:
-            return ""  # it had not started: it just keeps its place
-        run.epochs, run.batch_losses = [], []
+                return f"Resumed after epoch {done}: {cause}, and nothing trained before is lost."
+        if not run.started:
+            return ""  # it had not trained: it just keeps its place
+        run.epochs, run.batch_losses, run.progress, run.started = [], [], {}, False
         return f"Started over from epoch 1: {why}."
 
     def _running(self) -> int:

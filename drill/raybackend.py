@@ -31,7 +31,6 @@ log = logging.getLogger(__name__)
 POLL_S = 0.25  # how often a run's events are fetched from its actor: the Train page polls every 1-4 s
 SLOTS_FRESH_S = 2.0  # the cluster's resources are re-read at most this often
 RETRY_S = 15.0  # a cluster out of reach is tried again at most this often
-LOST = "the machine training it was lost ({why}); start it again"
 CONNECT_TIMEOUT_S = 5.0
 
 
@@ -307,13 +306,14 @@ class RayBackend:
             outcome = Outcome.from_wire(ray.get(done_ref), job.config)
         except RayActorError as error:
             log.error("the actor training run %s was lost: %s", job.run_id, error)
-            outcome = Outcome("failed", LOST.format(why=type(error).__name__))
+            lost = f"the machine training it was lost ({type(error).__name__})"
+            outcome = Outcome("failed", f"{lost}; start it again", lost=lost)
         except Exception as error:
             log.exception("run %s failed on the cluster", job.run_id)
             outcome = Outcome("failed", f"{type(error).__name__}: {error}")
         finally:
             if actor is not None:
-                if outcome is not None and outcome.reason.startswith("the machine training it was lost"):
+                if outcome is not None and outcome.lost:
                     self._drop(actor)
                 else:
                     with self._lock:

@@ -10,8 +10,8 @@ import streamlit as st
 
 from drill import ui_logic as ui
 from drill.analysis import analyse
-from drill.config import ConfigError, RunConfig, field_choices, field_help, field_range
 from drill.backends import Unavailable
+from drill.config import ConfigError, RunConfig, field_choices, field_help, field_range
 from drill.jobs import JobManager, make_backend
 from drill.presets import get_preset
 from drill.store import RunStore, StoreInUse, default_max_runs, default_path
