@@ -112,7 +112,7 @@ def test_stop_ends_a_training_run_and_keeps_it_as_stopped(manager):
     wait_batches(manager, ticket)
     manager.stop(ticket.id)
     stopped = wait_status(manager, ticket, "stopped")
-    assert stopped.reason == "stopped by the student" and stopped.epochs == ()
+    assert stopped.reason == "stopped by the student" and len(stopped.epochs) < LONG.train.epochs
     assert manager.running_count() == 0
 
 

@@ -405,15 +405,27 @@ def test_add_finished_registers_an_imported_record(make_manager):
 
 def test_real_tiny_runs_finish_and_stop_through_the_manager(make_manager, small_mnist):
     lean = get_preset("lean").config
-    manager = make_manager(train, max_running=2, data=lambda: small_mnist)  # one torch thread per job on 2 cores
+    long_cfg = lean.replace(train={"subset": 4096, "batch_size": 64, "epochs": 1, "seed": 2})
+    stop_sent = threading.Event()
+
+    def held_at_batch_2(config, data, callback, stop, **kwargs):
+        # The long run waits at its second batch until Stop is sent, so it is stopped mid-epoch on any machine.
+        def hold(event, payload):
+            callback(event, payload)
+            if config is long_cfg and event == "batch" and payload["batch"] == 2:
+                stop_sent.wait(60)
+
+        return train(config, data, hold, stop, **kwargs)
+
+    manager = make_manager(held_at_batch_2, max_running=2, data=lambda: small_mnist)  # a torch thread per job
     short = manager.submit("ann", lean.replace(train={"subset": 256, "batch_size": 64, "epochs": 1}))
-    long = manager.submit("ann", lean.replace(train={"subset": 4096, "batch_size": 64, "epochs": 1, "seed": 2}))
+    long = manager.submit("ann", long_cfg)
     wait_batches(manager, long, 2)
-    before = manager.snapshot(long.id).progress["batch"]
     manager.stop(long.id)
+    stop_sent.set()
     stopped = wait_status(manager, long, "stopped", timeout=120)
     assert stopped.reason == "stopped by the student"
-    assert stopped.progress["batch"] >= before and stopped.epochs == ()
+    assert stopped.progress["batch"] == 2 and stopped.epochs == ()
 
     done = wait_status(manager, short, "finished", timeout=120)
     assert done.params == 6_520 and len(done.epochs) == 1 and set(done.epochs[0]) == set(EPOCH_KEYS)
