@@ -9,6 +9,9 @@ one after every script run (fragments included), holding the GIL, unless `runner
 .streamlit/config.toml sets it). A server many students use holds more objects, so its collections take longer.
 dropout: a training step of the final network with its dropout, with nn.Dropout in its place, and without dropout.
 cache: loading MNIST from the data directory's cache, as every new server process does.
+workers: resident memory of a training worker process (DRILL_BACKEND=processes) after a run, and of this process.
+ray: a one-node Ray cluster's idle memory, and a training actor's after a run (only inside a loopback-only network
+namespace: `unshare -n sh -c 'ip link set lo up; .venv/bin/python scripts/measure.py ray'`).
 Each takes well under a minute.
 """
 
@@ -140,7 +143,107 @@ def cache_load(repeats: int) -> dict:
     return {"what": "MNIST from the data directory's cache", **milliseconds(times), "repeats": repeats}
 
 
-MEASUREMENTS = {"gc": (gc_pause, 20), "dropout": (dropout_cost, 100), "cache": (cache_load, 5)}
+def resident_mb(pid: int) -> float:
+    """A process's resident memory in MB (VmRSS)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    raise ValueError(f"no VmRSS for process {pid}")
+
+
+def tiny_run(manager, owner: str = "measure") -> None:
+    """One short real run through a job manager, to its end."""
+    from drill.jobs import ACTIVE
+    from drill.presets import get_preset
+
+    ticket = manager.submit(owner, get_preset("final").config.replace(train={"subset": 1000, "epochs": 1}))
+    while manager.snapshot(ticket.id).status in ACTIVE:
+        manager.touch(owner)
+        time.sleep(0.1)
+
+
+def worker_memory(repeats: int) -> dict:
+    """MB resident in a worker process after a run, and in the serving process that started it."""
+    import torch  # noqa: F401 (the server has it loaded before any run)
+
+    from drill.backends import ProcessBackend
+    from drill.jobs import JobManager
+
+    before = resident_mb(os.getpid())
+    backend = ProcessBackend(1)
+    manager = JobManager(backend=backend)
+    try:
+        tiny_run(manager)
+        [worker] = backend._idle
+        return {
+            "what": "resident memory after one run of the final step on 1,000 images",
+            "worker_mb": resident_mb(worker.process.pid),
+            "server_before_mb": before,
+            "server_after_mb": resident_mb(os.getpid()),
+        }
+    finally:
+        manager.shutdown()
+
+
+def ray_memory(repeats: int) -> dict:
+    """MB resident in a one-node Ray cluster idle, in a training actor after a run, and gained by this driver."""
+    import socket
+
+    if [name for _, name in socket.if_nameindex()] != ["lo"]:
+        raise SystemExit("start this inside a loopback-only network namespace (see the docstring)")
+    from ray.cluster_utils import Cluster
+
+    from drill.jobs import JobManager
+    from drill.raybackend import RayBackend
+
+    def tree_mb() -> float:
+        """MB resident in every process this one started, and theirs."""
+        parents = {}
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                except (OSError, IndexError, ValueError):
+                    continue
+        tree, grew = {os.getpid()}, True
+        while grew:
+            more = {pid for pid, parent in parents.items() if parent in tree} - tree
+            tree, grew = tree | more, bool(more)
+        return round(sum(resident_mb(pid) for pid in tree - {os.getpid()} if Path(f"/proc/{pid}").exists()), 1)
+
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 1, "include_dashboard": False, "object_store_memory": 100 * 2**20},
+    )
+    try:
+        idle = tree_mb()
+        driver_before = resident_mb(os.getpid())
+        manager = JobManager(backend=RayBackend(cluster.address, warm=0))
+        tiny_run(manager)
+        import ray
+
+        actor = manager.backend._idle[0]
+        pid, _ = ray.get(actor.where.remote())
+        figures = {
+            "what": "a one-node Ray cluster (1 CPU) and the final step on 1,000 images",
+            "cluster_idle_mb": idle,
+            "actor_after_run_mb": resident_mb(pid),
+            "cluster_with_actor_mb": tree_mb(),
+            "driver_gain_mb": round(resident_mb(os.getpid()) - driver_before, 1),
+        }
+        manager.shutdown()
+        return figures
+    finally:
+        cluster.shutdown()
+
+
+MEASUREMENTS = {
+    "gc": (gc_pause, 20),
+    "dropout": (dropout_cost, 100),
+    "cache": (cache_load, 5),
+    "workers": (worker_memory, 1),
+    "ray": (ray_memory, 1),
+}
 
 
 def main() -> None:

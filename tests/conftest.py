@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import socket
 import tempfile
 import threading
 import time
@@ -97,3 +98,26 @@ def drill_threads() -> list[threading.Thread]:
 def config_params(at) -> dict[str, str]:
     """An AppTest's URL query without the student's id: the config it links to."""
     return {key: value for key, value in at.query_params.items() if key != "me"}
+
+
+def loopback_only() -> bool:
+    """Whether this process is in a network namespace with nothing but loopback (where Ray may be started)."""
+    return [name for _, name in socket.if_nameindex()] == ["lo"]
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A real Ray cluster of two simulated one-CPU nodes and a head with no CPUs (so every actor is on a node a
+    test may remove), shut down at the end; never `ray stop`, which would kill every Ray process on the machine."""
+    need(loopback_only(), "Ray is started only in a loopback-only network namespace: run scripts/test.sh")
+    cluster_utils = need_module("ray.cluster_utils", "ray is not installed (requirements-ray.txt)")
+    # The cluster's processes inherit this: they find the repo's packages the way the test process does.
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(os.getcwd()), os.environ.get("PYTHONPATH")]))
+    memory = {"object_store_memory": 100 * 2**20}
+    cluster = cluster_utils.Cluster(
+        initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False, **memory}
+    )
+    nodes = [cluster.add_node(num_cpus=1, **memory) for _ in range(2)]
+    cluster.wait_for_nodes()
+    yield cluster, nodes
+    cluster.shutdown()

@@ -7,17 +7,22 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 import time
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import need, need_module
 from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
 from streamlit_server import CHROMIUM, CHROMIUM_ARGS, ROOT, serve
 
 from drill import ui_logic as ui
+from drill.backends import default_slots, usable_cpus
 from drill.config import RunConfig
+from drill.data import load_mnist
 from drill.presets import BY_NAME, matching_preset
+from drill.train import train
 
 pytestmark = pytest.mark.browser
 
@@ -230,30 +235,66 @@ def test_a_live_view_the_browser_never_got_comes_back_while_the_run_trains(serve
     page.get_by_text("The run stopped").first.wait_for()
 
 
-def test_stopping_the_server_mid_run_ends_it_promptly_and_the_run_is_kept(browser, tmp_path_factory):
-    # A run is training in a background thread when the server is told to stop: the process must exit, not wait
-    # for the run to finish; after a restart the student's link shows the run, stopped, with why.
+def new_page(browser):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    return context, page
+
+
+# Fifteen short epochs: the server can be killed while epoch 7 trains.
+FIFTEEN = BY_NAME["quick"].config.replace(train={"subset": 640, "epochs": 15, "seed": 13})
+
+
+def test_a_server_killed_mid_run_resumes_it_on_restart_and_the_page_shows_nothing_was_lost(browser, tmp_path_factory):
     store = own_store(tmp_path_factory)
-    with serve(store, log_path=ROOT / "artifacts" / "streamlit-stop.log") as (url, process):
-        context = browser.new_context(viewport={"width": 1400, "height": 1000})
-        page = context.new_page()
-        page.set_default_timeout(60_000)
-        page.goto(f"{url}/train?{BY_NAME['quick'].config.replace(train=LONG_RUN).to_query()}")
+    with serve(store, log_path=ROOT / "artifacts" / "streamlit-kill.log") as (url, process):
+        context, page = new_page(browser)
+        page.goto(f"{url}/train?{FIFTEEN.to_query()}")
         button(page, "Start").click()
-        wait_for_run_text(page, r"batch \d+/938")
+        wait_for_run_text(page, EPOCH_LINE.format(epoch=6, epochs=15))
         link = page.url.replace(url, "")
         assert "me=" in link
+        process.kill()  # SIGKILL: no shutdown hook, nothing written on the way out
+        process.wait(timeout=30)
+        context.close()
+    with serve(store, log_path=ROOT / "artifacts" / "streamlit-restart.log") as (url, process):
+        context, page = new_page(browser)
+        page.goto(url + link)
+        page.get_by_text(re.compile(r"Resumed after epoch (6|7): the server restarted, and nothing trained")).wait_for()
+        wait_for_run_text(page, EPOCH_LINE.format(epoch=15, epochs=15))
+        settle(page)
         context.close()
         started = time.monotonic()
-        process.terminate()
+        process.terminate()  # a clean stop is prompt, whatever is training
         process.wait(timeout=30)
         assert time.monotonic() - started < 30
-    with serve(store, log_path=ROOT / "artifacts" / "streamlit-restart.log") as (url, _):
-        context = browser.new_context(viewport={"width": 1400, "height": 1000})
-        page = context.new_page()
-        page.set_default_timeout(60_000)
-        page.goto(url + link)
-        # Stopped by the shutdown hook, or (if the process died first) failed when the store was reopened.
-        page.get_by_text(re.compile("The run (stopped|failed): the server stopped")).first.wait_for()
+    with sqlite3.connect(store["DRILL_RUNS_DB"]) as db:
+        [(epochs,)] = db.execute("SELECT epochs FROM runs WHERE status = 'finished'").fetchall()
+    # The server trains two runs at once on these two cores: a thread each, as here.
+    before = torch.get_num_threads()
+    try:
+        alone = train(FIFTEEN, load_mnist(), threads=max(1, usable_cpus() // default_slots()))
+    finally:
+        torch.set_num_threads(before)
+    untimed = [
+        [{k: v for k, v in e.items() if k != "seconds"} for e in run] for run in (json.loads(epochs), alone.epochs)
+    ]
+    assert untimed[0] == untimed[1] and len(untimed[0]) == 15
+
+
+@pytest.mark.ray
+def test_a_ray_backed_server_streams_a_run_to_the_browser(browser, ray_cluster, tmp_path_factory):
+    cluster, _ = ray_cluster
+    env = {**own_store(tmp_path_factory), "DRILL_BACKEND": "ray", "RAY_ADDRESS": cluster.address}
+    config = BY_NAME["quick"].config.replace(train={"subset": 2000, "epochs": 2, "seed": 14})
+    with serve(env, log_path=ROOT / "artifacts" / "streamlit-ray.log") as (url, _):
+        context, page = new_page(browser)
+        page.goto(f"{url}/train?{config.to_query()}")
         settle(page)
+        assert page.get_by_text("Runs can't train right now").count() == 0
+        button(page, "Start").click()
+        wait_for_run_text(page, r"epoch 1/2 · batch \d+/32")  # batches stream from the actor while it trains
+        wait_for_run_text(page, EPOCH_LINE.format(epoch=2, epochs=2))
+        page.get_by_text(re.compile("Quick demo.*: finished")).first.wait_for()
         context.close()
