@@ -218,9 +218,11 @@ def cmd_bench(args) -> int:
     """One full epoch of a preset through the seeds' pipeline and through drill's, then the app's other waits."""
     from drill import bench
     from drill.data import data_dir, load_mnist
+    from drill.train import device_type
 
-    cfg = load_config(args)
+    cfg = load_config(args).replace(train={"device": args.device})
     data = load_mnist()
+    print(f"drill's runs train on: {device_type(args.device)} (--device {args.device})", flush=True)
     seeds_s = bench.seeds_epoch(cfg, data, data_dir() / "torchvision-idx", workers=args.workers)
     print(
         f"seeds' pipeline (torchvision + PIL + DataLoader, {args.workers} workers): {seeds_s:.1f} s/epoch", flush=True
@@ -233,7 +235,7 @@ def cmd_bench(args) -> int:
     )
     print(f"speed-up: {seeds_s / drill_s:.1f}x")
     print(f"test pass (10,000 images): {bench.eval_seconds(cfg, data):.2f} s (median of 5)", flush=True)
-    quick = get_preset("quick").config
+    quick = get_preset("quick").config.replace(train={"device": args.device})
     print(f"quick demo, Start to first test point: {bench.first_point_seconds(quick, data):.1f} s", flush=True)
     shared = cfg.replace(train={"subset": args.subset or 12_000})
     alone, pair = bench.throughput(shared, data, 1), bench.throughput(shared, data, 2)
@@ -390,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers for the seeds' pipeline")
     p.add_argument("--repeats", type=int, default=3, help="drill epochs to take the median of")
     p.add_argument("--subset", type=int, help="time an epoch of N images instead of the preset's (a smoke test)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where drill's runs train")
     p.set_defaults(func=cmd_bench, config=None)
     p = sub.add_parser("contention", help="a run's epoch beside busy Python threads: in a thread vs a worker process")
     p.add_argument("--preset", choices=list(BY_NAME), default="quick")

@@ -28,7 +28,7 @@ from drill.config import RunConfig
 from drill.data import Mnist, load_mnist
 from drill.model import build_model
 from drill.store import pack_weights, unpack_weights
-from drill.train import RunResult, train
+from drill.train import RunResult, device_type, train
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +145,11 @@ class Handle:
         """Pass a command on to where the job trains (nothing to do in this process)."""
 
 
+def local_device_type(config: RunConfig) -> str:
+    """The device type a run of config trains on in this machine's processes."""
+    return device_type(config.train.device)
+
+
 class Unavailable:
     """Stands in for a backend that could not be set up: every page says why, and runs fail with it."""
 
@@ -159,6 +164,8 @@ class Unavailable:
 
     def slots(self) -> int:
         return 0
+
+    device_type = staticmethod(local_device_type)
 
     def start(self, job: Job, on_event: OnEvent, on_end: Callable[[Outcome], None]) -> Handle:
         raise RuntimeError(self._problem)  # never called: the manager starts nothing on a backend with a problem
@@ -207,6 +214,8 @@ class ThreadBackend:
     def slots(self) -> int:
         """Runs that may train at once now."""
         return self.max_running
+
+    device_type = staticmethod(local_device_type)  # the device type a run of a config trains on here
 
     def start(self, job: Job, on_event: OnEvent, on_end: Callable[[Outcome], None]) -> Handle:
         """Train the job in a new thread."""
@@ -305,6 +314,8 @@ class ProcessBackend:
 
     def slots(self) -> int:
         return self.max_running
+
+    device_type = staticmethod(local_device_type)
 
     def start(self, job: Job, on_event: OnEvent, on_end: Callable[[Outcome], None]) -> Handle:
         """Send the job to an idle worker (starting one if none is), and follow it from a thread."""

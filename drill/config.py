@@ -271,6 +271,9 @@ class TrainConfig(_Validated):
     )
     seed: int = _num("seed", 1, 0, 2**31 - 1, "random seed: same seed and config, same run", integer=True)
     threads: int = _num("threads", 0, 0, 8, "CPU threads for this run (0 = decided by the job scheduler)", integer=True)
+    device: str = _choice(
+        "dev", "auto", ("auto", "cpu", "cuda"), "where the run trains: a CUDA GPU when there is one (auto), or not"
+    )
 
     def _check_combination(self):
         if 0 < self.subset < self.batch_size:

@@ -203,9 +203,10 @@ class Ticket:
         return TicketRow(self.id, self.owner, self.run.id, self.label, self.created, self.cut)
 
 
-def config_key(config: RunConfig) -> str:
-    """What makes two runs the same training: the whole config, seed included; the thread count only sets speed."""
-    return hashlib.sha256(config.replace(train={"threads": 0}).to_json().encode()).hexdigest()
+def config_key(config: RunConfig, device: str = "cpu") -> str:
+    """What makes two runs the same training: the whole config, seed included, and the device type it trains on
+    (a GPU's sums differ from a CPU's); the thread count only sets speed."""
+    return hashlib.sha256(config.replace(train={"threads": 0, "device": device}).to_json().encode()).hexdigest()
 
 
 def new_id(prefix: str) -> str:
@@ -298,7 +299,7 @@ class JobManager:
         same lock: Streamlit can run one click's callback twice at once (it replays a click whose rerun was cut
         short), and a check made before submitting let one student of 30 start twice in a load test.
         """
-        key = config_key(config)
+        key = self._key(config)
         with self._lock:
             self._load(owner)
             self._presence.beat(owner)
@@ -499,6 +500,9 @@ class JobManager:
             self._dispatch()
 
     # -- internals (they expect the manager's lock held) ----------------------------------------------------------
+    def _key(self, config: RunConfig) -> str:
+        return config_key(config, self.backend.device_type(config))
+
     def _resume(self) -> None:
         """Put back in the queue the runs the store says are going (a server stopped or killed under them), in their
         order: each from its last checkpoint, or from epoch 1 when it has none that can be read. Their students get
@@ -522,7 +526,7 @@ class JobManager:
         if blob is not None:
             try:
                 checkpoint = Checkpoint.from_bytes(blob)
-                if config_key(RunConfig.from_dict(checkpoint.config)) != run.key:
+                if self._key(RunConfig.from_dict(checkpoint.config)) != run.key:
                     raise ValueError("it is of another config")
                 if not 0 < len(checkpoint.epochs) < run.config.train.epochs:
                     raise ValueError(f"it holds {len(checkpoint.epochs)} epochs of {run.config.train.epochs}")

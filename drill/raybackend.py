@@ -170,6 +170,11 @@ class RayBackend:
             self._slots, self._slots_at = sum(self._node_slots(node["Resources"]) for node in nodes), now
         return self._slots
 
+    def device_type(self, config) -> str:
+        """The device type a run trains on in its actor: Ray shows an actor only the GPUs it was given."""
+        name = config.train.device
+        return "cuda" if name == "cuda" or (name == "auto" and self.gpus_per_run > 0) else "cpu"
+
     def start(self, job: Job, on_event: OnEvent, on_end: Callable[[Outcome], None]) -> Handle:
         """Follow the job from a thread that hands it to a warm actor (or a new one) and fetches its events."""
         handle = _RayHandle(job.run_id, job.pause_now)

@@ -52,6 +52,11 @@ class RunResult:
 EPOCH_KEYS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds")
 
 
+def device_type(name: str) -> str:
+    """The device type a run's `device` setting gives in this process: "cuda" or "cpu"."""
+    return "cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu"
+
+
 def stratified_subset(labels: torch.Tensor, size: int) -> torch.Tensor:
     """Indices of the first images of each class, `size` in all with classes as even as possible, in dataset order."""
     by_class = [torch.nonzero(labels == c).flatten() for c in range(NUM_CLASSES)]
@@ -171,11 +176,13 @@ def divergence_reason(cfg: RunConfig, loss: float, epoch: int, batch: int) -> st
 
 
 def _batches(model: nn.Module, images: torch.Tensor):
-    """(start, scores) per evaluation batch of uint8 images, through the model's fast inference copy."""
-    fast = inference_copy(model)
+    """(start, scores on the CPU) per evaluation batch of uint8 images, through the model's fast inference copy, on
+    the model's device."""
+    device = next(model.parameters()).device
+    fast = inference_copy(model).to(device)
     for begin in range(0, len(images), EVAL_BATCH):
-        x = normalize(to_input(images[begin : begin + EVAL_BATCH]))
-        yield begin, fast(x.contiguous(memory_format=fast.input_format))
+        x = normalize(to_input(images[begin : begin + EVAL_BATCH])).to(device)
+        yield begin, fast(x.contiguous(memory_format=fast.input_format)).cpu()
 
 
 @torch.inference_mode()
@@ -227,25 +234,38 @@ def train(
     model = build_model(cfg.model, seed=cfg.train.seed)
     set_generator(model, generator)
     result = RunResult(cfg, "failed", "", count_params(model), model=model)
+    device = device_type(cfg.train.device)
+    if device == "cuda" and not torch.cuda.is_available():
+        result.reason = "the Device setting asks for cuda, but this machine has no CUDA GPU: choose auto or cpu"
+        report("end", {"status": result.status, "reason": result.reason})
+        return result
+    generators = [generator]
+    if device == "cuda":
+        # Dropout's masks are drawn where the activations are; the order, augmentation and initialisation stay on
+        # the CPU generator, so a run's data is the same on either device.
+        model.to(device)
+        generators.append(torch.Generator(device).manual_seed(cfg.train.seed))
+        set_generator(model, generators[-1])
     started, before = time.perf_counter(), resume.seconds if resume else 0.0
 
     def clock() -> float:
         return time.perf_counter() - started + before  # training seconds, those before a pause included
 
     try:
-        _run(cfg, data, model, generator, report, stop, pause or (lambda: False), resume, checkpoints, clock, result)
+        _run(cfg, data, model, generators, report, stop, pause or (lambda: False), resume, checkpoints, clock, result)
     except Exception as error:  # a run must end with a reason the student can read, whatever went wrong
         log.exception("run failed")
         result.status, result.reason = "failed", f"{type(error).__name__}: {error}"
     result.seconds = clock()
-    model.eval()
+    model.cpu().eval()  # what comes after (the store, Inspect, predictions) works on the CPU
     report("end", {"status": result.status, "reason": result.reason})
     return result
 
 
-def _run(cfg, data, model, generator, report, stop, pause, resume, checkpoints, clock, result) -> None:
+def _run(cfg, data, model, generators, report, stop, pause, resume, checkpoints, clock, result) -> None:
     """The epochs of one run (from the checkpoint's next one, when resuming); fills result in place."""
     tc = cfg.train
+    generator, device = generators[0], next(model.parameters()).device
     if tc.subset:
         index = stratified_subset(data.train_labels, tc.subset)
         images, labels = data.train_images[index], data.train_labels[index]
@@ -257,7 +277,7 @@ def _run(cfg, data, model, generator, report, stop, pause, resume, checkpoints, 
     if resume is not None:
         if RunConfig.from_dict(resume.config).replace(train={"threads": 0}) != cfg.replace(train={"threads": 0}):
             raise ValueError("the checkpoint is of another config, so this run cannot go on from it")
-        _restore(resume, model, optimizer, schedule, generator)
+        _restore(resume, model, optimizer, schedule, generators)
         result.epochs = [dict(e) for e in resume.epochs]
     done = len(result.epochs)
     report(
@@ -276,8 +296,8 @@ def _run(cfg, data, model, generator, report, stop, pause, resume, checkpoints, 
                 return
             index = order[batch * tc.batch_size : (batch + 1) * tc.batch_size]
             x = augment_batch(to_input(images[index]), cfg.augment, generator)
-            target = labels[index]
-            scores = model(normalize(x))
+            target = labels[index].to(device)
+            scores = model(normalize(x).to(device))
             loss = loss_fn(scores, target, cfg.model.log_softmax)
             loss_value = loss.item()
             if diverged(loss_value):
@@ -320,7 +340,7 @@ def _run(cfg, data, model, generator, report, stop, pause, resume, checkpoints, 
             break
         pausing = pause()
         if checkpoints or pausing:
-            state = _state(model, optimizer, schedule, generator)
+            state = _state(model, optimizer, schedule, generators)
             checkpoint = Checkpoint([dict(e) for e in result.epochs], clock(), state, cfg.to_dict())
         if checkpoints:
             report("checkpoint", {"epoch": epoch, "blob": checkpoint.to_bytes()})
@@ -330,25 +350,27 @@ def _run(cfg, data, model, generator, report, stop, pause, resume, checkpoints, 
     result.status = "finished"
 
 
-def _state(model, optimizer, schedule, generator) -> dict:
+def _state(model, optimizer, schedule, generators) -> dict:
     """Every piece of training state that the next epoch reads."""
     return {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "schedule": schedule.scheduler.state_dict() if schedule.scheduler is not None else None,
-        # One generator draws the training order, the augmentation and the dropout masks (set_generator).
-        "generator": generator.get_state(),
+        # On the CPU one generator draws the training order, the augmentation and the dropout masks; on a GPU the
+        # masks come from a second one there.
+        "generators": [g.get_state() for g in generators],
     }
 
 
-def _restore(checkpoint: Checkpoint, model, optimizer, schedule, generator) -> None:
+def _restore(checkpoint: Checkpoint, model, optimizer, schedule, generators) -> None:
     """Put a checkpoint's state back (the inverse of _state)."""
     state = checkpoint.state
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     if schedule.scheduler is not None:
         schedule.scheduler.load_state_dict(state["schedule"])
-    generator.set_state(state["generator"])
+    for generator, saved in zip(generators, state["generators"], strict=True):
+        generator.set_state(saved)
 
 
 def run_summary(result: RunResult) -> dict[str, Any]:

@@ -28,6 +28,7 @@ HEAD_LABELS = {
 }
 DROPOUT_KIND_LABELS = {"element": "Element (Dropout)", "channel": "Channel (Dropout2d)"}
 OPTIMIZER_LABELS = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}
+DEVICE_LABELS = {"auto": "Auto: a GPU if there is one", "cpu": "CPU", "cuda": "GPU (CUDA)"}
 SCHEDULE_LABELS = {
     "none": "Constant",
     "step": "StepLR",

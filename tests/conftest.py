@@ -121,3 +121,18 @@ def ray_cluster():
     cluster.wait_for_nodes()
     yield cluster, nodes
     cluster.shutdown()
+
+
+@pytest.fixture
+def fresh_app_manager():
+    """The app's process-wide job manager (st.cache_resource) made anew for one test, and again after it. The one
+    before is shut down first: it holds the run store's file, which a second manager on it would be refused."""
+    from views import common
+
+    def renew() -> None:
+        common.manager().shutdown()
+        common.manager.clear()
+
+    renew()
+    yield
+    renew()

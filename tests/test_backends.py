@@ -262,26 +262,19 @@ def test_a_cluster_out_of_reach_is_named_with_what_to_do(monkeypatch):
     assert problem.endswith("start its head node (see the README), or unset DRILL_BACKEND to train on this server.")
 
 
-def test_every_page_shows_a_backend_problem(monkeypatch):
+def test_every_page_shows_a_backend_problem(monkeypatch, fresh_app_manager):
     from conftest import REPO_ROOT
     from streamlit.testing.v1 import AppTest
 
-    from views import common
-
-    monkeypatch.setenv("DRILL_BACKEND", "bogus")
-    common.manager.clear()  # the app's manager is process-wide: this test's server uses the bogus setting
-    try:
-        for page in ("views/drilldown.py", "views/train.py", "views/compare.py"):
-            at = AppTest.from_file(str(REPO_ROOT / "app.py"), default_timeout=60)
-            at.run()
-            at.switch_page(page).run()
-            assert not at.exception, at.exception
-            assert [e.value for e in at.error][:1] == [
-                "Runs can't train right now. DRILL_BACKEND='bogus' is not allowed: one of threads, processes, ray"
-            ], page
-    finally:
-        common.manager().shutdown()
-        common.manager.clear()
+    monkeypatch.setenv("DRILL_BACKEND", "bogus")  # read when the app's manager is made, in the first page's run
+    for page in ("views/drilldown.py", "views/train.py", "views/compare.py"):
+        at = AppTest.from_file(str(REPO_ROOT / "app.py"), default_timeout=60)
+        at.run()
+        at.switch_page(page).run()
+        assert not at.exception, at.exception
+        assert [e.value for e in at.error][:1] == [
+            "Runs can't train right now. DRILL_BACKEND='bogus' is not allowed: one of threads, processes, ray"
+        ], page
 
 
 TOKEN_HEAD = """
@@ -326,3 +319,14 @@ def test_a_cluster_with_token_authentication_refuses_a_wrong_token_and_takes_the
     finally:
         head.stdin.close()
         head.wait(timeout=120)
+
+
+def test_a_ray_run_asking_for_a_gpu_share_trains_on_cuda_and_is_not_shared_with_cpu_runs():
+    need_module("ray", "ray is not installed (requirements-ray.txt)")
+    from drill.raybackend import RayBackend
+
+    address = "127.0.0.1:1"  # refused at once: the device rule needs no cluster
+    with_gpu, without = RayBackend(address, gpus_per_run=0.1), RayBackend(address)
+    auto = SMALL
+    assert (with_gpu.device_type(auto), without.device_type(auto)) == ("cuda", "cpu")
+    assert without.device_type(auto.replace(train={"device": "cuda"})) == "cuda"

@@ -253,8 +253,9 @@ def test_subprocess_cases_are_known():
 
 
 def test_bench_times_both_pipelines_side_by_side(capsys):
-    assert main(["bench", "--subset", "2000", "--repeats", "1", "--workers", "0"]) == 0
-    lines = capsys.readouterr().out.splitlines()
+    assert main(["bench", "--subset", "2000", "--repeats", "1", "--workers", "0", "--device", "cpu"]) == 0
+    device, *lines = capsys.readouterr().out.splitlines()
+    assert device == "drill's runs train on: cpu (--device cpu)"
     assert lines[0].startswith("seeds' pipeline (torchvision + PIL + DataLoader, 0 workers): ")
     assert lines[1].startswith("drill's pipeline: ") and "(median of 1: " in lines[1]
     assert re.fullmatch(r"speed-up: \d+\.\dx", lines[2]), lines[2]
@@ -282,3 +283,14 @@ def test_profile_times_a_step_and_names_the_ops(capsys):
     # over 94 steps.
     assert abs(epoch_s - conv_ms * 94 / 1000) <= 0.05 + 0.05 * 94 / 1000 + 1e-9
     assert "aten::convolution_backward" in out and "Self CPU" in out
+
+
+def test_contention_times_a_run_in_a_thread_and_in_a_worker_beside_busy_threads(capsys):
+    args = ["contention", "--subset", "640", "--busy", "2", "--work-ms", "5", "--period", "0.05"]
+    assert main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("640 images, 1 torch thread; cores ") and "beside: 2 threads of 5 ms" in lines[0]
+    rows = [line for line in lines if line.startswith("| a ")]
+    assert [row.split(" | ")[0] for row in rows] == ["| a thread of the server", "| a worker process"]
+    for row in rows:
+        assert re.fullmatch(r"\| a .+ \| \d+\.\d s \| \d+\.\d s \| \d+\.\d\dx \|", row), row

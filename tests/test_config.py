@@ -339,6 +339,7 @@ def everything_changed() -> RunConfig:
             subset=1000,
             seed=42,
             threads=2,
+            device="cpu",
         ),
     )
     default = RunConfig()

@@ -613,3 +613,14 @@ def test_taking_turns_changes_nothing_a_run_computes(small_mnist):
         torch.set_num_threads(before)
     assert [e["test_acc"] for e in taken.epochs] == [e["test_acc"] for e in alone.epochs]
     assert [e["train_loss"] for e in taken.epochs] == pytest.approx([e["train_loss"] for e in alone.epochs], rel=1e-6)
+
+
+def test_the_sharing_key_holds_the_device_type_a_run_trains_on(make_manager):
+    from drill.jobs import config_key
+
+    config = cfg(1)
+    assert config_key(config, "cpu") != config_key(config, "cuda")
+    # Here auto means the CPU, so asking for auto or for the CPU is one training, shared.
+    manager = make_manager(max_running=1)
+    auto, cpu = manager.submit("ann", config), manager.submit("bob", config.replace(train={"device": "cpu"}))
+    assert auto.run is cpu.run or torch.cuda.is_available()

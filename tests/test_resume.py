@@ -192,27 +192,20 @@ def test_queued_runs_keep_their_places_across_a_restart(tmp_path):
         restarted.shutdown()
 
 
-def test_the_train_page_shows_the_resumed_run_and_that_nothing_was_lost(tmp_path, monkeypatch):
+def test_the_train_page_shows_the_resumed_run_and_that_nothing_was_lost(tmp_path, monkeypatch, fresh_app_manager):
     from streamlit.testing.v1 import AppTest
-
-    from views import common
 
     owner = uuid.uuid4().hex
     path = tmp_path / "runs.sqlite"
     interrupted_run(path, epochs_done=1, owner=owner)
-    monkeypatch.setenv("DRILL_RUNS_DB", str(path))
-    common.manager.clear()  # a server started on the interrupted store
-    try:
-        at = AppTest.from_file(str(REPO_ROOT / "app.py"), default_timeout=60)
-        at.query_params["me"] = owner
-        at.run()
-        at.switch_page("views/train.py").run()
-        assert not at.exception, at.exception
-        notes = [i.value for i in at.info]
-        assert any(n.startswith("Resumed after epoch ") and "nothing trained before is lost" in n for n in notes), notes
-    finally:
-        common.manager().shutdown()
-        common.manager.clear()
+    monkeypatch.setenv("DRILL_RUNS_DB", str(path))  # the app's next manager: a server started on this store
+    at = AppTest.from_file(str(REPO_ROOT / "app.py"), default_timeout=60)
+    at.query_params["me"] = owner
+    at.run()
+    at.switch_page("views/train.py").run()
+    assert not at.exception, at.exception
+    notes = [i.value for i in at.info]
+    assert any(n.startswith("Resumed after epoch ") and "nothing trained before is lost" in n for n in notes), notes
 
 
 def test_a_cli_run_cut_short_by_ctrl_c_goes_on_from_its_checkpoint(tmp_path):

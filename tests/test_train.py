@@ -411,3 +411,21 @@ def test_a_damaged_or_foreign_checkpoint_is_refused_with_why(small_mnist):
     assert older != blob
     with pytest.raises(ValueError, match="a checkpoint of format 0; this version reads format 1"):
         Checkpoint.from_bytes(older)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU: the run trains on it")
+def test_asking_for_a_gpu_where_there_is_none_fails_the_run_saying_what_to_choose(small_mnist):
+    result = train(TINY.replace(train={"device": "cuda"}), small_mnist)
+    assert (result.status, result.epochs) == ("failed", [])
+    assert result.reason == "the Device setting asks for cuda, but this machine has no CUDA GPU: choose auto or cpu"
+    assert train_module.device_type("auto") == "cpu" and train_module.device_type("cpu") == "cpu"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine: the GPU path is not run")
+def test_a_run_on_the_gpu_trains_pauses_and_resumes_there_and_hands_back_a_cpu_model(small_mnist):
+    cfg = TINY.replace(train={"device": "cuda", "epochs": 3})
+    alone = train(cfg, small_mnist)
+    assert alone.status == "finished" and next(alone.model.parameters()).device.type == "cpu"
+    paused = train(cfg, small_mnist, pause=lambda: True)
+    resumed = train(cfg, small_mnist, resume=Checkpoint.from_bytes(paused.checkpoint.to_bytes()))
+    assert [e["test_acc"] for e in resumed.epochs] == [e["test_acc"] for e in alone.epochs]

@@ -70,6 +70,9 @@ with train_col:
         train |= common.field_widgets(TrainConfig, t, ui.train_controls(ui.SCHEDULE_FIELDS[train["schedule"]]))
         train["subset"] = common.field_number(TrainConfig, "subset", "Training images (0 = all 60,000)", t.subset, 1000)
         train["seed"] = common.field_number(TrainConfig, "seed", "Seed", t.seed, 1)
+        train["device"] = common.field_choice(
+            TrainConfig, "device", "Device", t.device, ui.DEVICE_LABELS, dropdown=True
+        )
 
 # -- state set-up: a valid config becomes current; the run shown is this session's latest -------------------------
 new, config_error = common.apply_config(augment=augment, train=train)
