@@ -277,6 +277,39 @@ def cmd_contention(args) -> int:
     return 0
 
 
+def cmd_plan(args) -> int:
+    """How long a class waits on N machines of C cores, worked out from a measured epoch time of one run on one core.
+
+    With turns, the slots give every run its first epoch before any run its second: the last student's first point
+    comes after ceil(students / slots) epochs, and, all runs being the same length, the last run ends after that many
+    times its epochs (idealised: no other load, every machine as fast as the one measured).
+    """
+    import math
+
+    print(
+        f"{args.students} students, one {args.epochs}-epoch run each, {args.epoch_s:g} s an epoch on one core "
+        f"(one run per core)\n\n| machines x cores | slots | last student's first point | every run finished |"
+        "\n|---|---:|---:|---:|"
+    )
+    for machines, cores in args.layouts:
+        slots = machines * cores
+        waves = math.ceil(args.students / slots)
+        first, whole = waves * args.epoch_s, waves * args.epochs * args.epoch_s
+        print(f"| {machines} x {cores} | {slots} | {_duration(first)} | {_duration(whole)} |")
+    return 0
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+
+def _layout(text: str) -> tuple[int, int]:
+    machines, _, cores = text.partition("x")
+    if not (machines.isdigit() and cores.isdigit() and int(machines) > 0 and int(cores) > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed: MACHINESxCORES, e.g. 1x2 or 8x4")
+    return int(machines), int(cores)
+
+
 def cmd_profile(args) -> int:
     """Milliseconds per training step of a config, and where they go (torch's profiler)."""
     import torch
@@ -402,6 +435,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--period", type=float, default=2.0, help="seconds between a busy thread's wake-ups")
     p.add_argument("--cores", type=int, nargs="*", help="pin everything to these cores (e.g. 0)")
     p.set_defaults(func=cmd_contention, config=None)
+    p = sub.add_parser("plan", help="how long a class waits on N machines of C cores, from a measured epoch time")
+    p.add_argument("--epoch-s", type=float, required=True, help="one epoch of one run on one core, test pass included")
+    p.add_argument("--students", type=int, default=30)
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("layouts", nargs="+", type=_layout, metavar="MACHINESxCORES")
+    p.set_defaults(func=cmd_plan)
     p = sub.add_parser("profile", help="ms per training step and the ops that take them")
     with_config(p)
     p.add_argument("--steps", type=int, default=20)

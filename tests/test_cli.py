@@ -294,3 +294,13 @@ def test_contention_times_a_run_in_a_thread_and_in_a_worker_beside_busy_threads(
     assert [row.split(" | ")[0] for row in rows] == ["| a thread of the server", "| a worker process"]
     for row in rows:
         assert re.fullmatch(r"\| a .+ \| \d+\.\d s \| \d+\.\d s \| \d+\.\d\dx \|", row), row
+
+
+def test_plan_works_out_a_class_wait_from_an_epoch_time(capsys):
+    assert main(["plan", "--epoch-s", "30", "--students", "30", "1x2", "4x4", "8x4"]) == 0
+    assert capsys.readouterr().out.splitlines()[-3:] == [
+        "| 1 x 2 | 2 | 8 min | 112 min |",  # 15 waves of 2: 15 x 30 s to the last first point, 15 x 15 x 30 s in all
+        "| 4 x 4 | 16 | 60 s | 15 min |",
+        "| 8 x 4 | 32 | 30 s | 8 min |",
+    ]
+    assert main(["plan", "--epoch-s", "30", "4by4"]) == 2
