@@ -60,6 +60,11 @@ class Outcome:
     lost: str = ""  # set when the worker or machine under the run went away: what happened, for the student
 
     @classmethod
+    def of_lost_run(cls, what: str) -> Outcome:
+        """A run whose worker or machine went away (what: how, in the student's words)."""
+        return cls("failed", f"{what}; start it again", lost=what)
+
+    @classmethod
     def from_result(cls, result: RunResult) -> Outcome:
         """A training result as an outcome (its model only if it trained at least an epoch)."""
         model = result.model if result.epochs else None
@@ -145,6 +150,37 @@ class Handle:
         """Pass a command on to where the job trains (nothing to do in this process)."""
 
 
+class Followers:
+    """The threads that follow a backend's jobs, one a job, named for its run (no thread may outlive its job)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._threads: set[threading.Thread] = set()
+
+    def start(self, run_id: str, follow: Callable[..., None], *args) -> threading.Thread:
+        """Run follow(*args) in a new thread."""
+
+        def run() -> None:
+            try:
+                follow(*args)
+            finally:
+                with self._lock:
+                    self._threads.discard(threading.current_thread())
+
+        thread = threading.Thread(target=run, name=f"drill-{run_id}", daemon=True)
+        with self._lock:
+            self._threads.add(thread)
+        thread.start()
+        return thread
+
+    def join(self, timeout: float) -> None:
+        """Wait for every thread following a job (the manager has stopped the jobs)."""
+        with self._lock:
+            threads = list(self._threads)
+        for thread in threads:
+            thread.join(timeout)
+
+
 def local_device_type(config: RunConfig) -> str:
     """The device type a run of config trains on in this machine's processes."""
     return device_type(config.train.device)
@@ -204,8 +240,7 @@ class ThreadBackend:
         self.threads_per_job = max(1, usable_cpus() // self.max_running)
         self._data = data
         self._runner = runner
-        self._handles: set[Handle] = set()
-        self._lock = threading.Lock()
+        self._followers = Followers()
 
     def problem(self) -> str | None:
         """Why runs cannot train here, if they cannot."""
@@ -220,40 +255,30 @@ class ThreadBackend:
     def start(self, job: Job, on_event: OnEvent, on_end: Callable[[Outcome], None]) -> Handle:
         """Train the job in a new thread."""
         handle = Handle(job.pause_now)
-
-        def work() -> None:
-            try:
-                result = self._runner(
-                    job.config,
-                    self._data(),
-                    on_event,
-                    handle.stop_event,
-                    threads=job.threads,
-                    pause=handle.pause_event.is_set,
-                    resume=job.resume,
-                    checkpoints=job.checkpoints,
-                )
-                outcome = Outcome.from_result(result)
-            except Exception as error:  # data missing or a bug: the student still sees the run, failed, with why
-                log.exception("run %s failed", job.run_id)
-                outcome = Outcome("failed", f"{type(error).__name__}: {error}")
-            finally:
-                with self._lock:
-                    self._handles.discard(handle)
-            on_end(outcome)
-
-        handle.thread = threading.Thread(target=work, name=f"drill-{job.run_id}", daemon=True)
-        with self._lock:
-            self._handles.add(handle)
-        handle.thread.start()
+        handle.thread = self._followers.start(job.run_id, self._work, job, handle, on_event, on_end)
         return handle
+
+    def _work(self, job: Job, handle: Handle, on_event: OnEvent, on_end: Callable[[Outcome], None]) -> None:
+        try:
+            result = self._runner(
+                job.config,
+                self._data(),
+                on_event,
+                handle.stop_event,
+                threads=job.threads,
+                pause=handle.pause_event.is_set,
+                resume=job.resume,
+                checkpoints=job.checkpoints,
+            )
+            outcome = Outcome.from_result(result)
+        except Exception as error:  # data missing or a bug: the student still sees the run, failed, with why
+            log.exception("run %s failed", job.run_id)
+            outcome = Outcome("failed", f"{type(error).__name__}: {error}")
+        on_end(outcome)
 
     def shutdown(self, timeout: float) -> None:
         """Wait for the jobs' threads (the manager has stopped them)."""
-        with self._lock:
-            handles = list(self._handles)
-        for handle in handles:
-            handle.thread.join(timeout)
+        self._followers.join(timeout)
 
 
 class _ProcessHandle(Handle):
@@ -305,7 +330,7 @@ class ProcessBackend:
         self._context = multiprocessing.get_context("spawn")
         self._idle: list[_Worker] = []
         self._busy: set[_Worker] = set()
-        self._followers: set[threading.Thread] = set()
+        self._followers = Followers()
         self._lock = threading.Lock()
         self._closed = False
 
@@ -325,12 +350,7 @@ class ProcessBackend:
             worker = self._idle.pop() if self._idle else _Worker(self._context)
             self._busy.add(worker)
         handle = _ProcessHandle(worker, job.pause_now)
-        handle.thread = threading.Thread(
-            target=self._follow, args=(worker, job, handle, on_event, on_end), name=f"drill-{job.run_id}", daemon=True
-        )
-        with self._lock:
-            self._followers.add(handle.thread)
-        handle.thread.start()
+        handle.thread = self._followers.start(job.run_id, self._follow, worker, job, handle, on_event, on_end)
         return handle
 
     def _follow(self, worker: _Worker, job: Job, handle: Handle, on_event: OnEvent, on_end) -> None:
@@ -350,28 +370,24 @@ class ProcessBackend:
             worker.process.join(5)
             code = worker.process.exitcode
             log.error("the worker process training run %s died (exit code %s)", job.run_id, code)
-            lost = f"the worker process training it died (exit code {code})"
-            outcome = Outcome("failed", f"{lost}; start it again", lost=lost)
+            outcome = Outcome.of_lost_run(f"the worker process training it died (exit code {code})")
         except Exception as error:
             log.exception("run %s failed", job.run_id)
             outcome = Outcome("failed", f"{type(error).__name__}: {error}")
         finally:
             with self._lock:
                 self._busy.discard(worker)
-                if outcome is not None and outcome.reason.startswith("the worker process") or self._closed:
+                if outcome is not None and outcome.lost or self._closed:
                     worker.process.kill()
                 elif worker.alive():
                     self._idle.append(worker)
-                self._followers.discard(threading.current_thread())
         on_end(outcome)
 
     def shutdown(self, timeout: float) -> None:
         """Wait for the followed jobs (the manager has stopped them), then end the workers."""
         with self._lock:
             self._closed = True
-            followers = list(self._followers)
-        for thread in followers:
-            thread.join(timeout)
+        self._followers.join(timeout)
         with self._lock:
             workers, self._idle = self._idle + list(self._busy), []
         for worker in workers:

@@ -136,6 +136,16 @@ class StepProfile:
     table: str  # the torch profiler's table of the ops that took the time
 
 
+def timed_step(model, optimizer, x: torch.Tensor, y: torch.Tensor, log_softmax: bool) -> float:
+    """Seconds for one forward, backward and optimizer step."""
+    started = time.perf_counter()
+    loss = loss_fn(model(x), y, log_softmax)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return time.perf_counter() - started
+
+
 def step_profile(cfg: RunConfig, steps: int = 20, rows: int = 12) -> StepProfile:
     """Time the network's forward, backward and optimizer step alone, on random inputs of the config's batch size."""
     from torch.profiler import profile
@@ -148,12 +158,7 @@ def step_profile(cfg: RunConfig, steps: int = 20, rows: int = 12) -> StepProfile
     y = torch.randint(0, 10, (cfg.train.batch_size,), generator=generator)
 
     def step() -> float:
-        started = time.perf_counter()
-        loss = loss_fn(model(x), y, cfg.model.log_softmax)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return time.perf_counter() - started
+        return timed_step(model, optimizer, x, y, cfg.model.log_softmax)
 
     for _ in range(3):
         step()

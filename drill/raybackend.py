@@ -23,7 +23,7 @@ from pathlib import Path
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayError
 
-from drill.backends import Handle, Job, OnEvent, Outcome, job_to_wire, train_wire_job
+from drill.backends import Followers, Handle, Job, OnEvent, Outcome, job_to_wire, train_wire_job
 from drill.data import Mnist, load_mnist
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ class RayBackend:
         self._warm = warm
         self._lock = threading.Lock()
         self._idle: list = []
-        self._followers: set[threading.Thread] = set()
+        self._followers = Followers()
         self._actors: set = set()
         self._problem: str | None = None
         self._retry_at = 0.0
@@ -178,20 +178,12 @@ class RayBackend:
     def start(self, job: Job, on_event: OnEvent, on_end: Callable[[Outcome], None]) -> Handle:
         """Follow the job from a thread that hands it to a warm actor (or a new one) and fetches its events."""
         handle = _RayHandle(job.run_id, job.pause_now)
-        handle.thread = threading.Thread(
-            target=self._follow, args=(job, handle, on_event, on_end), name=f"drill-{job.run_id}", daemon=True
-        )
-        with self._lock:
-            self._followers.add(handle.thread)
-        handle.thread.start()
+        handle.thread = self._followers.start(job.run_id, self._follow, job, handle, on_event, on_end)
         return handle
 
     def shutdown(self, timeout: float) -> None:
         """Wait for the followed runs (the manager has stopped them), end every actor, and leave the cluster."""
-        with self._lock:
-            followers = list(self._followers)
-        for thread in followers:
-            thread.join(timeout)
+        self._followers.join(timeout)
         with self._lock:
             actors, self._idle = list(self._actors), []
             self._actors.clear()
@@ -311,8 +303,7 @@ class RayBackend:
             outcome = Outcome.from_wire(ray.get(done_ref), job.config)
         except RayActorError as error:
             log.error("the actor training run %s was lost: %s", job.run_id, error)
-            lost = f"the machine training it was lost ({type(error).__name__})"
-            outcome = Outcome("failed", f"{lost}; start it again", lost=lost)
+            outcome = Outcome.of_lost_run(f"the machine training it was lost ({type(error).__name__})")
         except Exception as error:
             log.exception("run %s failed on the cluster", job.run_id)
             outcome = Outcome("failed", f"{type(error).__name__}: {error}")
@@ -323,8 +314,6 @@ class RayBackend:
                 else:
                     with self._lock:
                         self._idle.append(actor)
-            with self._lock:
-                self._followers.discard(threading.current_thread())
         on_end(outcome)
 
 

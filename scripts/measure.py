@@ -76,9 +76,10 @@ def dropout_cost(repeats: int) -> dict:
     import torch
     from torch import nn
 
+    from drill.bench import timed_step
     from drill.model import Dropout, build_model, set_generator
     from drill.presets import BY_NAME
-    from drill.train import loss_fn, make_optimizer
+    from drill.train import make_optimizer
 
     # One thread, as each run has when two train side by side on two cores; two threads on a shared machine swing
     # several-fold with what else runs.
@@ -103,12 +104,7 @@ def dropout_cost(repeats: int) -> dict:
     }
 
     def step(model, optimizer) -> float:
-        started = time.perf_counter()
-        loss = loss_fn(model(x), y, cfg.model.log_softmax)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return time.perf_counter() - started
+        return timed_step(model, optimizer, x, y, cfg.model.log_softmax)
 
     times: dict[str, list[float]] = {name: [] for name in variants}
     for round_number in range(repeats + 3):

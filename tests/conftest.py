@@ -136,3 +136,15 @@ def fresh_app_manager():
     renew()
     yield
     renew()
+
+
+def trained_here(config, data: Mnist, threads: int):
+    """A run of config trained start to end in this process with `threads` torch threads (restored afterwards):
+    what a backend's run must equal, given the same thread count."""
+    from drill.train import train
+
+    before = torch.get_num_threads()
+    try:
+        return train(config, data, threads=threads)
+    finally:
+        torch.set_num_threads(before)

@@ -11,13 +11,12 @@ import socket
 
 import pytest
 import torch
-from conftest import loopback_only, need, need_module, wait_until
+from conftest import loopback_only, need, need_module, trained_here, wait_until
 
 from drill.backends import ProcessBackend, ThreadBackend
 from drill.jobs import ACTIVE, MAX_LOSSES, JobManager, Ticket
 from drill.presets import get_preset
 from drill.store import RunStore
-from drill.train import train
 
 SMALL = get_preset("quick").config.replace(train={"subset": 512, "epochs": 2, "seed": 5})
 # Minutes of work on these cores (all 60,000 images): the run is still training whenever the test acts on it.
@@ -72,11 +71,7 @@ def untimed(epochs) -> list[dict]:
 def test_a_run_gives_the_same_epochs_as_training_it_here(manager, mnist):
     ticket = manager.submit("ann", SMALL)
     done = wait_status(manager, ticket, "finished")
-    before = torch.get_num_threads()
-    try:
-        alone = train(SMALL, mnist, threads=manager.threads_per_job)
-    finally:
-        torch.set_num_threads(before)
+    alone = trained_here(SMALL, mnist, manager.threads_per_job)
     assert untimed(done.epochs) == untimed(alone.epochs)
     assert done.params == alone.params and done.progress["batch"] == done.progress["batches"] == 8
     model = manager.model(ticket.id)
@@ -195,11 +190,7 @@ def test_a_node_removed_mid_run_resumes_the_run_on_another_node_with_nothing_los
         assert second_node != node_id
         done = wait_status(manager, ticket, "finished")
         assert done.note.startswith("Resumed after epoch 1: the machine training it was lost"), done.note
-        before = torch.get_num_threads()
-        try:
-            alone = train(medium, mnist, threads=manager.threads_per_job)
-        finally:
-            torch.set_num_threads(before)
+        alone = trained_here(medium, mnist, manager.threads_per_job)
         assert untimed(done.epochs) == untimed(alone.epochs)
         wait_until(lambda: manager.backend.slots() == 1, 60, 0.5, what="the cluster to count one node")
     finally:

@@ -12,8 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
-from conftest import need, need_module
+from conftest import need, need_module, trained_here
 from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
 from streamlit_server import CHROMIUM, CHROMIUM_ARGS, ROOT, serve
 
@@ -22,7 +21,6 @@ from drill.backends import default_slots, usable_cpus
 from drill.config import RunConfig
 from drill.data import load_mnist
 from drill.presets import BY_NAME, matching_preset
-from drill.train import train
 
 pytestmark = pytest.mark.browser
 
@@ -272,11 +270,7 @@ def test_a_server_killed_mid_run_resumes_it_on_restart_and_the_page_shows_nothin
     with sqlite3.connect(store["DRILL_RUNS_DB"]) as db:
         [(epochs,)] = db.execute("SELECT epochs FROM runs WHERE status = 'finished'").fetchall()
     # The server trains two runs at once on these two cores: a thread each, as here.
-    before = torch.get_num_threads()
-    try:
-        alone = train(FIFTEEN, load_mnist(), threads=max(1, usable_cpus() // default_slots()))
-    finally:
-        torch.set_num_threads(before)
+    alone = trained_here(FIFTEEN, load_mnist(), max(1, usable_cpus() // default_slots()))
     untimed = [
         [{k: v for k, v in e.items() if k != "seconds"} for e in run] for run in (json.loads(epochs), alone.epochs)
     ]

@@ -16,8 +16,7 @@ import textwrap
 import uuid
 
 import pytest
-import torch
-from conftest import REPO_ROOT, wait_until
+from conftest import REPO_ROOT, trained_here, wait_until
 
 from drill.backends import ThreadBackend, usable_cpus
 from drill.checkpoint import Checkpoint
@@ -59,11 +58,7 @@ def untimed(epochs) -> list[dict]:
 @functools.cache
 def uninterrupted(config) -> list[dict]:
     """The run trained start to end here, with the thread count a one-slot server gives it."""
-    before = torch.get_num_threads()
-    try:
-        return untimed(train(config, load_mnist(), threads=usable_cpus()).epochs)
-    finally:
-        torch.set_num_threads(before)
+    return untimed(trained_here(config, load_mnist(), usable_cpus()).epochs)
 
 
 def stored(path, what: str):
