@@ -316,9 +316,11 @@ class _Worker:
 class ProcessBackend:
     """Runs train in worker processes, one per slot, started when first needed and kept warm for the next run.
 
-    Measured here (results/gil.md): beside 30 busy Python threads, a run trained in a thread of the serving process
-    got a fraction of a core, because each of a training step's many small torch calls must take the GIL back.
-    A worker process has a GIL of its own.
+    Why: profiled on a class server (one core, 30 tabs), a run in a thread of the server spent 77% of its time in
+    torch calls yet got 11% of a core, the rest going to Streamlit's threads between its calls, each of which must
+    take the GIL back. A worker has a GIL of its own. Without Streamlit, 30 busy Python threads beside the run slow
+    it about alike in a thread and in a worker (results/contention.md, all on one core), so that profile's gap is
+    not the GIL alone; the worker keeps training out of the serving process whatever the cause.
     """
 
     name = "processes"

@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import json
 import math
+import os
 import re
 import sqlite3
 import sys
@@ -44,7 +45,32 @@ MEMORY_LIMIT_MB = 1536
 # view, and its student saw nothing happen (the page then caught up when the run ended).
 STATUS_LIMIT_S = 60.0
 CONSOLE_KEPT = 40
+SOLO = 999  # the session number of the run trained alone before the class (--alone-first)
+SOLO_SEED = 100 + SOLO
 WARM_UP_PAGES = (("", "drill-down"), ("/build", "Build"), ("/train", "Train"), ("/compare", "Compare"))
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time a process has used, all its threads (user + system), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children(pid: int) -> list[int]:
+    """The processes a process started (the server's training workers)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+def cpu_split(pid: int) -> dict[str, float]:
+    """CPU seconds so far of the server process (serving, and training on the threads backend) and of its workers."""
+    return {"server": cpu_seconds(pid), "workers": sum(cpu_seconds(child) for child in children(pid))}
 
 
 def process_stats(pid: int) -> tuple[float, int]:
@@ -82,9 +108,9 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 def session_config(n: int, mode: str, epochs: int | None, subset: int | None):
-    """The quick demo, with the student's own seed in "different" mode."""
+    """The quick demo, with the student's own seed in "different" mode (and always for the solo run)."""
     changes = {k: v for k, v in (("epochs", epochs), ("subset", subset)) if v}
-    if mode == "different":
+    if mode == "different" or n == SOLO:
         changes["seed"] = 100 + n
     return BY_NAME["quick"].config.replace(train=changes)
 
@@ -143,13 +169,16 @@ async def one_session(browser, url: str, n: int, args) -> dict:
     return out
 
 
-async def drive(url: str, args, warm_up: bool = False) -> list[dict]:
-    """Run every session at once; or, with warm_up, open each page once in one tab and close it."""
+async def drive(url: str, args, warm_up: bool = False, solo: bool = False) -> list[dict]:
+    """Run every session at once; with solo, one session of its own seed alone; with warm_up, open each page once
+    in one tab and close it."""
     from playwright.async_api import async_playwright
 
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
+            if solo:
+                return [await one_session(browser, url, SOLO, args)]
             if not warm_up:
                 return await asyncio.gather(*(one_session(browser, url, n, args) for n in range(args.sessions)))
             context = await browser.new_context()
@@ -163,6 +192,18 @@ async def drive(url: str, args, warm_up: bool = False) -> list[dict]:
             return []
         finally:
             await browser.close()
+
+
+def epoch_seconds(path: Path, seeds: set[int]) -> list[float]:
+    """Training seconds of every epoch of the runs with these seeds in the store (the test pass left out)."""
+    with sqlite3.connect(path) as db:
+        rows = db.execute("SELECT config, epochs FROM runs").fetchall()
+    return [
+        epoch["seconds"]
+        for config, epochs in rows
+        if json.loads(config)["train"]["seed"] in seeds
+        for epoch in json.loads(epochs)
+    ]
 
 
 def store_check(path: Path, sessions: int, epochs: int) -> dict:
@@ -200,30 +241,51 @@ def run_load(args) -> dict:
     work = args.work = Path(tempfile.mkdtemp(prefix="drill-load-"))
     store = work / "runs.sqlite"
     log = work / "streamlit.log"
-    with serve(extra_env={"DRILL_RUNS_DB": str(store)}, log_path=log) as (url, process):
-        # The baseline is the idle server as one tab browses it: Streamlit and torch start their worker threads on
-        # first use and keep them, and the web server's pool of idle workers (AnyIO's) varies by a thread or two
-        # from visit to visit, so the most seen over three visits.
-        baseline_threads = 0
-        for _ in range(3):
-            asyncio.run(drive(url, args, warm_up=True))
-            baseline_threads = max(baseline_threads, process_stats(process.pid)[1])
-        sampler = Sampler(process.pid)
-        sampler.start()
-        began = time.monotonic()
-        results = asyncio.run(drive(url, args))
-        elapsed = time.monotonic() - began
-        threads_back_s = settle_threads(url, process.pid, baseline_threads, args)
-        final_rss, final_threads = process_stats(process.pid)
-        sampler.done.set()
-        sampler.join()
+    env = {"DRILL_RUNS_DB": str(store), "DRILL_BACKEND": args.backend}
+    if args.max_jobs:
+        env["DRILL_MAX_JOBS"] = str(args.max_jobs)
+    own_cores = os.sched_getaffinity(0)
+    with serve(extra_env=env, log_path=log, cores=args.server_cores) as (url, process):
+        if args.browser_cores:  # the browsers this process starts from here on run on these cores only
+            os.sched_setaffinity(0, {int(core) for core in args.browser_cores.split(",")})
+        try:
+            # The baseline is the idle server as one tab browses it: Streamlit and torch start their worker threads on
+            # first use and keep them, and the web server's pool of idle workers (AnyIO's) varies by a thread or two
+            # from visit to visit, so the most seen over three visits.
+            baseline_threads = 0
+            for _ in range(3):
+                asyncio.run(drive(url, args, warm_up=True))
+                baseline_threads = max(baseline_threads, process_stats(process.pid)[1])
+            alone = None
+            if args.alone_first:  # one student's run with nobody else on the server: what "slower" is measured by
+                asyncio.run(drive(url, args, solo=True))
+                alone = epoch_seconds(store, {SOLO_SEED})
+            sampler = Sampler(process.pid)
+            sampler.start()
+            cpu_before = cpu_split(process.pid)
+            began = time.monotonic()
+            results = asyncio.run(drive(url, args))
+            elapsed = time.monotonic() - began
+            cpu_used = {part: round(t - cpu_before[part], 1) for part, t in cpu_split(process.pid).items()}
+            threads_back_s = settle_threads(url, process.pid, baseline_threads, args)
+            final_rss, final_threads = process_stats(process.pid)
+            sampler.done.set()
+            sampler.join()
+        finally:
+            os.sched_setaffinity(0, own_cores)
     epochs = session_config(0, args.mode, args.epochs, args.subset).train.epochs
     renders = [r["first_render_s"] for r in results if "first_render_s" in r]
     first_points = [r["first_point_s"] for r in results if "first_point_s" in r]
     statuses = [r["status_s"] for r in results if "status_s" in r]
+    class_seeds = {session_config(n, args.mode, args.epochs, args.subset).train.seed for n in range(args.sessions)}
+    under_load = epoch_seconds(store, class_seeds)
+    server_cores = len(args.server_cores.split(",")) if args.server_cores else os.cpu_count()
     report = {
         "mode": args.mode,
         "sessions": args.sessions,
+        "backend": args.backend,
+        "server_cores": args.server_cores or "all",
+        "browser_cores": args.browser_cores or "all",
         "config": session_config(0, args.mode, args.epochs, args.subset).to_dict(),
         "seconds": round(elapsed, 1),
         "sessions_failed": [r for r in results if failed(r)],
@@ -234,6 +296,11 @@ def run_load(args) -> dict:
         "first_point_p50_s": percentile(first_points, 50),
         "first_point_last_s": max(first_points) if first_points else None,
         "queue_positions_seen": sorted(r["queue_position"] for r in results if "queue_position" in r),
+        "epoch_alone_s": percentile(alone, 50) if alone else None,
+        "epoch_under_load_p50_s": percentile(under_load, 50),
+        "server_cpu_s": cpu_used,
+        "server_cpu_s_per_session": round(sum(cpu_used.values()) / args.sessions, 1),
+        "server_cores_busy": round(sum(cpu_used.values()) / elapsed / server_cores, 2),
         "peak_rss_mb": round(sampler.peak_rss_mb, 1),
         "final_rss_mb": round(final_rss, 1),
         "memory_under_limit": sampler.peak_rss_mb < MEMORY_LIMIT_MB,
@@ -242,7 +309,7 @@ def run_load(args) -> dict:
         "final_threads": final_threads,
         "threads_back_to_baseline_s": threads_back_s,
         "live_views_redrawn": log.read_text(errors="replace").count(ui.LIVE_VIEW_REDRAWN),
-        "store": store_check(store, args.sessions, epochs),
+        "store": store_check(store, args.sessions + args.alone_first, epochs),  # the solo student counts too
         "per_session": results,
     }
     return report
@@ -288,6 +355,20 @@ def markdown(report: dict) -> str:
             f"{secs(report['first_point_p50_s'])} / {secs(report['first_point_last_s'])}",
         ),
         ("queue positions shown", ", ".join(map(str, report["queue_positions_seen"])) or "none (no one queued)"),
+        (
+            "backend; server cores / browser cores",
+            f"{report['backend']}; {report['server_cores']} / {report['browser_cores']}",
+        ),
+        (
+            "a run's epoch: alone / median under the load",
+            f"{secs(report['epoch_alone_s'])} / {secs(report['epoch_under_load_p50_s'])}",
+        ),
+        (
+            "server CPU: its process / its training workers (per session)",
+            f"{report['server_cpu_s']['server']:.0f} s / {report['server_cpu_s']['workers']:.0f} s "
+            f"({report['server_cpu_s_per_session']:.1f} s)",
+        ),
+        ("server cores busy during the load", f"{report['server_cores_busy']:.0%}"),
         ("server memory, peak (limit 1,536 MB)", f"{report['peak_rss_mb']:.0f} MB"),
         (
             "server threads: baseline / peak / after",
@@ -309,6 +390,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--subset", type=int, help="override the quick demo's training images")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds any one wait of a session may take")
     parser.add_argument("--grace", type=float, default=330, help="seconds for the threads to return to baseline")
+    parser.add_argument("--backend", choices=("threads", "processes"), default="threads", help="DRILL_BACKEND")
+    parser.add_argument("--max-jobs", type=int, help="DRILL_MAX_JOBS: runs training at once")
+    parser.add_argument("--server-cores", help="CPU cores for the server and its workers, e.g. 0")
+    parser.add_argument("--browser-cores", help="CPU cores for the browsers, e.g. 1")
+    parser.add_argument("--alone-first", action="store_true", help="time one run alone before the class")
     parser.add_argument("--out", type=Path, help="write OUT.json and OUT.md")
     return parser.parse_args(argv)
 

@@ -42,8 +42,9 @@ def _healthy(url: str) -> bool:
 
 
 @contextlib.contextmanager
-def serve(extra_env: dict[str, str] | None = None, log_path: Path | None = None):
-    """Start the app, wait until it answers its health check, yield (base URL, process), stop it afterwards."""
+def serve(extra_env: dict[str, str] | None = None, log_path: Path | None = None, cores: str | None = None):
+    """Start the app (on these CPU cores only, e.g. "0", when given), wait until it answers its health check, yield
+    (base URL, process), stop it afterwards."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, **(extra_env or {})}
@@ -63,6 +64,8 @@ def serve(extra_env: dict[str, str] | None = None, log_path: Path | None = None)
         "--browser.gatherUsageStats",
         "false",
     ]
+    if cores:
+        command = ["taskset", "-c", cores, *command]  # its worker processes inherit the cores
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_until(lambda: process.poll() is not None or _healthy(url), 90, what="streamlit health check")

@@ -43,3 +43,14 @@ def test_a_class_on_different_configs_trains_every_run_to_the_end():
     report = run_load(parse_args([*SMALL_CLASS, "--mode", "different"]))
     check_common(report)
     assert report["store"]["runs"] == report["store"]["runs_complete"] == 4
+
+
+def test_a_class_pinned_apart_from_its_browsers_trains_in_worker_processes_and_reports_the_cpu_split():
+    pinned = ["--backend", "processes", "--max-jobs", "1", "--server-cores", "0", "--browser-cores", "1"]
+    report = run_load(parse_args([*SMALL_CLASS, "--mode", "different", "--alone-first", *pinned]))
+    check_common(report)
+    assert report["store"]["runs"] == report["store"]["runs_complete"] == 5  # the class's four and the one alone
+    assert (report["backend"], report["server_cores"], report["browser_cores"]) == ("processes", "0", "1")
+    # The workers did the training: their CPU time is most of the server's (each run is 1 epoch of 2,000 images).
+    assert report["server_cpu_s"]["workers"] > 0 and report["epoch_alone_s"] and report["epoch_under_load_p50_s"]
+    assert 0 < report["server_cores_busy"]
