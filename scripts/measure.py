@@ -9,6 +9,7 @@ one after every script run (fragments included), holding the GIL, unless `runner
 .streamlit/config.toml sets it). A server many students use holds more objects, so its collections take longer.
 dropout: a training step of the final network with its dropout, with nn.Dropout in its place, and without dropout.
 cache: loading MNIST from the data directory's cache, as every new server process does.
+checkpoint: the bytes of a run's checkpoint (model, optimizer, schedule, generators) for every lesson step.
 workers: resident memory of a training worker process (DRILL_BACKEND=processes) after a run, and of this process.
 ray: a one-node Ray cluster's idle memory, and a training actor's after a run (only inside a loopback-only network
 namespace: `unshare -n sh -c 'ip link set lo up; .venv/bin/python scripts/measure.py ray'`).
@@ -139,6 +140,21 @@ def cache_load(repeats: int) -> dict:
     return {"what": "MNIST from the data directory's cache", **milliseconds(times), "repeats": repeats}
 
 
+def checkpoint_size(repeats: int) -> dict:
+    """KB of each lesson step's checkpoint after its first epoch (a short one: the size depends on the network)."""
+    from drill import data
+    from drill.presets import PRESETS
+    from drill.train import train
+
+    mnist = data.load_mnist()
+    sizes = {}
+    for preset in PRESETS:
+        short = preset.config.replace(train={"subset": 256, "epochs": 2, "batch_size": 64, "schedule": "none"})
+        result = train(short, mnist, pause=lambda: True)
+        sizes[preset.name] = round(len(result.checkpoint.to_bytes()) / 1024, 1)
+    return {"what": "KB of a run's checkpoint after its first epoch, per lesson step", "kb": sizes}
+
+
 def resident_mb(pid: int) -> float:
     """A process's resident memory in MB (VmRSS)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -237,6 +253,7 @@ MEASUREMENTS = {
     "gc": (gc_pause, 20),
     "dropout": (dropout_cost, 100),
     "cache": (cache_load, 5),
+    "checkpoint": (checkpoint_size, 1),
     "workers": (worker_memory, 1),
     "ray": (ray_memory, 1),
 }
