@@ -108,7 +108,10 @@ def loopback_only() -> bool:
 @pytest.fixture(scope="session")
 def ray_cluster():
     """A real Ray cluster of two simulated one-CPU nodes and a head with no CPUs (so every actor is on a node a
-    test may remove), shut down at the end; never `ray stop`, which would kill every Ray process on the machine."""
+    test may remove), shut down at the end; never `ray stop`, which would kill every Ray process on the machine.
+
+    Only in a loopback-only network namespace (scripts/test.sh runs pytest under `unshare -n` with lo up): outside
+    one, Ray binds every interface and probes a public DNS address."""
     need(loopback_only(), "Ray is started only in a loopback-only network namespace: run scripts/test.sh")
     cluster_utils = need_module("ray.cluster_utils", "ray is not installed (requirements-ray.txt)")
     # The cluster's processes inherit this: they find the repo's packages the way the test process does.
