@@ -135,7 +135,9 @@ def test_a_run_whose_worker_dies_goes_on_elsewhere_and_fails_saying_why_when_it_
         if losses <= MAX_LOSSES:
             # Back in the queue at once, from epoch 1: it had no checkpoint yet. A new worker takes it.
             wait_until(
-                lambda pid=pid: manager.touch("ann") or worker_pid(manager, ticket, wait=False) not in (pid, None)
+                lambda pid=pid: manager.touch("ann") or worker_pid(manager, ticket, wait=False) not in (pid, None),
+                RUN_LIMIT_S,
+                what="a new worker to take the run",
             )
             again = manager.snapshot(ticket.id)
             assert again.note.startswith(f"Started over from epoch 1: {lost[manager.kind]}"), again.note
@@ -192,7 +194,7 @@ def test_a_node_removed_mid_run_resumes_the_run_on_another_node_with_nothing_los
         assert done.note.startswith("Resumed after epoch 1: the machine training it was lost"), done.note
         alone = trained_here(medium, mnist, manager.threads_per_job)
         assert untimed(done.epochs) == untimed(alone.epochs)
-        wait_until(lambda: manager.backend.slots() == 1, 60, 0.5, what="the cluster to count one node")
+        wait_until(lambda: manager.backend.slots() == 1, RUN_LIMIT_S, 0.5, what="the cluster to count one node")
     finally:
         manager.shutdown(timeout=120)
         nodes.append(cluster.add_node(num_cpus=1, object_store_memory=100 * 2**20))
