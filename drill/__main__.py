@@ -78,7 +78,7 @@ def run_one(
     """Train one config with a tqdm bar per epoch (unless prefixed: runs side by side) and a line per epoch.
 
     With a checkpoint file, the run goes on from it when it exists, and writes it after every epoch but the last
-    (removed when the run ends), so a run cut short (Ctrl-C) goes on when the same command is given again.
+    (removed once the run finishes), so a run cut short (Ctrl-C) goes on when the same command is given again.
     """
     from tqdm import tqdm
 

@@ -132,7 +132,6 @@ class Handle:
         self.pause_event = threading.Event()
         if pause_now:
             self.pause_event.set()
-        self.thread: threading.Thread | None = None  # the thread that follows the job here
 
     def stop(self) -> None:
         """Stop the job within a batch."""
@@ -255,7 +254,7 @@ class ThreadBackend:
     def start(self, job: Job, on_event: OnEvent, on_end: Callable[[Outcome], None]) -> Handle:
         """Train the job in a new thread."""
         handle = Handle(job.pause_now)
-        handle.thread = self._followers.start(job.run_id, self._work, job, handle, on_event, on_end)
+        self._followers.start(job.run_id, self._work, job, handle, on_event, on_end)
         return handle
 
     def _work(self, job: Job, handle: Handle, on_event: OnEvent, on_end: Callable[[Outcome], None]) -> None:
@@ -289,7 +288,9 @@ class _ProcessHandle(Handle):
         self.worker = worker
 
     def _relay(self, command: str, value: bool) -> None:
-        self.worker.send((command, value))
+        worker = self.worker
+        if worker is not None:  # None once the run left it: its next run is someone else's
+            worker.send((command, value))
 
 
 class _Worker:
@@ -352,22 +353,24 @@ class ProcessBackend:
             worker = self._idle.pop() if self._idle else _Worker(self._context)
             self._busy.add(worker)
         handle = _ProcessHandle(worker, job.pause_now)
-        handle.thread = self._followers.start(job.run_id, self._follow, worker, job, handle, on_event, on_end)
+        self._followers.start(job.run_id, self._follow, worker, job, handle, on_event, on_end)
         return handle
 
     def _follow(self, worker: _Worker, job: Job, handle: Handle, on_event: OnEvent, on_end) -> None:
         """Pass the worker's events on until the job ends, or the worker dies."""
-        outcome = None
+        outcome, ended = None, False
         try:
             worker.send(("job", job_to_wire(job)))
-            if handle.stop_event.is_set():  # a stop that came before the worker had the job
+            # What the manager asked since the job was made (the job carries the pause flag of that moment).
+            worker.send(("pause", handle.pause_event.is_set()))
+            if handle.stop_event.is_set():
                 worker.send(("stop", True))
             while outcome is None:
                 message = worker.conn.recv()
                 if message[0] == "event":
                     on_event(message[1], message[2])
                 else:
-                    outcome = Outcome.from_wire(message[1], job.config)
+                    outcome, ended = Outcome.from_wire(message[1], job.config), True
         except (EOFError, OSError):
             worker.process.join(5)
             code = worker.process.exitcode
@@ -377,12 +380,13 @@ class ProcessBackend:
             log.exception("run %s failed", job.run_id)
             outcome = Outcome("failed", f"{type(error).__name__}: {error}")
         finally:
+            handle.worker = None
             with self._lock:
                 self._busy.discard(worker)
-                if outcome is not None and outcome.lost or self._closed:
-                    worker.process.kill()
-                elif worker.alive():
+                if ended and worker.alive() and not self._closed:
                     self._idle.append(worker)
+                else:  # lost, closing, or still training a run nobody follows any more
+                    worker.process.kill()
         on_end(outcome)
 
     def shutdown(self, timeout: float) -> None:
@@ -403,7 +407,14 @@ class ProcessBackend:
 
 def _worker_main(conn) -> None:
     """A worker process: train the jobs it is sent, one at a time, listening for stop and pause meanwhile."""
+    import signal
+
     import torch
+
+    # Ctrl-C or a service manager's SIGTERM reach the whole process group: the server stops its runs (leaving them
+    # to resume), and a worker killed first would turn each into a lost run.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
     torch.set_num_threads(1)
     data: Mnist | None = None

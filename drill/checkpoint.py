@@ -20,6 +20,10 @@ _DTYPES = {
 }
 
 
+class CheckpointError(ValueError):
+    """Bytes that are not a checkpoint this version can read."""
+
+
 @dataclass
 class Checkpoint:
     """Everything a run needs to go on after its last finished epoch."""
@@ -49,23 +53,28 @@ class Checkpoint:
         try:
             (length,) = struct.unpack_from("<I", blob)
             if 4 + length > len(blob):
-                raise ValueError("the checkpoint is cut short")
+                raise CheckpointError("the checkpoint is cut short")
             header = json.loads(blob[4 : 4 + length])
             offset, tensors = 4 + length, []
             for dtype_name, shape in header["tensors"]:
                 dtype = _DTYPES[dtype_name]
                 size = math.prod(shape) * dtype.itemsize
                 if offset + size > len(blob):
-                    raise ValueError("the checkpoint is cut short")
+                    raise CheckpointError("the checkpoint is cut short")
                 raw = torch.frombuffer(bytearray(blob[offset : offset + size]), dtype=torch.uint8) if size else None
                 tensors.append(raw.view(dtype).reshape(shape) if raw is not None else torch.empty(shape, dtype=dtype))
                 offset += size
             tree = _decode(header["tree"], tensors)
-        except (struct.error, KeyError, TypeError, IndexError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise ValueError(f"not a checkpoint ({type(error).__name__}: {error})") from error
-        if tree.get("format") != FORMAT:
-            raise ValueError(f"a checkpoint of format {tree.get('format')!r}; this version reads format {FORMAT}")
-        return cls(tree["epochs"], tree["seconds"], tree["state"], tree["config"])
+            if tree.get("format") != FORMAT:
+                raise CheckpointError(
+                    f"a checkpoint of format {tree.get('format')!r}; this version reads format {FORMAT}"
+                )
+            return cls(tree["epochs"], tree["seconds"], tree["state"], tree["config"])
+        except CheckpointError:
+            raise
+        # json's decoding errors are ValueErrors; the others come from a header of the wrong shape or sizes.
+        except (struct.error, KeyError, TypeError, IndexError, AttributeError, RuntimeError, ValueError) as error:
+            raise CheckpointError(f"not a checkpoint ({type(error).__name__}: {error})") from error
 
 
 # JSON has no tuples, no non-string keys and no tensors, and optimizer states need all three (parameter indices as

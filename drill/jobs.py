@@ -473,7 +473,10 @@ class JobManager:
             with run.lock:
                 stopping = run.handle is not None and run.handle.stop_event.is_set()
                 run.handle = None
-                suspended = self._closing and outcome.status in ("paused", "stopped")
+                # A server stopping leaves its runs to resume, unless a student (or the reaper) had stopped one.
+                suspended = (
+                    self._closing and not run.reason and (outcome.lost or outcome.status in ("paused", "stopped"))
+                )
                 run.losses += bool(outcome.lost)
                 if outcome.lost and not stopping and not self._closing and run.losses <= MAX_LOSSES:
                     run.status, run.note = "queued", self._restore(run, outcome.lost)
@@ -488,6 +491,11 @@ class JobManager:
                     status = "stopped" if outcome.status == "paused" else outcome.status
                     run.status = status
                     run.reason = run.reason if status == "stopped" and run.reason else outcome.reason
+                    if outcome.lost:  # lost more than MAX_LOSSES times: starting it again is no help
+                        run.reason = (
+                            f"{outcome.lost}, {run.losses} times in all: this run may need more memory than a worker "
+                            "has; try a smaller network or fewer training images"
+                        )
                     run.seconds = outcome.seconds
                     run.result = RunResult(
                         run.config, status, run.reason, run.params or 0, run.epochs, run.seconds, outcome.model
@@ -507,16 +515,20 @@ class JobManager:
         """Put back in the queue the runs the store says are going (a server stopped or killed under them), in their
         order: each from its last checkpoint, or from epoch 1 when it has none that can be read. Their students get
         the grace period to come back before a run nobody watches is dropped."""
+        resumed = []
         for row in self.store.active_runs():
             run = Run.from_row(row)
             run.started = row.status == "running" or bool(row.epochs or row.batch_losses)  # it trained before
             run.status, run.reason, run.note = "queued", "", self._restore(run, "the server restarted")
             self._runs[run.id] = run
             self._queue.add(run.id, started=run.started)
-            for ticket in self.store.tickets_of(run.id):
+            resumed.append(run.id)
+            log.info("run %s: %s", run.id, run.note)
+        # Only now the students' tickets, so each finds its run among those just restored, whichever came first.
+        for run_id in resumed:
+            for ticket in self.store.tickets_of(run_id):
                 self._load(ticket.owner)
                 self._presence.beat(ticket.owner)
-            log.info("run %s: %s", run.id, run.note)
         self._dispatch()
 
     def _restore(self, run: Run, cause: str) -> str:
@@ -589,13 +601,22 @@ class JobManager:
         }
 
     def _drop_queued(self, run: Run, reason: str) -> None:
-        """Take a run out of the queue for good: it ends stopped, with the epochs it trained before its pause."""
+        """Take a run out of the queue for good: it ends stopped, with the epochs (and the model) it trained before
+        its pause."""
         self._queue.remove(run.id)
+        weights = None
         with run.lock:
             run.status = "stopped"
             run.reason = reason if run.started else reason + " before it started"
+            weights = run.checkpoint.state.get("model") if run.checkpoint is not None else None
+            if weights is not None:
+                model = build_model(run.config.model)
+                model.load_state_dict(weights)
+                run.result = RunResult(
+                    run.config, "stopped", run.reason, run.params or 0, run.epochs, run.seconds, model.eval()
+                )
             run.checkpoint = None
-        self.store.save_run(run.row())
+        self.store.save_run(run.row(), weights)
         self.store.drop_checkpoint(run.id)
 
     def _sweep(self) -> None:
@@ -622,21 +643,36 @@ class JobManager:
             return
         self._sweep()
         if len(self._queue) and (problem := self.backend.problem()):
-            # Not a silent wait behind a cluster out of reach: each waiting run ends failed, saying why.
-            for run_id in self._queue.clear():
+            # Not a silent wait behind a cluster out of reach: each new run ends failed, saying why (every page says
+            # it too). Runs that trained before keep their place and checkpoint, to go on when it answers.
+            for run_id in list(self._queue.fresh):
                 run = self._runs[run_id]
+                self._queue.remove(run_id)
                 with run.lock:
-                    run.status, run.reason, run.checkpoint = "failed", problem, None
+                    run.status, run.reason = "failed", problem
                 self.store.save_run(run.row())
-                self.store.drop_checkpoint(run.id)
             return
         while len(self._queue) and self._running() < self.backend.slots():
             run = self._runs[self._queue.pop_next()]
             with run.lock:
                 run.status, run.started = "running", True
-                job = Job(run.id, run.config, self.threads_per_job, run.checkpoint, self._queue.wants_turns(), True)
+                job = Job(
+                    run.id,
+                    run.config,
+                    self.threads_per_job,
+                    run.checkpoint,
+                    self._queue.wants_turns(),
+                    checkpoints=True,
+                )
                 run.checkpoint = None
-            run.handle = self.backend.start(job, partial(self._on_event, run), partial(self._on_end, run))
+            try:
+                run.handle = self.backend.start(job, partial(self._on_event, run), partial(self._on_end, run))
+            except Exception as error:  # a worker that could not start: the run ends failed, saying why
+                log.exception("run %s could not start", run.id)
+                with run.lock:
+                    run.status, run.reason = "failed", f"it could not start ({type(error).__name__}: {error})"
+                self.store.save_run(run.row())
+                self.store.drop_checkpoint(run.id)
         # The training loop never pauses after a run's last epoch, so the flag is the queue's alone.
         turns = self._queue.wants_turns()
         for run in self._runs.values():

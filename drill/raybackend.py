@@ -57,12 +57,14 @@ class Trainer:
 
     def run(self, job: dict) -> dict:
         """Train one job; its outcome as plain data."""
-        self.warm()
         stop, pause = self._flags(job["run_id"])
         with self._lock:
             self._events = []
         try:
+            self.warm()
             return train_wire_job(job, self._data, self._record, stop, pause)
+        except Exception as error:  # MNIST missing on this node, say: a reason, not a remote traceback
+            return Outcome("failed", f"{type(error).__name__}: {error}").to_wire()
         finally:
             with self._lock:
                 self._stops.pop(job["run_id"], None)
@@ -149,11 +151,14 @@ class RayBackend:
 
     # -- the backend interface ------------------------------------------------------------------------------------
     def problem(self) -> str | None:
-        """Why runs cannot train on the cluster now; the connection is tried again now and then."""
+        """Why runs cannot train on the cluster now. The connection is tried again now and then, in a thread of its
+        own, so no page (nor the job manager's lock) waits on a cluster out of reach."""
         with self._lock:
             retry = not self._connected and self._problem is not None and time.monotonic() >= self._retry_at
+            if retry:
+                self._retry_at = float("inf")  # this call claims the retry; _connect sets the next one
         if retry:
-            self._connect()
+            threading.Thread(target=self._connect, name="drill-ray-connect", daemon=True).start()
         return self._problem
 
     def slots(self) -> int:
@@ -178,7 +183,7 @@ class RayBackend:
     def start(self, job: Job, on_event: OnEvent, on_end: Callable[[Outcome], None]) -> Handle:
         """Follow the job from a thread that hands it to a warm actor (or a new one) and fetches its events."""
         handle = _RayHandle(job.run_id, job.pause_now)
-        handle.thread = self._followers.start(job.run_id, self._follow, job, handle, on_event, on_end)
+        self._followers.start(job.run_id, self._follow, job, handle, on_event, on_end)
         return handle
 
     def shutdown(self, timeout: float) -> None:
@@ -213,11 +218,15 @@ class RayBackend:
                     logging_level=logging.WARNING,
                 )
                 self._connected = True
+                problem = self._unguarded_nodes()
             except Exception as error:  # Ray raises several kinds (refused token, version mismatch, timeouts)
                 problem = (
                     f"The Ray cluster at {self.address} refused this app or failed to connect ({error}). "
                     "Check that RAY_AUTH_MODE and the token match the cluster's, and that its Ray version is 2.60.0."
                 )
+            if problem is not None and self._connected:
+                ray.shutdown()
+                self._connected = False
         with self._lock:
             self._problem = problem
             self._retry_at = time.monotonic() + RETRY_S
@@ -230,6 +239,20 @@ class RayBackend:
             actor.warm.remote()
             with self._lock:
                 self._idle.append(actor)
+
+    def _unguarded_nodes(self) -> str | None:
+        """Why a cluster reached on loopback is refused after all: without a token, its nodes must all be here too
+        (a head binds every interface, so machines elsewhere can join it)."""
+        if os.environ.get("RAY_AUTH_MODE") == "token":
+            return None
+        away = sorted({n["NodeManagerAddress"] for n in ray.nodes() if not is_loopback(n["NodeManagerAddress"])})
+        if not away:
+            return None
+        return (
+            f"The Ray cluster at {self.address} has nodes on other machines ({', '.join(away)}), and Ray runs any code "
+            "for anyone who reaches it: this app uses such a cluster only with token authentication. Start every "
+            "node and this server with RAY_AUTH_MODE=token and the cluster's token in RAY_AUTH_TOKEN."
+        )
 
     def _refusal(self) -> str | None:
         """Why this app will not use the configured cluster (before talking Ray to it), if it will not."""
@@ -251,8 +274,9 @@ class RayBackend:
             socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
         except OSError as error:
             return (
-                f"The Ray cluster at {self.address} (RAY_ADDRESS) can't be reached: {error}. Runs wait until it "
-                "answers; start its head node (see the README), or unset DRILL_BACKEND to train on this server."
+                f"The Ray cluster at {self.address} (RAY_ADDRESS) can't be reached: {error}. New runs can't start "
+                "until it answers; start its head node (see the README), or unset DRILL_BACKEND to train on this "
+                "server."
             )
         return None
 
@@ -286,7 +310,7 @@ class RayBackend:
             pass
 
     def _follow(self, job: Job, handle: _RayHandle, on_event: OnEvent, on_end) -> None:
-        actor, outcome = None, None
+        actor, outcome, ended = None, None, False
         try:
             actor = self._take_actor()
             handle.actor = actor
@@ -301,6 +325,7 @@ class RayBackend:
                 for event, payload in ray.get(actor.poll.remote()):
                     on_event(event, payload)
             outcome = Outcome.from_wire(ray.get(done_ref), job.config)
+            ended = True
         except RayActorError as error:
             log.error("the actor training run %s was lost: %s", job.run_id, error)
             outcome = Outcome.of_lost_run(f"the machine training it was lost ({type(error).__name__})")
@@ -308,12 +333,13 @@ class RayBackend:
             log.exception("run %s failed on the cluster", job.run_id)
             outcome = Outcome("failed", f"{type(error).__name__}: {error}")
         finally:
+            handle.actor = None  # a Stop or pause from here on must not reach the actor's next run
             if actor is not None:
-                if outcome is not None and outcome.lost:
-                    self._drop(actor)
-                else:
+                if ended:
                     with self._lock:
                         self._idle.append(actor)
+                else:  # lost, or still training a run nobody follows any more
+                    self._drop(actor)
         on_end(outcome)
 
 

@@ -45,10 +45,6 @@ class FairQueue:
         """Run id -> 1-based place in the queue."""
         return {run_id: place for place, run_id in enumerate(self.order(), start=1)}
 
-    def is_paused(self, run_id: str) -> bool:
-        """Whether a queued run has trained before (it resumes from its checkpoint)."""
-        return run_id in self.paused
-
     def wants_turns(self) -> bool:
         """Whether running runs should pause at their next epoch end: a run that has not trained yet waits."""
         return bool(self.fresh)

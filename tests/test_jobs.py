@@ -624,3 +624,25 @@ def test_the_sharing_key_holds_the_device_type_a_run_trains_on(make_manager):
     manager = make_manager(max_running=1)
     auto, cpu = manager.submit("ann", config), manager.submit("bob", config.replace(train={"device": "cpu"}))
     assert auto.run is cpu.run or torch.cuda.is_available()
+
+
+def test_a_paused_run_its_student_stops_keeps_the_model_it_trained(small_mnist):
+    small = get_preset("quick").config.replace(train={"subset": 512, "epochs": 3, "seed": 41})
+    manager = JobManager(max_running=1, data=lambda: small_mnist)
+    try:
+        first = manager.submit("ann", small)
+        wait_until(lambda: manager.snapshot(first.id).progress.get("batch"), 300, what="the first run to train")
+        manager.submit("bob", small.replace(train={"seed": 42}))  # ann's run pauses after its epoch for bob's
+        wait_until(
+            lambda: manager.snapshot(first.id).status == "queued" and manager.snapshot(first.id).epochs,
+            300,
+            what="ann's run to pause",
+        )
+        manager.stop(first.id)
+        stopped = manager.snapshot(first.id)
+        assert (stopped.status, len(stopped.epochs)) == ("stopped", 1)
+        model = manager.model(first.id)
+        assert model is not None and sum(p.numel() for p in model.parameters()) == stopped.params
+        assert manager.store.weights(first.run.id) is not None  # Inspect finds it after a restart too
+    finally:
+        manager.shutdown(timeout=60)

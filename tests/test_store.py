@@ -258,3 +258,70 @@ def test_damaged_stored_weights_give_no_model_and_no_crash(managers, tmp_path):
     assert view.status == "finished" and restarted.model(view.id) is None
     with pytest.raises(ValueError, match="cut short"):
         unpack_weights(pack_weights({"w": torch.ones(10)})[:-4])
+
+
+def test_a_restart_gives_each_student_the_very_runs_it_resumes_whatever_their_order(managers):
+    # ann left bob's run (which goes on) and started her own: her tickets point at two runs going. The restart must
+    # give both tickets the runs it put back in the queue, not copies of them that never train.
+    runner = FakeRunner()
+    first = managers(runner, max_running=1)
+    shared = first.submit("bob", cfg(1))
+    first.submit("ann", cfg(1))
+    wait_batches(first, shared)
+    first.stop(first.snapshots("ann")[0].id)
+    own = first.submit("ann", cfg(2))
+    first.shutdown(timeout=60)
+    fresh = FakeRunner()
+    restarted = managers(fresh, max_running=1)
+    for ticket_id, run_id in ((shared.id, shared.run.id), (own.id, own.run.id)):
+        assert restarted.get(ticket_id).run is restarted._runs[run_id]
+    wait_until(lambda: restarted.touch("ann") or restarted.touch("bob") or fresh.started == [1], what="bob's run")
+    fresh.release(1)
+    wait_until(lambda: restarted.touch("ann") or fresh.started == [1, 2], what="ann's own run to train again")
+    fresh.release(2)
+    assert wait_status(restarted, own, "finished").epochs
+
+
+def test_a_run_its_student_stopped_stays_stopped_when_the_server_stops_right_after(managers):
+    runner = FakeRunner()
+    manager = managers(runner, max_running=1)
+    ticket = manager.submit("ann", cfg(1))
+    wait_batches(manager, ticket)
+    manager.stop(ticket.id)
+    manager.shutdown(timeout=60)  # the run's end may land while the server is stopping
+    restarted = managers(FakeRunner(), max_running=1)
+    [view] = restarted.snapshots("ann")
+    assert (view.status, view.reason) == ("stopped", "stopped by the student")
+
+
+def test_a_run_whose_worker_cannot_start_fails_saying_why(managers):
+    class Broken(ThreadBackend):
+        def start(self, job, on_event, on_end):
+            raise OSError("Cannot allocate memory")
+
+    manager = JobManager(backend=Broken(1, lambda: "data", FakeRunner()), store=RunStore())
+    try:
+        ticket = manager.submit("ann", cfg(1))
+        failed = manager.snapshot(ticket.id)
+        assert (failed.status, failed.reason) == ("failed", "it could not start (OSError: Cannot allocate memory)")
+        assert manager.running_count() == 0
+    finally:
+        manager.shutdown()
+
+
+def test_a_store_that_cannot_be_opened_keeps_the_class_going_in_memory_and_says_so(
+    tmp_path, monkeypatch, fresh_app_manager
+):
+    from conftest import REPO_ROOT
+    from streamlit.testing.v1 import AppTest
+
+    from views import common
+
+    (tmp_path / "a-file").write_text("not a folder")
+    monkeypatch.setenv("DRILL_RUNS_DB", str(tmp_path / "a-file" / "runs.sqlite"))  # its folder can't be made
+    at = AppTest.from_file(str(REPO_ROOT / "app.py"), default_timeout=60)
+    at.run()
+    assert not at.exception, at.exception
+    warnings = [w.value for w in at.warning]
+    assert any(w.startswith("The run store can't be opened (") and "not survive a restart" in w for w in warnings)
+    assert common.manager().problem() is None  # runs still train

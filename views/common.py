@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 import uuid
 from contextlib import contextmanager
 
@@ -30,6 +31,13 @@ def manager() -> JobManager:
     except StoreInUse as error:  # said on every page; this server trains nothing rather than train runs twice
         log.error("%s", error)
         return JobManager(backend=Unavailable(f"This server can't keep runs: {error}"), store=RunStore())
+    except (OSError, sqlite3.Error) as error:  # a read-only or full disk: the class goes on, in memory
+        log.error("the run store %s cannot be opened: %s", default_path(), error)
+        store = RunStore()
+        store.problem = (
+            f"The run store can't be opened ({error}): runs go on in memory, but they will not survive a restart "
+            "of the server."
+        )
     return JobManager(backend=make_backend(), store=store)
 
 
