@@ -306,6 +306,11 @@ class JobManager:
             if one_at_a_time and (going := [t for t in self._tickets.values() if t.owner == owner and _is_active(t)]):
                 return max(going, key=lambda t: t.created)
             run = self._shared_run(key)
+            # A student already following this very run keeps the one ticket: a replayed click, or Start pressed
+            # again on a run that finished, must not list the same run twice.
+            held = [t for t in self._tickets.values() if t.owner == owner and t.run is run and t.cut is None]
+            if run is not None and held:
+                return held[0]
             reused = run is not None and run.status == "finished"
             if run is None and (row := self.store.finished_run(key)) is not None:
                 run, reused = self._runs.setdefault(row.id, Run.from_row(row)), True

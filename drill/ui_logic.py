@@ -284,11 +284,12 @@ def epoch_line(epoch: dict, epochs_total: int) -> str:
     )
 
 
-def shown_run(remembered: Snapshot | None, runs: list[Snapshot], owner: str) -> Snapshot | None:
-    """The run the Train page shows: the one it started, if it is this student's; else (a new tab) the latest."""
-    if remembered is not None and remembered.owner == owner:
-        return remembered
-    return runs[-1] if runs else None
+def shown_run(remembered_id: str, runs: list[Snapshot]) -> Snapshot | None:
+    """The run the Train page shows, out of this student's runs: the one it started, else (a new tab) the latest.
+
+    Taken from the one list the page also draws its buttons from, so a run that ends while the page draws is
+    never shown as ended beside a Start that is still disabled."""
+    return next((run for run in runs if run.id == remembered_id), runs[-1] if runs else None)
 
 
 def status_text(status: str, queue_position: int | None, label: str, epochs_done: int = 0) -> str:

@@ -51,13 +51,17 @@ def status_line(at: AppTest) -> str:
 
 
 def rerun_until(at: AppTest, word: str) -> str:
-    """Rerun the page (as the fragment's timer would) until the status line ends with word."""
-    return wait_until(
-        lambda: at.run() and status_line(at).endswith(word) and status_line(at),
-        RUN_DEADLINE,
-        interval=0.2,
-        what=f"the run to be {word}",
-    )
+    """Rerun the page (as the fragment's timer would) until the status line ends with word; every redraw must show
+    the buttons of the status it shows (a CI run once showed "stopped" beside a Start still disabled)."""
+
+    def redraw() -> str:
+        at.run()
+        status = status_line(at)
+        ended = status.endswith(("finished", "stopped", "failed"))
+        assert button(at, "Start").disabled != ended and button(at, "Stop").disabled == ended, status
+        return status.endswith(word) and status
+
+    return wait_until(redraw, RUN_DEADLINE, interval=0.2, what=f"the run to be {word}")
 
 
 def progress_text(at: AppTest) -> str:

@@ -162,6 +162,25 @@ def test_one_click_run_twice_at_once_starts_one_run_for_the_student(make_manager
     assert manager.submit("ann", cfg(3), one_at_a_time=True).id != first.id  # once it ended, a new one starts
 
 
+def test_asking_again_for_a_run_one_follows_gives_the_same_ticket(make_manager):
+    # In a load test of 4 students on one config, one got two tickets for the same finished run: their click's
+    # callback ran twice (Streamlit replays a click whose rerun was cut short) after the shared run had finished.
+    runner = FakeRunner()
+    manager = make_manager(runner, max_running=1)
+    first = manager.submit("ann", cfg(1), one_at_a_time=True)
+    runner.release(1)
+    wait_status(manager, first, "finished")
+    again = [manager.submit("ann", cfg(1), one_at_a_time=True).id for _ in range(3)]
+    assert again == [first.id] * 3 and len(manager.snapshots("ann")) == 1
+    classmate = manager.submit("bob", cfg(1))
+    assert classmate.id != first.id and manager.snapshot(classmate.id).reused
+    # A student who left a run early and asks for it again follows it anew.
+    shared = manager.submit("cat", cfg(2))
+    manager.submit("dan", cfg(2))
+    manager.stop(shared.id)
+    assert manager.submit("cat", cfg(2)).id != shared.id
+
+
 def test_the_queue_is_first_in_first_out(make_manager):
     runner = FakeRunner()
     manager = make_manager(runner, max_running=2)

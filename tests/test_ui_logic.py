@@ -52,11 +52,10 @@ def test_augment_preview_shows_the_first_test_image_of_each_digit():
 
 def test_shown_run_is_the_started_run_of_this_student_else_the_latest():
     mine = [SimpleNamespace(id="run-1", owner="me"), SimpleNamespace(id="run-3", owner="me")]
-    started = SimpleNamespace(id="run-1", owner="me")
-    assert ui.shown_run(started, mine, "me") is started
-    assert ui.shown_run(SimpleNamespace(id="run-2", owner="someone else"), mine, "me") is mine[-1]
-    assert ui.shown_run(None, mine, "me") is mine[-1]
-    assert ui.shown_run(None, [], "me") is None
+    assert ui.shown_run("run-1", mine) is mine[0]
+    assert ui.shown_run("run-2", mine) is mine[-1]  # someone else's run, or one this session never had
+    assert ui.shown_run("", mine) is mine[-1]
+    assert ui.shown_run("", []) is None
 
 
 # -- the Build page's stack draft and results -----------------------------------------------------------------------

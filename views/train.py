@@ -79,7 +79,7 @@ new, config_error = common.apply_config(augment=augment, train=train)
 manager, me = common.manager(), common.owner()
 runs = manager.snapshots(me)
 active = [run for run in runs if run.status in ACTIVE]
-shown_run = ui.shown_run(manager.snapshot(st.session_state.get("train_job", "")), runs, me)
+shown_run = ui.shown_run(st.session_state.get("train_job", ""), runs)
 
 # -- draw ---------------------------------------------------------------------------------------------------------
 if config_error:
@@ -112,7 +112,8 @@ def show_run(job_id: str, was_active: bool) -> None:
     common.manager().touch(common.owner())  # this page polling the run is the surest sign the tab is open
     if was_active:
         st.session_state.live_missed = 0  # the heartbeat counts from here (app.py)
-    run = common.manager().snapshot(job_id)
+    # Its first draw in a full run shows the snapshot the buttons were drawn from; its own reruns take a fresh one.
+    run = st.session_state.pop("train_shown", None) or common.manager().snapshot(job_id)
     if run is None:
         return
     if was_active and run.status not in ACTIVE:
@@ -139,4 +140,5 @@ def show_run(job_id: str, was_active: bool) -> None:
 
 
 if shown_run is not None:
+    st.session_state.train_shown = shown_run
     show_run(shown_run.id, live)
