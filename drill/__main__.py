@@ -1,4 +1,4 @@
-"""The command line: python -m drill data | presets | summary | train | consistency | report | bench | profile."""
+"""The command line: python -m drill data | presets | summary | train | consistency | record | report | bench | ..."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from pathlib import Path
 from drill.analysis import LAST_K, TARGET_ACC, analyse
 from drill.config import ConfigError, RunConfig
 from drill.data import DataUnavailable
-from drill.presets import BY_NAME, PRESETS, get_preset, matching_preset
+from drill.pack import PACK_DIR
+from drill.presets import BY_NAME, LESSON, PRESETS, get_preset, matching_preset
 from drill.summary import summarize
 
 
@@ -27,9 +28,11 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def load_config(args) -> RunConfig:
-    """The config named by --preset or --config, with --epochs/--seed/--subset applied."""
-    if args.config:
+def load_config(args, base: RunConfig | None = None) -> RunConfig:
+    """The config named by --preset or --config (or base), with --epochs/--seed/--subset applied."""
+    if base is not None:
+        cfg = base
+    elif args.config:
         try:
             text = Path(args.config).read_text()
         except OSError as error:
@@ -212,6 +215,50 @@ def cmd_consistency(args) -> int:
             )
         )
     return 0 if passed == len(runs) else 1
+
+
+def cmd_record(args) -> int:
+    """Train the lesson's steps over seeds into the recorded-runs pack (drill.pack), `--jobs` side by side; a run the
+    pack already holds, and that today's code still computes, is kept unless --again."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from drill import pack
+    from drill.data import load_mnist
+
+    if args.jobs < 1:
+        raise UsageError(f"--jobs {args.jobs} is not allowed: 1 or more runs side by side")
+    directory = Path(args.pack)
+    data = load_mnist()
+    held = {run.name: run for run in pack.read(directory)[0]}
+    wanted = [(get_preset(step), seed) for step in args.steps for seed in args.seeds]
+    print(f"recording into {directory} on {pack.machine_name()}, {args.jobs} run(s) side by side, 1 thread each")
+    started = time.perf_counter()
+
+    def one(item) -> str:
+        preset, seed = item
+        name, config = f"{preset.name}-seed{seed}", load_config(args, preset.config).replace(train={"seed": seed})
+        old = held.get(name)
+        if not args.again and old is not None and old.config == config and pack.verify(old, data) is None:
+            return f"{name}: kept ({old.provenance})"
+        run = pack.record(config, data, name, preset.title)
+        pack.write(run, directory)
+        verdict = analyse(run.record["epochs"], run.record["params"])
+        return (
+            f"{name}: {run.record['params']:,} params, best test {verdict.best_test:.2f}%, last "
+            f"{verdict.last_test:.2f}%, {run.recorded['seconds'] / 60:.1f} min"
+        )
+
+    with ThreadPoolExecutor(args.jobs) as pool:
+        for line in pool.map(one, wanted):
+            print(line, flush=True)
+    runs, problems = pack.read(directory)
+    print(
+        f"the pack: {len(runs)} runs, {pack.size(directory) / 2**20:.2f} MB; "
+        f"{(time.perf_counter() - started) / 60:.1f} min in all"
+    )
+    for problem in problems:
+        print(f"not usable: {problem}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 def cmd_bench(args) -> int:
@@ -418,6 +465,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+", metavar="RUN.json")
     p.add_argument("--last-k", type=int, default=LAST_K, help="epochs that must all reach the target")
     p.set_defaults(func=cmd_report)
+    p = sub.add_parser("record", help="train the lesson's steps over seeds into the recorded-runs pack")
+    p.add_argument("--steps", nargs="+", choices=list(BY_NAME), default=[preset.name for preset in LESSON])
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    p.add_argument("--jobs", type=int, default=1, help="runs trained side by side, one thread each")
+    p.add_argument("--pack", default=str(PACK_DIR), help="the pack's folder (default: the one the app ships)")
+    p.add_argument("--again", action="store_true", help="train runs the pack already holds again")
+    p.add_argument("--epochs", type=int, help="override the steps' epochs (a smoke test)")
+    p.add_argument("--subset", type=int, help="override the steps' training images (a smoke test)")
+    p.set_defaults(func=cmd_record)
     p = sub.add_parser(
         "bench", help="one epoch: the seeds' pipeline vs drill's, side by side; test pass, first point, 2 jobs"
     )

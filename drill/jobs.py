@@ -19,6 +19,7 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 
 from torch import nn
 
@@ -27,6 +28,7 @@ from drill.checkpoint import Checkpoint
 from drill.config import RunConfig
 from drill.data import Mnist, load_mnist
 from drill.model import build_model
+from drill.pack import Shelf
 from drill.presence import Presence
 from drill.store import RunRow, RunStore, TicketRow
 from drill.train import RunResult, train
@@ -63,6 +65,7 @@ class Snapshot:
     reused: bool = False  # served from an identical run trained earlier, not trained for this student
     run_id: str = ""  # the training behind the ticket, shared by every student following it
     note: str = ""  # what happened to the run that its numbers do not show ("resumed after epoch 6 ...")
+    recorded: str = ""  # for a run of the recorded-runs pack: where and when it was recorded (drill.pack)
 
 
 @dataclass
@@ -72,7 +75,8 @@ class Run:
     id: str
     config: RunConfig
     key: str = ""
-    source: str = "trained"  # or "imported": a student's file, never served to anyone else
+    # "trained" here; "imported" from a student's file, never served to anyone else; or "recorded": the pack's
+    source: str = "trained"
     created: float = field(default_factory=time.time)
     status: str = "queued"
     reason: str = ""
@@ -88,6 +92,7 @@ class Run:
     started: bool = False  # it has trained (a queued run that started is paused)
     note: str = ""  # shown beside its status: how it came back after a restart or a lost worker
     losses: int = 0  # workers or machines lost under it
+    recorded: str = ""  # a recorded run's provenance (drill.pack)
 
     def __post_init__(self):
         self.key = self.key or config_key(self.config)
@@ -138,7 +143,7 @@ class Run:
             )
 
     @classmethod
-    def from_row(cls, row: RunRow) -> Run:
+    def from_row(cls, row: RunRow, recorded: str = "") -> Run:
         """A stored run, back in memory (its model is rebuilt from the stored weights when asked for)."""
         return cls(
             row.id,
@@ -152,6 +157,7 @@ class Run:
             epochs=row.epochs,
             batch_losses=row.batch_losses,
             seconds=row.seconds,
+            recorded=recorded,
         )
 
 
@@ -196,6 +202,7 @@ class Ticket:
                 self.reused,
                 run.id,
                 run.note,
+                run.recorded,
             )
 
     def row(self) -> TicketRow:
@@ -263,10 +270,13 @@ class JobManager:
         runner: Callable[..., RunResult] = train,
         store: RunStore | None = None,
         backend=None,
+        pack: Path | None = None,
     ):
         self.backend = backend or ThreadBackend(max_running, data, runner)
         self.grace_s = grace_s
         self.store = store or RunStore()
+        # The recorded-runs pack (drill.pack), when given: its checked runs are served like runs trained here.
+        self.shelf = Shelf(pack, data, self.store, partial(config_key, device="cpu")) if pack else None
         self._lock = threading.Lock()
         self._runs: dict[str, Run] = {}
         self._tickets: dict[str, Ticket] = {}
@@ -292,8 +302,11 @@ class JobManager:
         return self.store.problem
 
     # -- what sessions call -----------------------------------------------------------------------------------
-    def submit(self, owner: str, config: RunConfig, label: str = "", one_at_a_time: bool = False) -> Ticket:
-        """A run of config for an owner: the identical run if one is going or finished, else a new one, queued.
+    def submit(
+        self, owner: str, config: RunConfig, label: str = "", one_at_a_time: bool = False, fresh: bool = False
+    ) -> Ticket:
+        """A run of config for an owner: the identical run if one is going or finished (or recorded in the pack),
+        else a new one, queued. With fresh, a recorded run is passed over: the student trains it themselves.
 
         With one_at_a_time, an owner who already has a run going gets its ticket back instead, checked under the
         same lock: Streamlit can run one click's callback twice at once (it replays a click whose rerun was cut
@@ -305,15 +318,13 @@ class JobManager:
             self._presence.beat(owner)
             if one_at_a_time and (going := [t for t in self._tickets.values() if t.owner == owner and _is_active(t)]):
                 return max(going, key=lambda t: t.created)
-            run = self._shared_run(key)
+            run = self._shared_run(key) or self._stored_run(key, fresh)
             # A student already following this very run keeps the one ticket: a replayed click, or Start pressed
             # again on a run that finished, must not list the same run twice.
             held = [t for t in self._tickets.values() if t.owner == owner and t.run is run and t.cut is None]
             if run is not None and held:
                 return held[0]
             reused = run is not None and run.status == "finished"
-            if run is None and (row := self.store.finished_run(key)) is not None:
-                run, reused = self._runs.setdefault(row.id, Run.from_row(row)), True
             if run is None:
                 run = Run(new_id("run"), config, key=key)
                 self._runs[run.id] = run
@@ -454,6 +465,8 @@ class JobManager:
                 if run.status == "running" and run.handle is not None:
                     run.handle.stop()
         self.backend.shutdown(timeout)
+        if self.shelf is not None:
+            self.shelf.close()
         self.store.close()
 
     # -- what backends call, from their own threads -------------------------------------------------------------
@@ -587,8 +600,22 @@ class JobManager:
                 stored = self.store.run(row.run_id)
                 if stored is None:
                     continue
-                run = self._runs.setdefault(stored.id, Run.from_row(stored))
+                run = self._runs.setdefault(stored.id, self._from_row(stored))
             self._tickets[row.id] = Ticket(row.id, row.owner, row.label, run, row.created, cut=row.cut)
+
+    def _stored_run(self, key: str, fresh: bool) -> Run | None:
+        """A finished run for this key that only the store holds: one trained here, else (unless fresh) the pack's."""
+        row = self.store.finished_run(key)
+        if row is None and not fresh and self.shelf is not None and (recorded := self.shelf.served(key)):
+            row = self.store.run(recorded)
+        return None if row is None else self._runs.setdefault(row.id, self._from_row(row))
+
+    def _from_row(self, row: RunRow) -> Run:
+        """A stored run in memory, with its provenance when it is one of the pack's."""
+        provenance = self.shelf.provenance.get(row.id, "") if self.shelf is not None else ""
+        if row.source == "recorded" and not provenance:
+            provenance = "recorded by an earlier version of the app"
+        return Run.from_row(row, provenance)
 
     def _shared_run(self, key: str) -> Run | None:
         """A run in memory that a new request for this key may follow: one going, or one trained to the end."""

@@ -30,7 +30,7 @@ class Preset:
 
     @property
     def measured(self) -> str:
-        """What this lab's own runs of the step gave, read from results/ (see measured())."""
+        """What this lab's own runs of the step gave: the recorded-runs pack's, else results/'s (see measured())."""
         return measured(self.name)
 
 
@@ -167,21 +167,23 @@ class _Run:
     verdict: Verdict
     test_accs: tuple[float, ...]
 
+    @classmethod
+    def of(cls, record: dict) -> _Run:
+        """A run from its record (config, params, epochs), as `train --out` and the pack keep it."""
+        return cls(
+            RunConfig.from_dict(record["config"]),
+            record["params"],
+            analyse(record["epochs"], record["params"]),
+            tuple(epoch["test_acc"] for epoch in record["epochs"]),
+        )
+
 
 def _runs_in(results: Path, file: str) -> list[_Run]:
     """The runs a results file holds (one `train --out` run, or the list `consistency --out` writes)."""
     try:
         data = json.loads((results / file).read_text())
         records = data["runs"] if isinstance(data, dict) and "runs" in data else [data]
-        return [
-            _Run(
-                RunConfig.from_dict(record["config"]),
-                record["params"],
-                analyse(record["epochs"], record["params"]),
-                tuple(epoch["test_acc"] for epoch in record["epochs"]),
-            )
-            for record in records
-        ]
+        return [_Run.of(record) for record in records]
     except FileNotFoundError:
         raise _Unreadable(f"results/{file} is missing") from None
     except (OSError, ValueError, KeyError, TypeError) as error:
@@ -189,11 +191,19 @@ def _runs_in(results: Path, file: str) -> list[_Run]:
 
 
 @functools.cache
-def measured(name: str, results: Path = RESULTS) -> str:
-    """What the preset's runs in results/ gave, in a line; says so when a file is missing or holds another config.
+def measured(name: str, results: Path = RESULTS, pack_dir: Path | None = None) -> str:
+    """What the preset's runs gave, in a line: those of the recorded-runs pack (the app's, or pack_dir) when it holds
+    the step, else those in results/; says so when a file is missing or holds another config.
 
     Read on first use and kept, so the text always matches the files and costs a page nothing.
     """
+    from drill import pack  # here: the pack reads runs as drill.records does, which imports this module
+
+    recorded = [run for run in pack.read(pack_dir or pack.PACK_DIR)[0] if matching_preset(run.config) == name]
+    if recorded:
+        recorded.sort(key=lambda run: run.config.train.seed)
+        runs = [_Run.of(run.record) for run in recorded]
+        return f"{_describe(runs)} (the recorded-runs pack, {recorded[0].provenance})"
     files = MEASURED_RUNS.get(name, ())
     try:
         runs = []

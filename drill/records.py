@@ -147,7 +147,7 @@ def parse_records(raw: bytes | str) -> list[dict]:
         raise RecordError("The file holds no runs (an empty list).")
     if len(data) > MAX_RUNS:
         raise RecordError(f"The file holds {len(data)} runs; at most {MAX_RUNS} can be imported at once.")
-    return [_check_record(index, record) for index, record in enumerate(data, start=1)]
+    return [check_record(record, index) for index, record in enumerate(data, start=1)]
 
 
 def split_new(loaded: list[dict], existing: list[Any]) -> tuple[list[dict], int]:
@@ -169,7 +169,7 @@ def _reject_constant(name: str) -> float:
     raise RecordError(f"The file contains {name}, which is not a number a run can report.")
 
 
-def _check_record(index: int, record: Any) -> dict:
+def check_record(record: Any, index: int = 1) -> dict:
     """One record checked field by field; the error names the run (1-based) and the field."""
 
     def fail(field: str, problem: str) -> RecordError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import re
@@ -292,6 +293,30 @@ def shown_run(remembered_id: str, runs: list[Snapshot]) -> Snapshot | None:
     return next((run for run in runs if run.id == remembered_id), runs[-1] if runs else None)
 
 
+# A recorded run's replay brings its epochs onto the chart at this pace: slow enough to watch the curves form, and
+# a 15-epoch run still replays in 15 s.
+REPLAY_EPOCH_S = 1.0
+
+
+def replayed(run: Snapshot, elapsed_s: float) -> Snapshot | None:
+    """A finished run as its replay shows it elapsed_s in (status "replaying": the epochs and batch losses up to
+    then, a progress line); None once the whole run has been shown."""
+    position = elapsed_s / REPLAY_EPOCH_S
+    total = len(run.epochs)
+    if position >= total:
+        return None
+    done = int(position)
+    epoch, fraction = done + 1, position - done
+    batches = batches_per_epoch(run.config.train, TRAIN_SIZE)
+    return dataclasses.replace(
+        run,
+        status="replaying",
+        epochs=run.epochs[:done],
+        batch_losses=tuple(point for point in run.batch_losses if point[0] <= position),
+        progress={"epoch": epoch, "epochs": total, "batch": max(1, round(fraction * batches)), "batches": batches},
+    )
+
+
 def status_text(status: str, queue_position: int | None, label: str, epochs_done: int = 0) -> str:
     """The run's status as a headline; a queued run with epochs done is one paused for classmates' first epochs."""
     if status == "queued":
@@ -302,6 +327,8 @@ def status_text(status: str, queue_position: int | None, label: str, epochs_done
                 f"first; {ahead} run(s) ahead of it."
             )
         return f"⏳ **{label}** is queued: {ahead} run(s) ahead of it; it starts when a CPU slot frees up."
+    if status == "replaying":
+        return f"▶️ **{label}**: replaying the recorded run, {epochs_done} epoch(s) shown"
     icons = {"running": "🏃", "finished": "✅", "stopped": "⏹️", "failed": "❌"}
     return f"{icons.get(status, '')} **{label}**: {status}"
 
@@ -359,6 +386,12 @@ def poll_seconds(online: int) -> float:
 
 def sharing_note(run: Snapshot) -> str:
     """Why a run came at once or is shared with classmates; "" for a run trained for this student alone."""
+    if run.recorded:
+        return (
+            f"📼 A recorded run, not trained for you: this exact config and seed was {run.recorded}, and training "
+            "is deterministic, so these are the curves it gives. Replay shows its epochs arriving; Train it myself "
+            "trains it afresh on this server."
+        )
     if run.reused:
         return (
             "⚡ Served at once: this exact config and seed was trained to the end on this server before, and "

@@ -3,6 +3,7 @@ which skips a test that lacks a part on a developer's machine and fails it in CI
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import socket
@@ -18,6 +19,9 @@ import torch
 from drill.data import Mnist, load_mnist
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# The app's recorded-runs pack would serve some of the lesson's configs without training; tests that want a pack
+# make their own (tests/test_pack.py), so every other test trains what it starts. Servers the tests start inherit it.
+os.environ["DRILL_PACK"] = "off"
 # The app's run store, for this test session only (servers the tests start inherit it): runs trained by one test
 # are served to later identical requests, as in class, but never from or into a developer's own store.
 os.environ["DRILL_RUNS_DB"] = str(Path(tempfile.mkdtemp(prefix="drill-test-store-")) / "runs.sqlite")
@@ -105,25 +109,39 @@ def loopback_only() -> bool:
     return [name for _, name in socket.if_nameindex()] == ["lo"]
 
 
-@pytest.fixture(scope="session")
-def ray_cluster():
-    """A real Ray cluster of two simulated one-CPU nodes and a head with no CPUs (so every actor is on a node a
-    test may remove), shut down at the end; never `ray stop`, which would kill every Ray process on the machine.
+@contextlib.contextmanager
+def simulated_cluster(nodes: int):
+    """A real Ray cluster of `nodes` simulated one-CPU nodes and a head with no CPUs (so every actor is on a node
+    that may be removed), shut down at the end; never `ray stop`, which would kill every Ray process on the machine.
+    Its processes run on the cores of the process that starts it. Yields (cluster, nodes).
 
     Only in a loopback-only network namespace (scripts/test.sh runs pytest under `unshare -n` with lo up): outside
     one, Ray binds every interface and probes a public DNS address."""
-    need(loopback_only(), "Ray is started only in a loopback-only network namespace: run scripts/test.sh")
-    cluster_utils = need_module("ray.cluster_utils", "ray is not installed (requirements-ray.txt)")
-    # The cluster's processes inherit this: they find the repo's packages the way the test process does.
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(os.getcwd()), os.environ.get("PYTHONPATH")]))
+    from ray import cluster_utils
+
+    if not loopback_only():
+        raise RuntimeError("Ray is started only in a loopback-only network namespace: run under `unshare -n`")
+    # The cluster's processes inherit this: they find the repo's packages the way this process does.
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
     memory = {"object_store_memory": 100 * 2**20}
     cluster = cluster_utils.Cluster(
         initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False, **memory}
     )
-    nodes = [cluster.add_node(num_cpus=1, **memory) for _ in range(2)]
-    cluster.wait_for_nodes()
-    yield cluster, nodes
-    cluster.shutdown()
+    try:
+        added = [cluster.add_node(num_cpus=1, **memory) for _ in range(nodes)]
+        cluster.wait_for_nodes()
+        yield cluster, added
+    finally:
+        cluster.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """Two simulated nodes (simulated_cluster), for the whole session."""
+    need(loopback_only(), "Ray is started only in a loopback-only network namespace: run scripts/test.sh")
+    need_module("ray.cluster_utils", "ray is not installed (requirements-ray.txt)")
+    with simulated_cluster(2) as cluster:
+        yield cluster
 
 
 @pytest.fixture

@@ -9,6 +9,14 @@ there, finished with its full history, none lost and none trained twice.
     python tests/loadtest.py --sessions 30 --mode same --out results/load-same
     python tests/loadtest.py --sessions 30 --mode different --out results/load-different
 
+and, with the server and its training on core 0 and the browsers on core 1, each backend (Ray's simulated nodes
+are started here, so only in a loopback-only network namespace):
+
+    python tests/loadtest.py --sessions 30 --mode different --epochs 1 --subset 6000 --max-jobs 1 --alone-first \
+        --server-cores 0 --browser-cores 1 --backend threads --out results/load-threads-pinned
+    unshare -n sh -c 'ip link set lo up && python tests/loadtest.py --sessions 30 --mode different --epochs 1 \
+        --subset 6000 --alone-first --server-cores 0 --browser-cores 1 --backend ray --out results/load-ray-pinned'
+
 writes OUT.json and OUT.md. tests/test_load.py runs a small version of both modes in CI.
 """
 
@@ -16,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -31,9 +40,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from conftest import simulated_cluster  # noqa: E402
 from streamlit_server import CHROMIUM, CHROMIUM_ARGS, serve  # noqa: E402
 
 from drill import ui_logic as ui  # noqa: E402
+from drill.backends import default_slots  # noqa: E402
 from drill.presets import BY_NAME  # noqa: E402
 
 IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
@@ -48,6 +59,18 @@ CONSOLE_KEPT = 40
 SOLO = 999  # the session number of the run trained alone before the class (--alone-first)
 SOLO_SEED = 100 + SOLO
 WARM_UP_PAGES = (("", "drill-down"), ("/build", "Build"), ("/train", "Train"), ("/compare", "Compare"))
+
+
+@contextlib.contextmanager
+def on_cores(cores: str | None):
+    """This process, and every process it starts meanwhile, on these cores (e.g. "1"); all of them when None."""
+    before = os.sched_getaffinity(0)
+    if cores:
+        os.sched_setaffinity(0, {int(core) for core in cores.split(",")})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -80,23 +103,40 @@ def process_stats(pid: int) -> tuple[float, int]:
 
 
 class Sampler(threading.Thread):
-    """Samples the server's memory and threads every 0.2 s until stopped; keeps the peaks."""
+    """Samples the server every 0.2 s until stopped: its memory and threads (keeping the peaks), and how busy its
+    cores are while runs wait in the queue (the store holds more active runs than there are training slots)."""
 
-    def __init__(self, pid: int):
+    def __init__(self, pid: int, store: Path, slots: int):
         super().__init__(daemon=True)
-        self.pid = pid
+        self.pid, self.store, self.slots = pid, store, slots
         self.peak_rss_mb = 0.0
         self.peak_threads = 0
+        self.queued_s = self.queued_cpu_s = 0.0
         self.done = threading.Event()
 
+    def waiting(self) -> bool:
+        """Whether more runs are queued or running than can train at once (False while the store can't be read)."""
+        try:
+            with contextlib.closing(sqlite3.connect(self.store, timeout=1)) as db:
+                active = db.execute("SELECT count(*) FROM runs WHERE status IN ('queued', 'running')").fetchone()[0]
+        except sqlite3.Error:
+            return False
+        return active > self.slots
+
     def run(self) -> None:
+        then, cpu_then, waiting = time.monotonic(), sum(cpu_split(self.pid).values()), False
         while not self.done.wait(0.2):
             try:
                 rss, threads = process_stats(self.pid)
+                now, cpu_now = time.monotonic(), sum(cpu_split(self.pid).values())
             except (OSError, KeyError):
                 return
             self.peak_rss_mb = max(self.peak_rss_mb, rss)
             self.peak_threads = max(self.peak_threads, threads)
+            if waiting:  # the interval began with runs waiting
+                self.queued_s += now - then
+                self.queued_cpu_s += cpu_now - cpu_then
+            then, cpu_then, waiting = now, cpu_now, self.waiting()
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -244,11 +284,16 @@ def run_load(args) -> dict:
     env = {"DRILL_RUNS_DB": str(store), "DRILL_BACKEND": args.backend}
     if args.max_jobs:
         env["DRILL_MAX_JOBS"] = str(args.max_jobs)
-    own_cores = os.sched_getaffinity(0)
-    with serve(extra_env=env, log_path=log, cores=args.server_cores) as (url, process):
-        if args.browser_cores:  # the browsers this process starts from here on run on these cores only
-            os.sched_setaffinity(0, {int(core) for core in args.browser_cores.split(",")})
-        try:
+    slots = args.ray_nodes if args.backend == "ray" else args.max_jobs or default_slots()
+    with contextlib.ExitStack() as stack:
+        if args.backend == "ray" and not args.ray_address:  # it trains on the server's cores, as threads would
+            with on_cores(args.server_cores):
+                cluster, _ = stack.enter_context(simulated_cluster(args.ray_nodes))
+            args.ray_address = cluster.address
+        if args.backend == "ray":
+            env["RAY_ADDRESS"] = args.ray_address
+        url, process = stack.enter_context(serve(extra_env=env, log_path=log, cores=args.server_cores))
+        with on_cores(args.browser_cores):  # the browsers this process starts from here on run on these cores
             # The baseline is the idle server as one tab browses it: Streamlit and torch start their worker threads on
             # first use and keep them, and the web server's pool of idle workers (AnyIO's) varies by a thread or two
             # from visit to visit, so the most seen over three visits.
@@ -256,11 +301,11 @@ def run_load(args) -> dict:
             for _ in range(3):
                 asyncio.run(drive(url, args, warm_up=True))
                 baseline_threads = max(baseline_threads, process_stats(process.pid)[1])
-            alone = None
+            alone, solo = None, {}
             if args.alone_first:  # one student's run with nobody else on the server: what "slower" is measured by
-                asyncio.run(drive(url, args, solo=True))
+                (solo,) = asyncio.run(drive(url, args, solo=True))
                 alone = epoch_seconds(store, {SOLO_SEED})
-            sampler = Sampler(process.pid)
+            sampler = Sampler(process.pid, store, slots)
             sampler.start()
             cpu_before = cpu_split(process.pid)
             began = time.monotonic()
@@ -271,8 +316,6 @@ def run_load(args) -> dict:
             final_rss, final_threads = process_stats(process.pid)
             sampler.done.set()
             sampler.join()
-        finally:
-            os.sched_setaffinity(0, own_cores)
     epochs = session_config(0, args.mode, args.epochs, args.subset).train.epochs
     renders = [r["first_render_s"] for r in results if "first_render_s" in r]
     first_points = [r["first_point_s"] for r in results if "first_point_s" in r]
@@ -284,6 +327,7 @@ def run_load(args) -> dict:
         "mode": args.mode,
         "sessions": args.sessions,
         "backend": args.backend,
+        "ray_nodes": args.ray_nodes if args.backend == "ray" else None,
         "server_cores": args.server_cores or "all",
         "browser_cores": args.browser_cores or "all",
         "config": session_config(0, args.mode, args.epochs, args.subset).to_dict(),
@@ -297,10 +341,15 @@ def run_load(args) -> dict:
         "first_point_last_s": max(first_points) if first_points else None,
         "queue_positions_seen": sorted(r["queue_position"] for r in results if "queue_position" in r),
         "epoch_alone_s": percentile(alone, 50) if alone else None,
+        "first_point_alone_s": solo.get("first_point_s"),
         "epoch_under_load_p50_s": percentile(under_load, 50),
         "server_cpu_s": cpu_used,
         "server_cpu_s_per_session": round(sum(cpu_used.values()) / args.sessions, 1),
         "server_cores_busy": round(sum(cpu_used.values()) / elapsed / server_cores, 2),
+        "runs_waiting_s": round(sampler.queued_s, 1),
+        "server_cores_busy_while_runs_wait": (
+            round(sampler.queued_cpu_s / sampler.queued_s / server_cores, 2) if sampler.queued_s else None
+        ),
         "peak_rss_mb": round(sampler.peak_rss_mb, 1),
         "final_rss_mb": round(final_rss, 1),
         "memory_under_limit": sampler.peak_rss_mb < MEMORY_LIMIT_MB,
@@ -357,8 +406,11 @@ def markdown(report: dict) -> str:
         ("queue positions shown", ", ".join(map(str, report["queue_positions_seen"])) or "none (no one queued)"),
         (
             "backend; server cores / browser cores",
-            f"{report['backend']}; {report['server_cores']} / {report['browser_cores']}",
+            f"{report['backend']}"
+            + (f" ({report['ray_nodes']} simulated nodes on the server's cores)" if report["ray_nodes"] else "")
+            + f"; {report['server_cores']} / {report['browser_cores']}",
         ),
+        ("Start to first curve point of a run alone, before the class", secs(report["first_point_alone_s"])),
         (
             "a run's epoch: alone / median under the load",
             f"{secs(report['epoch_alone_s'])} / {secs(report['epoch_under_load_p50_s'])}",
@@ -369,6 +421,12 @@ def markdown(report: dict) -> str:
             f"({report['server_cpu_s_per_session']:.1f} s)",
         ),
         ("server cores busy during the load", f"{report['server_cores_busy']:.0%}"),
+        (
+            "server cores busy while runs waited in the queue (for how long)",
+            "-"
+            if report["server_cores_busy_while_runs_wait"] is None
+            else f"{report['server_cores_busy_while_runs_wait']:.0%} ({secs(report['runs_waiting_s'])})",
+        ),
         ("server memory, peak (limit 1,536 MB)", f"{report['peak_rss_mb']:.0f} MB"),
         (
             "server threads: baseline / peak / after",
@@ -390,7 +448,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--subset", type=int, help="override the quick demo's training images")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds any one wait of a session may take")
     parser.add_argument("--grace", type=float, default=330, help="seconds for the threads to return to baseline")
-    parser.add_argument("--backend", choices=("threads", "processes"), default="threads", help="DRILL_BACKEND")
+    parser.add_argument("--backend", choices=("threads", "processes", "ray"), default="threads", help="DRILL_BACKEND")
+    parser.add_argument(
+        "--ray-nodes", type=int, default=2, help="with --backend ray: simulated one-CPU nodes (needs `unshare -n`)"
+    )
+    parser.add_argument("--ray-address", help="with --backend ray: a running cluster to use instead")
     parser.add_argument("--max-jobs", type=int, help="DRILL_MAX_JOBS: runs training at once")
     parser.add_argument("--server-cores", help="CPU cores for the server and its workers, e.g. 0")
     parser.add_argument("--browser-cores", help="CPU cores for the browsers, e.g. 1")

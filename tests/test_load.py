@@ -54,3 +54,17 @@ def test_a_class_pinned_apart_from_its_browsers_trains_in_worker_processes_and_r
     # The workers did the training: their CPU time is most of the server's (each run is 1 epoch of 2,000 images).
     assert report["server_cpu_s"]["workers"] > 0 and report["epoch_alone_s"] and report["epoch_under_load_p50_s"]
     assert 0 < report["server_cores_busy"]
+    # Four runs of 1 epoch on one slot: three wait while one trains, and the alone run's first point was timed.
+    assert report["runs_waiting_s"] > 0 and 0 < report["server_cores_busy_while_runs_wait"] <= 1.05
+    assert 0 < report["first_point_alone_s"] < report["first_point_last_s"]
+
+
+@pytest.mark.ray
+def test_a_class_on_a_ray_cluster_trains_every_run_there_and_the_server_trains_none(ray_cluster):
+    cluster, _ = ray_cluster
+    ray = ["--backend", "ray", "--ray-address", cluster.address, "--alone-first"]
+    report = run_load(parse_args([*SMALL_CLASS, "--mode", "different", *ray]))
+    check_common(report)
+    assert report["store"]["runs"] == report["store"]["runs_complete"] == 5
+    assert report["server_cpu_s"]["workers"] == 0  # no training process of the server's own
+    assert report["first_point_alone_s"] is not None

@@ -51,10 +51,14 @@ def test_a_missing_unreadable_or_foreign_file_is_said_not_raised(tmp_path):
     shutil.copy(RESULTS / "batchnorm.json", tmp_path / "skeleton.json")
     (tmp_path / STRETCH_ATTEMPTS).mkdir()
     shutil.copy(RESULTS / STRETCH_ATTEMPTS / "6618.json", tmp_path / STRETCH_ATTEMPTS)
-    assert measured("regularised", tmp_path) == "not measured: results/regularised.json is missing"
-    assert measured("lean", tmp_path).startswith("not measured: results/lean.json could not be read (")
-    assert measured("skeleton", tmp_path) == (
+    assert (
+        measured("regularised", tmp_path, tmp_path / "no-pack") == "not measured: results/regularised.json is missing"
+    )
+    assert measured("lean", tmp_path, tmp_path / "no-pack").startswith(
+        "not measured: results/lean.json could not be read ("
+    )
+    assert measured("skeleton", tmp_path, tmp_path / "no-pack") == (
         "not measured: results/skeleton.json holds runs of another config: train the step again to measure it"
     )
-    assert "; no smaller network in results/stretch-attempts/" in measured("stretch", tmp_path)
-    assert measured("stretch", tmp_path).startswith("3 of 3 seeds hold")
+    assert "; no smaller network in results/stretch-attempts/" in measured("stretch", tmp_path, tmp_path / "no-pack")
+    assert measured("stretch", tmp_path, tmp_path / "no-pack").startswith("3 of 3 seeds hold")

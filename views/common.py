@@ -9,6 +9,7 @@ from contextlib import contextmanager
 
 import streamlit as st
 
+from drill import pack
 from drill import ui_logic as ui
 from drill.analysis import analyse
 from drill.backends import Unavailable
@@ -24,8 +25,8 @@ log = logging.getLogger(__name__)
 
 @st.cache_resource
 def manager() -> JobManager:
-    """The process-wide job manager, shared by every session, keeping runs in the data directory's store and
-    training them on the backend $DRILL_BACKEND names."""
+    """The process-wide job manager, shared by every session, keeping runs in the data directory's store,
+    training them on the backend $DRILL_BACKEND names, and serving the recorded-runs pack's."""
     try:
         store = RunStore(default_path(), max_runs=default_max_runs())
     except StoreInUse as error:  # said on every page; this server trains nothing rather than train runs twice
@@ -38,7 +39,7 @@ def manager() -> JobManager:
             f"The run store can't be opened ({error}): runs go on in memory, but they will not survive a restart "
             "of the server."
         )
-    return JobManager(backend=make_backend(), store=store)
+    return JobManager(backend=make_backend(), store=store, pack=pack.default_dir())
 
 
 def owner() -> str:

@@ -20,6 +20,14 @@ st.caption(
     "shows your Result and its Analysis."
 )
 
+shelf = common.manager().shelf
+if shelf is not None and (problems := shelf.problems()):
+    st.warning(
+        "Some recorded runs are not served, so those steps train on this server when asked for: "
+        + " · ".join(problems),
+        icon="📼",
+    )
+
 # -- state set-up: the latest finished run of each step in this session --------------------------------------------
 finished = {}
 for run in common.manager().snapshots(common.owner()):

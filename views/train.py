@@ -1,5 +1,7 @@
 """Train: augmentation with a live preview, the LR schedule, and a run whose curves stream in while it trains."""
 
+import time
+
 import streamlit as st
 
 from drill import ui_logic as ui
@@ -8,20 +10,27 @@ from drill.config import AugmentConfig, TrainConfig, field_help
 from drill.data import DataUnavailable, load_mnist
 from drill.jobs import ACTIVE
 from drill.presets import BY_NAME, matching_preset
+from drill.records import ENDED
 from views import common
 
 # -- the buttons' callbacks ---------------------------------------------------------------------------------------
 
 
-def start_run() -> None:
-    """Start's callback: it runs before the next script run of any kind, so a click is never lost to a rerun that
-    does not reach the button (a fragment's timer, another click); the page then draws the new run."""
+def start_run(fresh: bool = False) -> None:
+    """Start's (and, with fresh, Train it myself's) callback: it runs before the next script run of any kind, so a
+    click is never lost to a rerun that does not reach the button (a fragment's timer, another click); the page
+    then draws the new run. Fresh passes over a recorded run of the config: the student trains it on this server."""
     cfg = common.config()
     preset = matching_preset(cfg)
     label = BY_NAME[preset].title if preset else "custom"
     # A run already going (started in the student's other tab, or by this very click run twice) is shown instead.
-    st.session_state.train_job = common.manager().submit(common.owner(), cfg, label, one_at_a_time=True).id
+    st.session_state.train_job = common.manager().submit(common.owner(), cfg, label, True, fresh).id
     st.session_state.pop("live_patience", None)  # a new run's view gets the heartbeat's first, short patience
+
+
+def replay(ticket_id: str) -> None:
+    """Replay's callback: the recorded run's epochs arrive on the chart again, from the first."""
+    st.session_state.replay = (ticket_id, time.monotonic())
 
 
 def stop_runs() -> None:
@@ -103,12 +112,19 @@ note_col.caption(
 )
 
 
+if shown_run is not None and shown_run.recorded and shown_run.status == "finished":
+    replay_col, myself_col, _ = st.columns([1, 1, 4])
+    replay_col.button("▶️ Replay", width="stretch", on_click=replay, args=(shown_run.id,))
+    myself_col.button("Train it myself", disabled=bool(active), width="stretch", on_click=start_run, args=(True,))
+replaying = shown_run is not None and st.session_state.get("replay", ("",))[0] == shown_run.id
 live = shown_run is not None and shown_run.status in ACTIVE
+tick = ui.REPLAY_EPOCH_S / 4 if replaying else ui.poll_seconds(manager.online_count()) if live else None
 
 
-@st.fragment(run_every=ui.poll_seconds(manager.online_count()) if live else None)
-def show_run(job_id: str, was_active: bool) -> None:
-    """The run's status, progress and curves; redrawn every poll (1-4 s, by class size) while it is active."""
+@st.fragment(run_every=tick)
+def show_run(job_id: str, was_active: bool, was_replaying: bool) -> None:
+    """The run's status, progress and curves; redrawn every poll (1-4 s, by class size) while it is active, and
+    four times an epoch while a recorded run replays."""
     common.manager().touch(common.owner())  # this page polling the run is the surest sign the tab is open
     if was_active:
         st.session_state.live_missed = 0  # the heartbeat counts from here (app.py)
@@ -118,12 +134,17 @@ def show_run(job_id: str, was_active: bool) -> None:
         return
     if was_active and run.status not in ACTIVE:
         st.rerun()  # a full rerun, once: the page redraws its buttons and this fragment stops ticking
+    if was_replaying:
+        run = ui.replayed(run, time.monotonic() - st.session_state.replay[1])
+        if run is None:  # all shown: the whole run, drawn by a full rerun whose fragment no longer ticks
+            del st.session_state.replay
+            st.rerun()
     st.markdown(ui.status_text(run.status, run.queue_position, run.label, len(run.epochs)))
     if run.note:
         st.info(run.note, icon="🔁")
     if note := ui.sharing_note(run):
         st.caption(note)
-    if run.status == "running":
+    if run.status in ("running", "replaying"):
         st.progress(ui.progress_fraction(run.progress), text=ui.progress_text(run.progress))
     elif run.status in ("failed", "stopped"):
         (st.error if run.status == "failed" else st.warning)(f"The run {run.status}: {run.reason}")
@@ -135,10 +156,10 @@ def show_run(job_id: str, was_active: bool) -> None:
         accuracy_spec, loss_spec = ui.run_charts(run)
         accuracy.vega_lite_chart(spec=accuracy_spec, width="stretch")
         loss.vega_lite_chart(spec=loss_spec, width="stretch")
-    if run.status not in ACTIVE and epochs:
+    if run.status in ENDED and epochs:
         common.show_result(epochs, run.params)
 
 
 if shown_run is not None:
     st.session_state.train_shown = shown_run
-    show_run(shown_run.id, live)
+    show_run(shown_run.id, live, replaying)
