@@ -30,6 +30,7 @@ import math
 import os
 import re
 import sqlite3
+import subprocess
 import sys
 import tempfile
 import threading
@@ -137,6 +138,60 @@ class Sampler(threading.Thread):
                 self.queued_s += now - then
                 self.queued_cpu_s += cpu_now - cpu_then
             then, cpu_then, waiting = now, cpu_now, self.waiting()
+
+
+PY_SPY_RATE = 100  # samples a second
+
+
+class GilProfile(threading.Thread):
+    """Once runs wait in the queue, py-spy samples the server for `seconds` twice: as it is (a thread is sampled only
+    while it is not blocked, so the training thread's samples against those asked for are the share of time it could
+    run: waiting for the GIL counts as blocked) and with --gil (only the thread holding the GIL is sampled: by whom
+    it is held, and for how much of the time). The server's CPU over each window is measured beside it."""
+
+    def __init__(self, pid: int, sampler: Sampler, seconds: int, work: Path):
+        super().__init__(daemon=True)
+        self.pid, self.sampler, self.seconds, self.work = pid, sampler, seconds, work
+        self.report: dict = {}
+
+    def run(self) -> None:
+        while not self.sampler.done.is_set() and not self.sampler.waiting():
+            self.sampler.done.wait(1.0)
+        for mode, flags in (("unblocked", []), ("holding the GIL", ["--gil"])):
+            if self.sampler.done.is_set():
+                return
+            out = self.work / f"py-spy-{len(self.report)}.txt"
+            command = [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(self.pid), "--nonblocking"]
+            command += ["--duration", str(self.seconds), "--rate", str(PY_SPY_RATE), "--threads", *flags]
+            cpu_before, began = cpu_seconds(self.pid), time.monotonic()
+            done = subprocess.run(
+                [*command, "--format", "raw", "-o", str(out)],
+                capture_output=True,
+                text=True,
+                timeout=self.seconds + 120,
+            )
+            busy = (cpu_seconds(self.pid) - cpu_before) / (time.monotonic() - began)
+            if done.returncode != 0 or not out.exists():
+                self.report[mode] = {"error": (done.stderr or done.stdout).strip().splitlines()[-1:]}
+                continue
+            by_thread = Counter()
+            for line in out.read_text().splitlines():
+                stack, _, count = line.rpartition(" ")
+                by_thread[_thread_kind(stack.split(";", 1)[0].split(": ", 1)[-1])] += int(count)
+            asked = self.seconds * PY_SPY_RATE
+            self.report[mode] = {
+                "share_of_time": {kind: round(n / asked, 3) for kind, n in by_thread.most_common()},
+                "server_core_busy": round(busy, 2),
+            }
+
+
+def _thread_kind(name: str) -> str:
+    """A sampled thread by what it does: training, a session's script run, or the rest of the server."""
+    if name.startswith("drill-"):
+        return "training"
+    if "ScriptRunner" in name:
+        return "script runs (Streamlit)"
+    return "server (event loop, others)"
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -307,6 +362,9 @@ def run_load(args) -> dict:
                 alone = epoch_seconds(store, {SOLO_SEED})
             sampler = Sampler(process.pid, store, slots)
             sampler.start()
+            profile = GilProfile(process.pid, sampler, args.py_spy, work)
+            if args.py_spy:
+                profile.start()
             cpu_before = cpu_split(process.pid)
             began = time.monotonic()
             results = asyncio.run(drive(url, args))
@@ -316,6 +374,8 @@ def run_load(args) -> dict:
             final_rss, final_threads = process_stats(process.pid)
             sampler.done.set()
             sampler.join()
+            if args.py_spy:
+                profile.join()
     epochs = session_config(0, args.mode, args.epochs, args.subset).train.epochs
     renders = [r["first_render_s"] for r in results if "first_render_s" in r]
     first_points = [r["first_point_s"] for r in results if "first_point_s" in r]
@@ -350,6 +410,7 @@ def run_load(args) -> dict:
         "server_cores_busy_while_runs_wait": (
             round(sampler.queued_cpu_s / sampler.queued_s / server_cores, 2) if sampler.queued_s else None
         ),
+        "py_spy": profile.report,
         "peak_rss_mb": round(sampler.peak_rss_mb, 1),
         "final_rss_mb": round(final_rss, 1),
         "memory_under_limit": sampler.peak_rss_mb < MEMORY_LIMIT_MB,
@@ -427,6 +488,15 @@ def markdown(report: dict) -> str:
             if report["server_cores_busy_while_runs_wait"] is None
             else f"{report['server_cores_busy_while_runs_wait']:.0%} ({secs(report['runs_waiting_s'])})",
         ),
+        *(
+            (
+                f"py-spy while runs waited: share of time each kind of thread was {mode}",
+                "; ".join(f"{kind} {share:.0%}" for kind, share in found.get("share_of_time", {}).items())
+                + (f" (server core busy {found['server_core_busy']:.0%})" if "server_core_busy" in found else "")
+                or f"py-spy failed: {found.get('error')}",
+            )
+            for mode, found in report["py_spy"].items()
+        ),
         ("server memory, peak (limit 1,536 MB)", f"{report['peak_rss_mb']:.0f} MB"),
         (
             "server threads: baseline / peak / after",
@@ -457,6 +527,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--server-cores", help="CPU cores for the server and its workers, e.g. 0")
     parser.add_argument("--browser-cores", help="CPU cores for the browsers, e.g. 1")
     parser.add_argument("--alone-first", action="store_true", help="time one run alone before the class")
+    parser.add_argument(
+        "--py-spy", type=int, default=0, metavar="SECONDS", help="profile the server this long while runs wait"
+    )
     parser.add_argument("--out", type=Path, help="write OUT.json and OUT.md")
     return parser.parse_args(argv)
 
