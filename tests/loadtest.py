@@ -118,7 +118,7 @@ class Sampler(threading.Thread):
     def waiting(self) -> bool:
         """Whether more runs are queued or running than can train at once (False while the store can't be read)."""
         try:
-            with contextlib.closing(sqlite3.connect(self.store, timeout=1)) as db:
+            with contextlib.closing(sqlite3.connect(f"file:{self.store}?mode=ro", uri=True, timeout=1)) as db:
                 active = db.execute("SELECT count(*) FROM runs WHERE status IN ('queued', 'running')").fetchone()[0]
         except sqlite3.Error:
             return False
