@@ -115,14 +115,14 @@ class Sampler(threading.Thread):
         self.queued_s = self.queued_cpu_s = 0.0
         self.done = threading.Event()
 
-    def waiting(self) -> bool:
-        """Whether more runs are queued or running than can train at once (False while the store can't be read)."""
+    def waiting(self) -> int:
+        """How many runs wait for a training slot (0 while the store can't be read)."""
         try:
             with contextlib.closing(sqlite3.connect(f"file:{self.store}?mode=ro", uri=True, timeout=1)) as db:
                 active = db.execute("SELECT count(*) FROM runs WHERE status IN ('queued', 'running')").fetchone()[0]
         except sqlite3.Error:
-            return False
-        return active > self.slots
+            return 0
+        return max(0, active - self.slots)
 
     def run(self) -> None:
         then, cpu_then, waiting = time.monotonic(), sum(cpu_split(self.pid).values()), False
@@ -137,26 +137,28 @@ class Sampler(threading.Thread):
             if waiting:  # the interval began with runs waiting
                 self.queued_s += now - then
                 self.queued_cpu_s += cpu_now - cpu_then
-            then, cpu_then, waiting = now, cpu_now, self.waiting()
+            then, cpu_then, waiting = now, cpu_now, self.waiting() > 0
 
 
 PY_SPY_RATE = 100  # samples a second
 
 
 class GilProfile(threading.Thread):
-    """Once runs wait in the queue, py-spy samples the server for `seconds` twice: as it is (a thread is sampled only
+    """Once a third of the class's runs wait in the queue (every tab is open and polling by then, and the queue stays
+    full for a while), py-spy samples the server for `seconds` twice: as it is (a thread is sampled only
     while it is not blocked, so the training thread's samples against those asked for are the share of time it could
     run: waiting for the GIL counts as blocked) and with --gil (only the thread holding the GIL is sampled: by whom
     it is held, and for how much of the time). The server's CPU over each window is measured beside it."""
 
-    def __init__(self, pid: int, sampler: Sampler, seconds: int, work: Path):
+    def __init__(self, pid: int, sampler: Sampler, seconds: int, work: Path, sessions: int):
         super().__init__(daemon=True)
         self.pid, self.sampler, self.seconds, self.work = pid, sampler, seconds, work
+        self.enough = max(1, sessions // 3)
         self.report: dict = {}
 
     def run(self) -> None:
-        while not self.sampler.done.is_set() and not self.sampler.waiting():
-            self.sampler.done.wait(1.0)
+        while not self.sampler.done.is_set() and self.sampler.waiting() < self.enough:
+            self.sampler.done.wait(0.5)
         for mode, flags in (("unblocked", []), ("holding the GIL", ["--gil"])):
             if self.sampler.done.is_set():
                 return
@@ -362,7 +364,7 @@ def run_load(args) -> dict:
                 alone = epoch_seconds(store, {SOLO_SEED})
             sampler = Sampler(process.pid, store, slots)
             sampler.start()
-            profile = GilProfile(process.pid, sampler, args.py_spy, work)
+            profile = GilProfile(process.pid, sampler, args.py_spy, work, args.sessions)
             if args.py_spy:
                 profile.start()
             cpu_before = cpu_split(process.pid)
