@@ -317,11 +317,13 @@ class _Worker:
 class ProcessBackend:
     """Runs train in worker processes, one per slot, started when first needed and kept warm for the next run.
 
-    Why: profiled on a class server (one core, 30 tabs), a run in a thread of the server spent 77% of its time in
-    torch calls yet got 11% of a core, the rest going to Streamlit's threads between its calls, each of which must
-    take the GIL back. A worker has a GIL of its own. Without Streamlit, 30 busy Python threads beside the run slow
-    it about alike in a thread and in a worker (results/contention.md, all on one core), so that profile's gap is
-    not the GIL alone; the worker keeps training out of the serving process whatever the cause.
+    Why: a run in a thread of the server must take the GIL back after each of its many small torch calls, from
+    whichever of the class's script runs holds it. A worker has a GIL of its own. Measured with the server on one
+    core and 30 polling tabs on the other (results/load-threads-pinned.*, load-processes-pinned.*), neither backend
+    slowed a run's epoch (4.5 s alone, 4.4 s under the load on threads) and the core was 99% busy while runs waited,
+    so on today's pages `threads` loses nothing and stays the default; 30 busy Python threads beside a run slow it
+    about alike in a thread and in a worker (results/contention.md). The worker is for servers whose pages cost
+    more than those, at the price of a second copy of torch in memory.
     """
 
     name = "processes"

@@ -176,15 +176,20 @@ class GilProfile(threading.Thread):
             if done.returncode != 0 or not out.exists():
                 self.report[mode] = {"error": (done.stderr or done.stdout).strip().splitlines()[-1:]}
                 continue
-            by_thread = Counter()
-            for line in out.read_text().splitlines():
-                stack, _, count = line.rpartition(" ")
-                by_thread[_thread_kind(stack.split(";", 1)[0].split(": ", 1)[-1])] += int(count)
-            asked = self.seconds * PY_SPY_RATE
             self.report[mode] = {
-                "share_of_time": {kind: round(n / asked, 3) for kind, n in by_thread.most_common()},
+                "share_of_time": spy_shares(out.read_text(), self.seconds * PY_SPY_RATE),
                 "server_core_busy": round(busy, 2),
             }
+
+
+def spy_shares(raw: str, asked: int) -> dict[str, float]:
+    """From py-spy's raw output (`thread (TID): NAME;frame;...;frame COUNT` a line), the share of the samples asked
+    for that each kind of thread took, largest first."""
+    by_thread = Counter()
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        by_thread[_thread_kind(stack.split(";", 1)[0].split(": ", 1)[-1])] += int(count)
+    return {kind: round(n / asked, 3) for kind, n in by_thread.most_common()}
 
 
 def _thread_kind(name: str) -> str:

