@@ -192,34 +192,34 @@ def _runs_in(results: Path, file: str) -> list[_Run]:
 
 @functools.cache
 def measured(name: str, results: Path = RESULTS, pack_dir: Path | None = None) -> str:
-    """What the preset's runs gave, in a line: those of the recorded-runs pack (the app's, or pack_dir) when it holds
-    the step, else those in results/; says so when a file is missing or holds another config.
+    """What the preset's runs gave, in a line: those of the recorded-runs pack (the app's, or pack_dir) or those in
+    results/, whichever holds more seeds of it (the pack when even); says so when a file is missing or holds
+    another config.
 
     Read on first use and kept, so the text always matches the files and costs a page nothing.
     """
     from drill import pack  # here: the pack reads runs as drill.records does, which imports this module
 
-    recorded = [run for run in pack.read(pack_dir or pack.PACK_DIR)[0] if matching_preset(run.config) == name]
-    if recorded:
-        recorded.sort(key=lambda run: run.config.train.seed)
-        runs = [_Run.of(run.record) for run in recorded]
-        return f"{_describe(runs)} (the recorded-runs pack, {recorded[0].provenance})"
     files = MEASURED_RUNS.get(name, ())
+    runs, source, problem = [], ", ".join(f"results/{file}" for file in files), "no runs of it in results/"
     try:
-        runs = []
         for file in files:
             found = _runs_in(results, file)
             if any(matching_preset(run.config) != name for run in found):
                 raise _Unreadable(f"results/{file} holds runs of another config: train the step again to measure it")
             runs += found
-        if not runs:
-            return "not measured: no runs of it in results/"
-        text = _describe(runs)
-        if name == "stretch":
-            text += "; " + _smaller(results, runs[0].params)
     except _Unreadable as error:
-        return f"not measured: {error}"
-    return f"{text} ({', '.join(f'results/{file}' for file in files)})"
+        runs, problem = [], str(error)
+    recorded = [run for run in pack.read(pack_dir or pack.PACK_DIR)[0] if matching_preset(run.config) == name]
+    if recorded and len(recorded) >= len(runs):
+        recorded.sort(key=lambda run: run.config.train.seed)
+        runs, source = [_Run.of(run.record) for run in recorded], f"the recorded-runs pack, {recorded[0].provenance}"
+    if not runs:
+        return f"not measured: {problem}"
+    text = _describe(runs)
+    if name == "stretch":
+        text += "; " + _smaller(results, runs[0].params)
+    return f"{text} ({source})"
 
 
 def _describe(runs: list[_Run]) -> str:

@@ -16,7 +16,7 @@ from drill import ui_logic as ui
 from drill.__main__ import main
 from drill.backends import ThreadBackend
 from drill.jobs import JobManager, Snapshot
-from drill.presets import BY_NAME
+from drill.presets import BY_NAME, MEASURED_RUNS, RESULTS
 from drill.store import RunStore
 
 # The quick demo cut to 1 epoch of 1,000 images: a few seconds a run, every part of a real recording.
@@ -225,5 +225,11 @@ def test_the_shipped_pack_is_within_its_budget_and_todays_code_computes_every_ru
             train={"seed": run.config.train.seed}
         )
         assert pack.verify(run, mnist) is None, run.name
-        # The Drill-down card's band is the pack's.
-        assert "(the recorded-runs pack, recorded on " in step.measured
+    # A Drill-down card's band is the pack's where the pack holds as many seeds of the step as results/ does.
+    for name in {run.name.rsplit("-seed", 1)[0] for run in runs}:
+        step, held = BY_NAME[name], sum(run.name.startswith(f"{name}-seed") for run in runs)
+        in_results = sum(
+            len(json.loads((RESULTS / file).read_text()).get("runs", [None])) for file in MEASURED_RUNS[name]
+        )
+        from_pack = "(the recorded-runs pack, recorded on " in step.measured
+        assert from_pack == (held >= in_results), (name, step.measured)

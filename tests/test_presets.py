@@ -22,8 +22,8 @@ def runs_in(file: str) -> list[dict]:
 
 
 @pytest.mark.parametrize("name", sorted(MEASURED_RUNS))
-def test_the_measured_text_states_what_its_files_hold(name):
-    text = BY_NAME[name].measured
+def test_the_measured_text_states_what_its_files_hold(name, tmp_path):
+    text = measured(name, RESULTS, tmp_path / "no-pack")  # the recorded-runs pack's own text: tests/test_pack.py
     runs = [run for file in MEASURED_RUNS[name] for run in runs_in(file)]
     accs = [[epoch["test_acc"] for epoch in run["epochs"]] for run in runs]
     assert all(f"results/{file}" in text for file in MEASURED_RUNS[name])
