@@ -466,7 +466,7 @@ class JobManager:
                     run.handle.stop()
         self.backend.shutdown(timeout)
         if self.shelf is not None:
-            self.shelf.close()
+            self.shelf.close(timeout)
         self.store.close()
 
     # -- what backends call, from their own threads -------------------------------------------------------------
@@ -614,7 +614,7 @@ class JobManager:
         """A stored run in memory, with its provenance when it is one of the pack's."""
         provenance = self.shelf.provenance.get(row.id, "") if self.shelf is not None else ""
         if row.source == "recorded" and not provenance:
-            provenance = "recorded by an earlier version of the app"
+            provenance = "recorded by an earlier version of the app, and not checked against this one"
         return Run.from_row(row, provenance)
 
     def _shared_run(self, key: str) -> Run | None:

@@ -175,7 +175,7 @@ def _read_manifest(directory: Path) -> dict:
     except (OSError, ValueError) as error:
         raise PackError(f"the pack's {MANIFEST} can't be read ({error})") from None
     runs = manifest.get("runs") if isinstance(manifest, dict) else None
-    if manifest.get("format") != FORMAT or not isinstance(runs, dict):
+    if not isinstance(runs, dict) or manifest.get("format") != FORMAT:
         raise PackError(f"the pack's {MANIFEST} is not a format-{FORMAT} manifest")
     for name, digests in runs.items():
         if not (isinstance(name, str) and name.replace("-", "").isalnum() and isinstance(digests, dict)):
@@ -199,11 +199,14 @@ def _read_run(directory: Path, name: str, digests: dict) -> RecordedRun:
         recorded, probe = body["recorded"], body["probe"]
         first = [float(loss) for loss in probe["first_losses"]]
         probe = {"first_losses": first, "correct": int(probe["correct"])}
-        recorded = {key: recorded[key] for key in ("date", "machine", "torch", "threads", "seconds")}
+        recorded = {key: str(recorded[key]) for key in ("date", "machine", "torch")} | {
+            "threads": int(recorded["threads"]),
+            "seconds": float(recorded["seconds"]),
+        }
         weights = unpack_weights(files["weights"].read_bytes())
     except RecordError as error:
         raise PackError(f"{name}.json: {error}") from None
-    except (ValueError, KeyError, TypeError, AttributeError) as error:
+    except Exception as error:  # noqa: BLE001 - whatever is wrong with a run's files, that run is skipped, never the app
         raise PackError(f"{name}: not a recorded run ({type(error).__name__}: {error})") from None
     if record_["status"] != "finished":
         raise PackError(f"{name}.json: only finished runs are recorded, this one is {record_['status']}")
@@ -329,7 +332,11 @@ class Shelf:
         for run in self.runs if mnist is not None else ():
             if self._closing.is_set():
                 break
-            why = verify(run, mnist)
+            try:
+                why = verify(run, mnist)
+            except Exception as error:  # noqa: BLE001 - one run that can't be checked must not stop the others
+                log.exception("recorded run %s could not be checked", run.name)
+                why = f"it could not be checked ({type(error).__name__}: {error})"
             if why:
                 self._problem(
                     f"{run.name} is not served: {why}, so it was made by code that computes something else; "

@@ -192,7 +192,7 @@ def _runs_in(results: Path, file: str) -> list[_Run]:
 
 @functools.cache
 def measured(name: str, results: Path = RESULTS, pack_dir: Path | None = None) -> str:
-    """What the preset's runs gave, in a line: those of the recorded-runs pack (the app's, or pack_dir) or those in
+    """What the preset's runs gave, in a line: those of the recorded-runs pack (the server's, or pack_dir) or those in
     results/, whichever holds more seeds of it (the pack when even); says so when a file is missing or holds
     another config.
 
@@ -210,7 +210,9 @@ def measured(name: str, results: Path = RESULTS, pack_dir: Path | None = None) -
             runs += found
     except _Unreadable as error:
         runs, problem = [], str(error)
-    recorded = [run for run in pack.read(pack_dir or pack.PACK_DIR)[0] if matching_preset(run.config) == name]
+    directory = pack_dir or pack.default_dir()
+    found = pack.read(directory)[0] if directory is not None else []
+    recorded = [run for run in found if matching_preset(run.config) == name]
     if recorded and len(recorded) >= len(runs):
         recorded.sort(key=lambda run: run.config.train.seed)
         runs, source = [_Run.of(run.record) for run in recorded], f"the recorded-runs pack, {recorded[0].provenance}"

@@ -344,7 +344,7 @@ def run_charts(run: Snapshot) -> tuple[dict, dict]:
     few versions of its charts, not one per student per second.
     """
     losses = run.batch_losses
-    if run.status in ("queued", "running") and losses:
+    if run.status in ("queued", "running", "replaying") and losses:
         cutoff = math.floor(losses[-1][0] * CHART_UPDATES_PER_EPOCH) / CHART_UPDATES_PER_EPOCH
         losses = tuple(point for point in losses if point[0] <= cutoff + 1e-9)
     total, epochs = run.config.train.epochs, list(run.epochs)
@@ -388,9 +388,8 @@ def sharing_note(run: Snapshot) -> str:
     """Why a run came at once or is shared with classmates; "" for a run trained for this student alone."""
     if run.recorded:
         return (
-            f"📼 A recorded run, not trained for you: this exact config and seed was {run.recorded}, and training "
-            "is deterministic, so these are the curves it gives. Replay shows its epochs arriving; Train it myself "
-            "trains it afresh on this server."
+            f"📼 A recorded run, not trained for you: this exact config and seed was {run.recorded}. Replay shows "
+            "its epochs arriving; Train it myself trains it on this server (or follows a classmate's run of it)."
         )
     if run.reused:
         return (

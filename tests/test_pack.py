@@ -16,7 +16,7 @@ from drill import ui_logic as ui
 from drill.__main__ import main
 from drill.backends import ThreadBackend
 from drill.jobs import JobManager, Snapshot
-from drill.presets import BY_NAME, MEASURED_RUNS, RESULTS
+from drill.presets import BY_NAME, MEASURED_RUNS, RESULTS, measured
 from drill.store import RunStore
 
 # The quick demo cut to 1 epoch of 1,000 images: a few seconds a run, every part of a real recording.
@@ -80,9 +80,23 @@ def test_a_damaged_or_edited_run_is_refused_and_the_rest_served(copy, damage, ex
     assert len(problems) == 1 and problems[0].startswith(expected), problems
 
 
+def test_a_run_whose_signed_files_hold_nonsense_is_refused_not_raised(copy):
+    # A hand-made pack can match its manifest and still hold weights cut short or a provenance of the wrong kind.
+    (copy / "quick-seed1.weights").write_bytes(b"\x01")
+    manifest = json.loads((copy / pack.MANIFEST).read_text())
+    manifest["runs"]["quick-seed1"]["weights"] = pack._sha256(copy / "quick-seed1.weights")
+    (copy / pack.MANIFEST).write_text(json.dumps(manifest))
+    rewrite(copy, "quick-seed2", lambda b: b["recorded"].update(seconds="a while"))
+    runs, problems = pack.read(copy)
+    names = [problem.split(" (")[0] for problem in problems]
+    assert runs == [] and names == ["quick-seed1: not a recorded run", "quick-seed2: not a recorded run"]
+
+
 def test_a_manifest_that_cant_be_read_gives_no_runs_and_says_why(copy):
     (copy / pack.MANIFEST).write_text('{"format": 1, "runs": {"../../etc/passwd": {}}}')
     assert pack.read(copy) == ([], [f"the pack's {pack.MANIFEST} lists '../../etc/passwd', which is not a run's name"])
+    (copy / pack.MANIFEST).write_text("[]")
+    assert pack.read(copy) == ([], [f"the pack's {pack.MANIFEST} is not a format-1 manifest"])
     (copy / pack.MANIFEST).write_text("not json")
     runs, problems = pack.read(copy)
     assert runs == [] and problems[0].startswith(f"the pack's {pack.MANIFEST} can't be read")
@@ -231,5 +245,5 @@ def test_the_shipped_pack_is_within_its_budget_and_todays_code_computes_every_ru
         in_results = sum(
             len(json.loads((RESULTS / file).read_text()).get("runs", [None])) for file in MEASURED_RUNS[name]
         )
-        from_pack = "(the recorded-runs pack, recorded on " in step.measured
+        from_pack = "(the recorded-runs pack, recorded on " in measured(name, pack_dir=pack.PACK_DIR)
         assert from_pack == (held >= in_results), (name, step.measured)

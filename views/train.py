@@ -112,7 +112,8 @@ note_col.caption(
 )
 
 
-if shown_run is not None and shown_run.recorded and shown_run.status == "finished":
+# Only beside the recorded run of the settings on the page: Train it myself trains what the page holds.
+if shown_run is not None and shown_run.recorded and shown_run.status == "finished" and shown_run.config == new:
     replay_col, myself_col, _ = st.columns([1, 1, 4])
     replay_col.button("▶️ Replay", width="stretch", on_click=replay, args=(shown_run.id,))
     myself_col.button("Train it myself", disabled=bool(active), width="stretch", on_click=start_run, args=(True,))
@@ -129,7 +130,9 @@ def show_run(job_id: str, was_active: bool, was_replaying: bool) -> None:
     if was_active:
         st.session_state.live_missed = 0  # the heartbeat counts from here (app.py)
     # Its first draw in a full run shows the snapshot the buttons were drawn from; its own reruns take a fresh one.
-    run = st.session_state.pop("train_shown", None) or common.manager().snapshot(job_id)
+    run = st.session_state.pop("train_shown", None)
+    if run is None or run.id != job_id:
+        run = common.manager().snapshot(job_id)
     if run is None:
         return
     if was_active and run.status not in ACTIVE:
