@@ -321,7 +321,9 @@ class ProcessBackend:
     whichever of the class's script runs holds it. A worker has a GIL of its own. Measured with the server on one
     core and 30 polling tabs on the other (results/load-threads-pinned.*, load-processes-pinned.*), neither backend
     slowed a run's epoch (4.5 s alone, 4.4 s under the load on threads) and the core was 99% busy while runs waited,
-    so on today's pages `threads` loses nothing and stays the default; 30 busy Python threads beside a run slow it
+    so on today's pages `threads` loses nothing and stays the default. py-spy over that load with the queue full
+    (results/load-threads-py-spy.*): the GIL was held 12% of the time, so a run and the pages share the core's time
+    rather than queue for the GIL. 30 busy Python threads beside a run slow it
     about alike in a thread and in a worker (results/contention.md). The worker is for servers whose pages cost
     more than those, at the price of a second copy of torch in memory.
     """
