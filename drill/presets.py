@@ -211,8 +211,7 @@ def measured(name: str, results: Path = RESULTS, pack_dir: Path | None = None) -
     except _Unreadable as error:
         runs, problem = [], str(error)
     directory = pack_dir or pack.default_dir()
-    found = pack.read(directory)[0] if directory is not None else []
-    recorded = [run for run in found if matching_preset(run.config) == name]
+    recorded = [run for run in _pack_runs(directory) if matching_preset(run.config) == name]
     if recorded and len(recorded) >= len(runs):
         recorded.sort(key=lambda run: run.config.train.seed)
         runs, source = [_Run.of(run.record) for run in recorded], f"the recorded-runs pack, {recorded[0].provenance}"
@@ -222,6 +221,14 @@ def measured(name: str, results: Path = RESULTS, pack_dir: Path | None = None) -
     if name == "stretch":
         text += "; " + _smaller(results, runs[0].params)
     return f"{text} ({source})"
+
+
+@functools.cache
+def _pack_runs(directory: Path | None) -> list:
+    """A pack's runs, read once for every step's band (no pack: none)."""
+    from drill import pack
+
+    return pack.read(directory)[0] if directory is not None else []
 
 
 def _describe(runs: list[_Run]) -> str:

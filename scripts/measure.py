@@ -22,7 +22,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -31,16 +30,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from drill.pack import machine_name  # noqa: E402
+
 PAGES = ("views/drilldown.py", "views/build.py", "views/train.py", "views/compare.py", "views/inspect.py")
-
-
-def cpu_name() -> str:
-    """The CPU's model name from /proc/cpuinfo (the platform's name elsewhere)."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def milliseconds(times: list[float]) -> dict[str, float]:
@@ -269,7 +262,7 @@ def main() -> None:
     figures = {
         "command": " ".join(["python", "scripts/measure.py", *sys.argv[1:]]),
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
-        "machine": f"{cpu_name()}, {os.cpu_count()} cores",
+        "machine": machine_name(),
         # The machine may be shared: how busy it was says how far the timings are from an idle one's.
         "load_average_before": round(os.getloadavg()[0], 2),
         **measure(args.repeats or repeats),
