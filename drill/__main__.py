@@ -16,6 +16,7 @@ from drill.config import ConfigError, RunConfig
 from drill.data import DataUnavailable
 from drill.pack import PACK_DIR
 from drill.presets import BY_NAME, LESSON, PRESETS, get_preset, matching_preset
+from drill.proof import Proof
 from drill.summary import summarize
 
 
@@ -157,31 +158,6 @@ def cmd_train(args) -> int:
     return 0 if result.status == "finished" else 1
 
 
-def consistency_table(runs: list[tuple[int, int, list[dict]]], k: int) -> tuple[str, int]:
-    """Markdown: seed, parameters, the last k test accuracies and pass/fail per (seed, params, epochs); and a summary.
-
-    Returns (text, how many passed).
-    """
-    total = max((len(epochs) for _, _, epochs in runs), default=k)
-    lines = [
-        f"| seed | params | {' | '.join(f'epoch {total - k + i + 1}' for i in range(k))} | pass |",
-        "|---:|---:|" + "---:|" * k + ":---:|",
-    ]
-    passed = 0
-    for seed, params, epochs in runs:
-        verdict = analyse(epochs, params, k=k)
-        passed += verdict.consistent
-        accs = " | ".join(f"{a:.2f}" for a in verdict.last_k) or " | ".join("-" * k)
-        lines.append(f"| {seed} | {params:,} | {accs} | {'yes' if verdict.consistent else 'no'} |")
-    last = [epochs[-1]["test_acc"] for _, _, epochs in runs if epochs]
-    mean_last = statistics.mean(last) if last else float("nan")
-    lines.append(
-        f"\n{passed} of {len(runs)} seeds hold >= {TARGET_ACC}% in each of the last {k} epochs; "
-        f"mean last-epoch test accuracy {mean_last:.2f}%"
-    )
-    return "\n".join(lines), passed
-
-
 def cmd_consistency(args) -> int:
     """Train one config over several seeds (`--jobs` of them side by side) and tabulate the last K epochs of each."""
     from concurrent.futures import ThreadPoolExecutor
@@ -203,10 +179,8 @@ def cmd_consistency(args) -> int:
     with ThreadPoolExecutor(args.jobs) as pool:
         runs = list(pool.map(one, args.seeds))
     elapsed = time.perf_counter() - started
-    table, passed = consistency_table(
-        [(seed, r.params, r.epochs) for seed, r in zip(args.seeds, runs, strict=True)], args.last_k
-    )
-    print(f"\n{table}; {elapsed / 60:.1f} min in all")
+    proof = Proof.of(runs, args.last_k)
+    print(f"\n{proof.table()}\n\n{proof.summary()}; {elapsed / 60:.1f} min in all")
     if args.out:
         Path(args.out).write_text(
             json.dumps(
@@ -214,7 +188,7 @@ def cmd_consistency(args) -> int:
                 indent=2,
             )
         )
-    return 0 if passed == len(runs) else 1
+    return 0 if proof.proven else 1
 
 
 def cmd_record(args) -> int:
@@ -402,12 +376,13 @@ def cmd_report(args) -> int:
                 # One consistency table per config: the runs of a step over its seeds.
                 same = config.replace(train={"seed": 1, "threads": 0}).to_query() or "(the defaults)"
                 title = BY_NAME[name].title if name else f"config ?{same}"
-                groups.setdefault(same, (title, []))[1].append((config.train.seed, run["params"], run["epochs"]))
+                groups.setdefault(same, (title, []))[1].append(snapshot)
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise UsageError(f"{path} is not a run saved by train/consistency --out ({error})") from None
     print(markdown_table(rows, k=args.last_k), end="")
     for title, runs in groups.values():
-        print(f"\n**{title}**\n\n{consistency_table(runs, args.last_k)[0]}")
+        proof = Proof.of(runs, args.last_k)
+        print(f"\n**{title}**\n\n{proof.table()}\n\n{proof.summary()}")
     return 0
 
 

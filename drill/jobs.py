@@ -30,6 +30,8 @@ from drill.data import Mnist, load_mnist
 from drill.model import build_model
 from drill.pack import Shelf
 from drill.presence import Presence
+from drill.proof import DEFAULT_SEEDS, Proof
+from drill.proof import seeds as proof_seeds
 from drill.store import RunRow, RunStore, TicketRow
 from drill.train import RunResult, train
 from drill.turns import FairQueue
@@ -66,6 +68,7 @@ class Snapshot:
     run_id: str = ""  # the training behind the ticket, shared by every student following it
     note: str = ""  # what happened to the run that its numbers do not show ("resumed after epoch 6 ...")
     recorded: str = ""  # for a run of the recorded-runs pack: where and when it was recorded (drill.pack)
+    proof: str = ""  # the proof over seeds (drill.proof) this run is one seed of, for this student
 
 
 @dataclass
@@ -172,6 +175,7 @@ class Ticket:
     created: float = field(default_factory=time.time)
     reused: bool = False
     cut: tuple[int, float, str] | None = None  # (epochs seen, batch position, reason) when the student left
+    proof: str = ""  # the proof over seeds it is one seed of
 
     def snapshot(self, queue_position: int | None = None, watchers: int = 1) -> Snapshot:
         """A consistent copy of this student's view of the run."""
@@ -203,11 +207,12 @@ class Ticket:
                 run.id,
                 run.note,
                 run.recorded,
+                self.proof,
             )
 
     def row(self) -> TicketRow:
         """This ticket as the store keeps it."""
-        return TicketRow(self.id, self.owner, self.run.id, self.label, self.created, self.cut)
+        return TicketRow(self.id, self.owner, self.run.id, self.label, self.created, self.cut, self.proof)
 
 
 def config_key(config: RunConfig, device: str = "cpu") -> str:
@@ -312,29 +317,39 @@ class JobManager:
         same lock: Streamlit can run one click's callback twice at once (it replays a click whose rerun was cut
         short), and a check made before submitting let one student of 30 start twice in a load test.
         """
-        key = self._key(config)
         with self._lock:
             self._load(owner)
             self._presence.beat(owner)
-            if one_at_a_time and (going := [t for t in self._tickets.values() if t.owner == owner and _is_active(t)]):
-                return max(going, key=lambda t: t.created)
-            run = self._shared_run(key) or self._stored_run(key, fresh)
+            if one_at_a_time and (going := self._going(owner)):
+                return going[-1]
             # A student already following this very run keeps the one ticket: a replayed click, or Start pressed
             # again on a run that finished, must not list the same run twice.
-            held = [t for t in self._tickets.values() if t.owner == owner and t.run is run and t.cut is None]
-            if run is not None and held:
-                return held[0]
-            reused = run is not None and run.status == "finished"
-            if run is None:
-                run = Run(new_id("run"), config, key=key)
-                self._runs[run.id] = run
-                self._queue.add(run.id)
-                self.store.save_run(run.row())
-            ticket = Ticket(new_id("ticket"), owner, label, run, reused=reused)
-            self._tickets[ticket.id] = ticket
-            self.store.save_ticket(ticket.row())
+            ticket = self._new_ticket(owner, config, label, fresh, reuse=True)
             self._dispatch()
         return ticket
+
+    def prove(self, owner: str, config: RunConfig, label: str = "", seeds: int = DEFAULT_SEEDS) -> list[Ticket]:
+        """A proof of config over seeds 1 to `seeds` (drill.proof): one ticket per seed, sharing one proof id. Each
+        seed is an ordinary run: a run of it going, finished or recorded is followed or served at once.
+
+        It counts as the student's one run at a time: one who has runs going gets those tickets back. For the class's
+        fairness it weighs as one new run: its first seed waits with the new runs, the others with the runs that
+        already had a turn, so a proof never pushes a classmate's first epoch further back than one run does.
+        """
+        wanted = proof_seeds(seeds)
+        with self._lock:
+            self._load(owner)
+            self._presence.beat(owner)
+            if going := self._going(owner):
+                proof = going[-1].proof
+                return [t for t in going if t.proof == proof] if proof else going[-1:]
+            proof = new_id("proof")
+            tickets = [
+                self._new_ticket(owner, config.replace(train={"seed": seed}), label, proof=proof, behind=place > 0)
+                for place, seed in enumerate(wanted)
+            ]
+            self._dispatch()
+        return tickets
 
     def add_finished(self, owner: str, record: dict, label: str = "") -> Ticket:
         """Register a run finished elsewhere (an imported record), so it shows beside this session's runs."""
@@ -439,6 +454,23 @@ class JobManager:
             watchers = len(self._watchers(ticket.run))
         return ticket.snapshot(position, watchers)
 
+    def proof_of(self, config: RunConfig, count: int = DEFAULT_SEEDS) -> Proof | None:
+        """The proof over seeds 1 to count that finished runs of config (trained here, by anyone, or recorded)
+        already make; None while a seed has no finished run. Nothing is queued: it is what the Drill-down page shows
+        a step "proven" by."""
+        runs = []
+        with self._lock:
+            for seed in proof_seeds(count):
+                key = self._key(config.replace(train={"seed": seed}))
+                run = self._shared_run(key)
+                if run is None or run.status != "finished":
+                    row = self._stored_row(key)
+                    run = None if row is None else self._runs.get(row.id) or Run.from_row(row)
+                if run is None:
+                    return None
+                runs.append(run)
+        return Proof.of(runs)
+
     def active_count(self, owner: str) -> int:
         """How many of an owner's runs are queued or running (cheap: no snapshots)."""
         with self._lock:
@@ -526,6 +558,41 @@ class JobManager:
             self._dispatch()
 
     # -- internals (they expect the manager's lock held) ----------------------------------------------------------
+    def _going(self, owner: str) -> list[Ticket]:
+        """An owner's tickets to runs queued or running, oldest first."""
+        return sorted(
+            (t for t in self._tickets.values() if t.owner == owner and _is_active(t)), key=lambda t: t.created
+        )
+
+    def _new_ticket(
+        self,
+        owner: str,
+        config: RunConfig,
+        label: str,
+        fresh: bool = False,
+        reuse: bool = False,
+        proof: str = "",
+        behind: bool = False,
+    ) -> Ticket:
+        """A ticket of owner's to the run of config: the identical run going or finished (unless fresh, a recorded
+        one too), else a new run, queued (behind: with the runs that had a turn). With reuse, a ticket the owner
+        already holds to that very run is given back instead."""
+        key = self._key(config)
+        run = self._shared_run(key) or self._stored_run(key, fresh)
+        held = [t for t in self._tickets.values() if t.owner == owner and t.run is run and t.cut is None]
+        if reuse and run is not None and held:
+            return held[0]
+        reused = run is not None and run.status == "finished"
+        if run is None:
+            run = Run(new_id("run"), config, key=key)
+            self._runs[run.id] = run
+            self._queue.add(run.id, started=behind)
+            self.store.save_run(run.row())
+        ticket = Ticket(new_id("ticket"), owner, label, run, reused=reused, proof=proof)
+        self._tickets[ticket.id] = ticket
+        self.store.save_ticket(ticket.row())
+        return ticket
+
     def _key(self, config: RunConfig) -> str:
         return config_key(config, self.backend.device_type(config))
 
@@ -601,14 +668,18 @@ class JobManager:
                 if stored is None:
                     continue
                 run = self._runs.setdefault(stored.id, self._from_row(stored))
-            self._tickets[row.id] = Ticket(row.id, row.owner, row.label, run, row.created, cut=row.cut)
+            self._tickets[row.id] = Ticket(row.id, row.owner, row.label, run, row.created, cut=row.cut, proof=row.proof)
 
     def _stored_run(self, key: str, fresh: bool) -> Run | None:
         """A finished run for this key that only the store holds: one trained here, else (unless fresh) the pack's."""
+        row = self._stored_row(key, fresh)
+        return None if row is None else self._runs.setdefault(row.id, self._from_row(row))
+
+    def _stored_row(self, key: str, fresh: bool = False) -> RunRow | None:
         row = self.store.finished_run(key)
         if row is None and not fresh and self.shelf is not None and (recorded := self.shelf.served(key)):
             row = self.store.run(recorded)
-        return None if row is None else self._runs.setdefault(row.id, self._from_row(row))
+        return row
 
     def _from_row(self, row: RunRow) -> Run:
         """A stored run in memory, with its provenance when it is one of the pack's."""
@@ -677,7 +748,7 @@ class JobManager:
         if len(self._queue) and (problem := self.backend.problem()):
             # Not a silent wait behind a cluster out of reach: each new run ends failed, saying why (every page says
             # it too). Runs that trained before keep their place and checkpoint, to go on when it answers.
-            for run_id in list(self._queue.fresh):
+            for run_id in [r for r in self._queue.order() if not self._runs[r].started]:
                 run = self._runs[run_id]
                 self._queue.remove(run_id)
                 with run.lock:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -16,6 +17,7 @@ from drill.analysis import LAST_K, analyse
 from drill.config import ConfigError, RunConfig, shorten
 from drill.model import Net, count_params
 from drill.presets import Preset
+from drill.proof import Proof
 from drill.train import EPOCH_KEYS
 
 MAX_IMPORT_BYTES = 5 * 2**20
@@ -73,6 +75,41 @@ def table_row(run: Any, preset: Preset | None = None, k: int = LAST_K) -> dict:
         "Status": run.status if not run.reason else f"{run.status}: {run.reason}",
         "Analysis": analysis,
     }
+
+
+def proof_row(runs: list[Any], preset: Preset | None = None, k: int = LAST_K) -> dict:
+    """One row of the Compare table for a proof over seeds (its runs, one per seed): the verdict over them all."""
+    proof = Proof.of(runs, k)
+    verdicts = [analyse(list(run.epochs), run.params or 0, k) for run in runs]
+    trains = [v.best_train for v in verdicts if v.best_train is not None]
+    tests = [v.best_test for v in verdicts if v.best_test is not None]
+    status = "going" if proof.going else "proven" if proof.proven else "not proven"
+    return {
+        "Step": f"{step_name(runs[0].label, preset)}, proof over {len(runs)} seeds",
+        "Target": preset.target if preset else "",
+        "Params": runs[0].params,
+        "Best train": _round(max(trains, default=None)),
+        "Best test": _round(max(tests, default=None)),
+        f"Last {k}": f"{proof.held_by} of {len(runs)} seeds hold ({'yes' if proof.proven else 'no'})",
+        "Consistent": proof.proven,
+        "Status": status,
+        "Analysis": proof.verdict(),
+    }
+
+
+def write_up(runs: list[Any], preset_of: Callable[[Any], Preset | None]) -> list[tuple[str, dict]]:
+    """The Compare table's rows, oldest first, as (id, row): a run per row, and a proof's seeds as one row."""
+    rows, proofs = [], {}
+    for run in runs:
+        if run.proof:
+            proofs.setdefault(run.proof, []).append(run)
+    for run in runs:
+        if not run.proof:
+            rows.append((run.id, table_row(run, preset_of(run))))
+        elif run.proof in proofs:
+            seeds = proofs.pop(run.proof)
+            rows.append((run.proof, proof_row(seeds, preset_of(run))))
+    return rows
 
 
 def markdown_table(rows: list[dict], k: int = LAST_K) -> str:

@@ -1,7 +1,8 @@
 """Runs on disk: an embedded SQLite file in the data directory, so runs survive a page reload and a server restart.
 
 Two tables: `runs` (one per training, with its history and trained weights) and `tickets` (one per student who
-asked for a run; several tickets share a run when a class starts the same step). Weights are stored as raw tensor
+asked for a run; several tickets share a run when a class starts the same step); `proofs` groups the tickets of a
+proof over seeds, and `checkpoints` holds the state of runs still going. Weights are stored as raw tensor
 bytes behind a JSON header: nothing read back is unpickled.
 """
 
@@ -50,6 +51,11 @@ CREATE TABLE IF NOT EXISTS tickets (
 );
 CREATE INDEX IF NOT EXISTS tickets_by_owner ON tickets (owner, created);
 CREATE INDEX IF NOT EXISTS tickets_by_run ON tickets (run_id);
+-- A ticket that is one seed of a student's "Prove it over seeds" (drill.proof): its tickets share the proof's id.
+CREATE TABLE IF NOT EXISTS proofs (
+    ticket_id TEXT PRIMARY KEY,
+    proof TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS checkpoints (
     run_id TEXT PRIMARY KEY,      -- a run still going: its state after its last finished epoch (drill.checkpoint)
     epoch INTEGER NOT NULL,
@@ -104,6 +110,7 @@ class TicketRow:
     label: str
     created: float
     cut: tuple[int, float, str] | None
+    proof: str = ""  # the proof over seeds this ticket is one seed of
 
 
 class StoreInUse(RuntimeError):
@@ -187,6 +194,9 @@ class RunStore:
                 "GROUP BY runs.id ORDER BY max(coalesce(tickets.created, runs.created)) DESC LIMIT -1 OFFSET ?",
                 (max_runs,),
             )
+            self._db.execute(
+                "DELETE FROM proofs WHERE ticket_id IN (SELECT id FROM tickets WHERE run_id IN (SELECT id FROM gone))"
+            )
             self._db.execute("DELETE FROM tickets WHERE run_id IN (SELECT id FROM gone)")
             self._db.execute("DELETE FROM checkpoints WHERE run_id IN (SELECT id FROM gone)")
             self._db.execute("DELETE FROM runs WHERE id IN (SELECT id FROM gone)")
@@ -234,6 +244,8 @@ class RunStore:
             "INSERT INTO tickets VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET cut = excluded.cut",
             (row.id, row.owner, row.run_id, row.label, row.created, cut),
         )
+        if row.proof:
+            self._write("INSERT OR IGNORE INTO proofs VALUES (?, ?)", (row.id, row.proof))
 
     def save_checkpoint(self, run_id: str, epoch: int, blob: bytes) -> None:
         """A going run's state after its epoch `epoch`, replacing the one before."""
@@ -281,8 +293,12 @@ class RunStore:
 
     def _tickets_where(self, condition: str, value: str) -> list[TicketRow]:
         with self._lock:
-            rows = self._db.execute(f"SELECT * FROM tickets WHERE {condition} ORDER BY created", (value,)).fetchall()
-        return [TicketRow(*row[:5], tuple(json.loads(row[5])) if row[5] else None) for row in rows]
+            rows = self._db.execute(
+                "SELECT tickets.*, coalesce(proofs.proof, '') FROM tickets LEFT JOIN proofs ON proofs.ticket_id = "
+                f"tickets.id WHERE {condition} ORDER BY created",
+                (value,),
+            ).fetchall()
+        return [TicketRow(*row[:5], tuple(json.loads(row[5])) if row[5] else None, row[6]) for row in rows]
 
     def weights(self, run_id: str) -> dict[str, torch.Tensor] | None:
         """A run's trained weights, if stored."""

@@ -16,10 +16,11 @@ class FairQueue:
     """
 
     fresh: list[str] = field(default_factory=list)  # run ids that have not trained yet
-    paused: list[str] = field(default_factory=list)  # run ids that trained some epochs and gave their slot up
+    # run ids that trained some epochs and gave their slot up, and a proof's seeds after its first (drill.proof)
+    paused: list[str] = field(default_factory=list)
 
     def add(self, run_id: str, started: bool = False) -> None:
-        """Queue a run: a new one, or one that paused after an epoch (started)."""
+        """Queue a run: a new one, or (started) one that paused after an epoch or waits as a proof's later seed."""
         (self.paused if started else self.fresh).append(run_id)
 
     def remove(self, run_id: str) -> bool:

@@ -17,6 +17,7 @@ from drill.charts import SpecCache, accuracy_chart, loss_chart
 from drill.config import MAX_CHANNELS, TRAIN_SIZE, AugmentConfig, ConfigError, TrainConfig, parse_layers
 from drill.data import Mnist
 from drill.jobs import Snapshot
+from drill.proof import GOING, Proof
 from drill.summary import Summary
 from drill.train import batches_per_epoch, lr_curve
 
@@ -315,6 +316,37 @@ def replayed(run: Snapshot, elapsed_s: float) -> Snapshot | None:
         batch_losses=tuple(point for point in run.batch_losses if point[0] <= position),
         progress={"epoch": epoch, "epochs": total, "batch": max(1, round(fraction * batches)), "batches": batches},
     )
+
+
+def proof_runs(proof_id: str, runs: list[Snapshot]) -> list[Snapshot]:
+    """A proof's seeds out of a student's runs, in seed order."""
+    return sorted((run for run in runs if run.proof == proof_id), key=lambda run: run.config.train.seed)
+
+
+def proof_headline(label: str, proof: Proof) -> str:
+    """The proof's status as a headline."""
+    count = len(proof.seeds)
+    if proof.going:
+        done = sum(s.status not in GOING for s in proof.seeds)
+        return f"🧪 **{label}** over {count} seeds: {done} of {count} done"
+    return (
+        f"{'✅' if proof.proven else '❌'} **{label}** over {count} seeds: {'proven' if proof.proven else 'not proven'}"
+    )
+
+
+def seed_line(run: Snapshot) -> str:
+    """One seed of a proof in a line: where it is, and whether it was served at once rather than trained."""
+    epochs = len(run.epochs)
+    if run.status == "queued":
+        where = f"queued, {(run.queue_position or 1) - 1} run(s) ahead" + (
+            f", paused after epoch {epochs}" * bool(epochs)
+        )
+    elif run.status == "running":
+        where = f"training epoch {min(epochs + 1, run.config.train.epochs)} of {run.config.train.epochs}"
+    else:
+        where = run.status + (f": {run.reason}" if run.reason else "")
+    served = " (recorded run)" if run.recorded else " (served at once)" if run.reused else ""
+    return f"seed {run.config.train.seed}: {where}{served}"
 
 
 def status_text(status: str, queue_position: int | None, label: str, epochs_done: int = 0) -> str:

@@ -181,3 +181,56 @@ def test_controls_show_only_relevant_knobs_and_refuse_invalid_settings():
     assert any("train.subset" in e.value for e in at.error), [e.value for e in at.error]
     assert button(at, "Start").disabled
     assert at.query_params["subset"] == "1000"  # the last valid settings stay current
+
+
+# A config no other test trains, so its seeds are the ones this file trains (see TINY).
+PROVED = TINY.replace(train={"momentum": 0.85})
+
+
+def proof_headline(at: AppTest) -> str:
+    """The proof view's headline, e.g. "❌ **custom** over 2 seeds: not proven" ("" when no proof is shown)."""
+    return next((m.value for m in at.markdown if " over " in m.value and m.value.startswith(("🧪", "✅", "❌"))), "")
+
+
+def prove(at: AppTest, seeds: int) -> None:
+    next(n for n in at.number_input if n.label == "Seeds").set_value(seeds).run()
+    button(at, "Prove it over seeds").click().run()
+    assert not at.exception, at.exception
+
+
+def test_a_proof_of_seeds_trained_before_is_served_at_once():
+    manager = common.manager()
+    for seed in (1, 2):  # a classmate trained both seeds earlier
+        ticket = manager.submit("a-classmate", PROVED.replace(train={"seed": seed}))
+        wait_until(lambda t=ticket: manager.snapshot(t.id).status == "finished", RUN_DEADLINE, what="a seed to train")
+    at = train_page(PROVED)
+    prove(at, 2)
+    # At once, on the first redraw: no seed queued, both served, the table and the verdict shown.
+    assert proof_headline(at) == "❌ **custom** over 2 seeds: not proven"
+    assert any("seed 1: finished (served at once)" in m.value and "seed 2: finished" in m.value for m in at.markdown)
+    assert any(m.value.startswith("| seed | params | epoch 1 | pass |") for m in at.markdown), (
+        "the table of last epochs"
+    )
+    (verdict,) = [w.value for w in at.warning if "Analysis:" in w.value]
+    assert "holds >= 99.4% in each of the last 4 epochs for 0 of 2 seeds" in verdict
+    seeds = [s for s in manager.snapshots(at.session_state["owner"])]
+    assert [s.config.train.seed for s in seeds] == [1, 2] and all(s.reused for s in seeds)
+    assert len({s.proof for s in seeds}) == 1
+    assert not button(at, "Start").disabled and not button(at, "Prove it over seeds").disabled
+    # Compare writes it up as one row for the proof.
+    at.switch_page("views/compare.py").run()
+    assert any("| custom, proof over 2 seeds |" in m.value for m in at.markdown), [m.value for m in at.markdown]
+
+
+def test_a_proof_with_diverging_seeds_reports_each_with_its_reason():
+    at = train_page(DIVERGING)
+    prove(at, 2)
+    assert button(at, "Start").disabled and button(at, "Prove it over seeds").disabled, "a proof is the one run"
+    wait_until(
+        lambda: at.run() and proof_headline(at).endswith("not proven"), RUN_DEADLINE, interval=0.2, what="the verdict"
+    )
+    (verdict,) = [w.value for w in at.warning if "Analysis:" in w.value]
+    for seed in (1, 2):
+        assert f"Seed {seed} failed: the run diverged: the loss exploded to" in verdict, verdict
+    assert any("| 1 | " in m.value and "| failed |" in m.value for m in at.markdown)
+    assert not button(at, "Start").disabled and not button(at, "Prove it over seeds").disabled

@@ -233,6 +233,29 @@ def test_a_live_view_the_browser_never_got_comes_back_while_the_run_trains(serve
     page.get_by_text("The run stopped").first.wait_for()
 
 
+def test_a_proof_over_seeds_streams_its_seeds_and_gives_the_verdict(server, page):
+    query = BY_NAME["quick"].config.replace(train={"subset": 640, "epochs": 2, "seed": 1}).to_query()
+    page.goto(f"{server}/train?{query}")
+    settle(page)
+    main = page.get_by_test_id("stMainBlockContainer")
+    main.get_by_role("spinbutton", name="Seeds").fill("2")
+    main.get_by_role("spinbutton", name="Seeds").press("Enter")
+    settle(page)
+    button(page, "Prove it over seeds").click()
+    page.get_by_text(re.compile(r"over 2 seeds: \d of 2 done")).first.wait_for()
+    assert button(page, "Start").is_disabled(), "a proof is the student's one run"
+    wait_for_run_text(page, r"over 2 seeds: (proven|not proven)")
+    settle(page)
+    text = main.inner_text()
+    assert "seed 1: finished" in text and "seed 2: finished" in text, text
+    table = main.get_by_test_id("stMarkdownContainer").locator("table").filter(has_text="pass")
+    assert [row.inner_text().split("\t")[0] for row in table.locator("tbody tr").all()] == ["1", "2"]
+    assert re.search(r"holds (>=|≥) 99.4% in each of the last 4 epochs for 0 of 2 seeds; mean last-epoch", text), text
+    page.wait_for_function("document.querySelectorAll(\"[data-testid='stVegaLiteChart']\").length >= 2")
+    assert button(page, "Start").is_enabled()
+    page.screenshot(path=SHOTS / "7-train-proof.png", full_page=True)
+
+
 def new_page(browser):
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()

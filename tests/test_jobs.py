@@ -665,3 +665,75 @@ def test_a_paused_run_its_student_stops_keeps_the_model_it_trained(small_mnist):
         assert manager.store.weights(first.run.id) is not None  # Inspect finds it after a restart too
     finally:
         manager.shutdown(timeout=60)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Proofs over seeds
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_a_proof_queues_as_one_new_run_and_its_other_seeds_wait_behind_classmates(make_manager):
+    runner = FakeRunner()
+    manager = make_manager(runner, max_running=1)
+    seeds = manager.prove("ann", cfg(1), label="Final", seeds=3)
+    classmate = manager.submit("bob", cfg(7))  # asked after the proof, but a new run: it goes before seeds 2 and 3
+    assert [t.run.config.train.seed for t in seeds] == [1, 2, 3]
+    assert len({t.proof for t in seeds}) == 1 and seeds[0].proof.startswith("proof-")
+    wait_batches(manager, seeds[0])
+    assert [manager.snapshot(t.id).queue_position for t in [classmate, *seeds[1:]]] == [1, 2, 3]
+    # The proof is the student's one run: asking again (either button) gives its tickets back.
+    assert [t.id for t in manager.prove("ann", cfg(1), seeds=3)] == [t.id for t in seeds]
+    assert manager.submit("ann", cfg(5), one_at_a_time=True).id == seeds[-1].id
+    # When its first seed ends, the classmate's new run takes the slot, then the proof's other seeds.
+    runner.release(1)
+    wait_until(lambda: runner.started[:2] == [1, 7], what="the classmate's run to start second")
+    for seed in (7, 2, 3):
+        wait_until(lambda seed=seed: seed in runner.started, what=f"seed {seed} to start")
+        runner.release(seed)
+    assert runner.started == [1, 7, 2, 3]
+    for ticket in seeds:
+        wait_status(manager, ticket, "finished")
+    assert [s.proof for s in manager.snapshots("ann")] == [seeds[0].proof] * 3
+
+
+def test_a_proof_shares_seeds_trained_before_and_stop_stops_every_seed(make_manager):
+    runner = FakeRunner()
+    manager = make_manager(runner, max_running=1)
+    earlier = manager.submit("bob", cfg(1))
+    runner.release(1)
+    wait_status(manager, earlier, "finished")
+    seeds = manager.prove("ann", cfg(1), seeds=2)
+    assert manager.snapshot(seeds[0].id).reused and manager.snapshot(seeds[0].id).status == "finished"
+    wait_batches(manager, seeds[1])
+    for run in manager.snapshots("ann"):  # the Train page's Stop
+        if run.status in ("queued", "running"):
+            manager.stop(run.id)
+    assert wait_status(manager, seeds[1], "stopped").reason == "stopped by the student"
+    assert runner.started == [1, 2], "the seed trained before was not trained again"
+
+
+def test_a_proof_survives_a_restart_and_proof_of_reads_finished_seeds(make_manager, tmp_path):
+    from drill.store import RunStore
+
+    path = tmp_path / "runs.sqlite"
+    runner = FakeRunner()
+    manager = make_manager(runner, store=RunStore(path))
+    assert manager.proof_of(cfg(1), 2) is None
+    seeds = manager.prove("ann", cfg(1), seeds=2)
+    assert manager.proof_of(cfg(1), 2) is None, "no verdict while a seed trains"
+    for seed in (1, 2):
+        runner.release(seed)
+    for ticket in seeds:
+        wait_status(manager, ticket, "finished")
+    proof = manager.proof_of(cfg(1), 2)
+    assert [s.seed for s in proof.seeds] == [1, 2] and not proof.proven  # the fake runner's 91% test
+    manager.shutdown()
+    again = make_manager(FakeRunner(), store=RunStore(path))
+    assert [s.proof for s in again.snapshots("ann")] == [seeds[0].proof] * 2
+    assert [s.seed for s in again.proof_of(cfg(1), 2).seeds] == [1, 2]
+
+
+@pytest.mark.parametrize("count", [1, 6, 0, True, 2.5])
+def test_a_proof_of_a_wrong_number_of_seeds_is_refused_with_what_is_allowed(make_manager, count):
+    with pytest.raises(ValueError, match=r"Seeds .* is not allowed: a proof trains 2 to 5 seeds"):
+        make_manager().prove("ann", cfg(1), seeds=count)

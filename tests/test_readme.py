@@ -89,3 +89,16 @@ def test_the_figures_quoted_are_the_files_own(file, quoted):
         assert text in FLAT, text
     if "date" in figures:
         assert figures["date"] in README
+
+
+def test_the_proof_verdict_quoted_is_the_final_steps_runs():
+    from types import SimpleNamespace
+
+    from drill.config import RunConfig
+    from drill.proof import Proof
+
+    runs = []
+    for seed in (1, 2, 3):
+        run = json.loads((RESULTS / f"final-seed{seed}.json").read_text())
+        runs.append(SimpleNamespace(**{**run, "config": RunConfig.from_dict(run["config"])}))
+    assert f'"{Proof.of(runs).verdict().removesuffix(".")}" for the final step' in FLAT

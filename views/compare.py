@@ -58,8 +58,9 @@ def draw(manager, me: str) -> None:
     if going:
         st.caption(f"{len(going)} run(s) still going: this table shows them as they were when the page loaded.")
         st.button("Refresh", icon="🔄")
-    rows = [records.table_row(run, preset_of(run)) for run in runs]
-    table = pd.DataFrame(rows).assign(Run=[run.id for run in runs]).set_index("Run")
+    ids, rows = zip(*records.write_up(runs, preset_of), strict=True)
+    rows = list(rows)
+    table = pd.DataFrame(rows).assign(Run=ids).set_index("Run")
     order = ("Step", "Status", "Params", "Best train", "Best test", f"Last {LAST_K}", "Analysis", "Target")
     st.dataframe(
         table,

@@ -4,6 +4,7 @@ import streamlit as st
 
 from drill.analysis import EPOCH_BUDGET, PARAM_BUDGET, TARGET_ACC
 from drill.presets import LESSON, matching_preset
+from drill.proof import DEFAULT_SEEDS
 from drill.summary import summarize
 from views import common
 
@@ -29,8 +30,9 @@ if shelf is not None and (problems := shelf.problems()):
     )
 
 # -- state set-up: the latest finished run of each step in this session --------------------------------------------
+manager, me = common.manager(), common.owner()
 finished = {}
-for run in common.manager().snapshots(common.owner()):
+for run in manager.snapshots(me):
     step = matching_preset(run.config)
     if run.status == "finished" and step:
         finished[step] = run  # oldest first, so the latest run of a step wins
@@ -54,3 +56,15 @@ for preset in LESSON:
         run = finished.get(preset.name)
         if run is not None:
             common.show_result(list(run.epochs), run.params)
+        proof = manager.proof_of(preset.config)
+        if proof is not None:
+            (st.success if proof.proven else st.caption)(f"Over seeds 1-{len(proof.seeds)}: {proof.verdict()}")
+        elif run is not None and st.button(
+            f"Prove it over {DEFAULT_SEEDS} seeds",
+            key=f"prove_{preset.name}",
+            disabled=manager.active_count(me) > 0,
+            help="Your run of this step is one seed: train seeds 1-3 of it (seeds trained before are served at once).",
+        ):
+            common.load_preset(preset.name)
+            st.session_state.train_job = manager.prove(me, preset.config, preset.title)[0].id
+            st.switch_page("views/train.py", query_params=preset.config.to_query_params())

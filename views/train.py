@@ -1,15 +1,17 @@
 """Train: augmentation with a live preview, the LR schedule, and a run whose curves stream in while it trains."""
 
 import time
+from collections.abc import Callable
 
 import streamlit as st
 
 from drill import ui_logic as ui
-from drill.charts import lr_chart
+from drill.charts import compare_chart, lr_chart
 from drill.config import AugmentConfig, TrainConfig, field_help
 from drill.data import DataUnavailable, load_mnist
 from drill.jobs import ACTIVE
 from drill.presets import BY_NAME, matching_preset
+from drill.proof import DEFAULT_SEEDS, MAX_SEEDS, MIN_SEEDS, Proof
 from drill.records import ENDED
 from views import common
 
@@ -26,6 +28,16 @@ def start_run(fresh: bool = False) -> None:
     # A run already going (started in the student's other tab, or by this very click run twice) is shown instead.
     st.session_state.train_job = common.manager().submit(common.owner(), cfg, label, True, fresh).id
     st.session_state.pop("live_patience", None)  # a new run's view gets the heartbeat's first, short patience
+
+
+def prove_runs() -> None:
+    """Prove it over seeds' callback: the page's settings over seeds 1 to Seeds, as one proof."""
+    cfg = common.config()
+    preset = matching_preset(cfg)
+    label = BY_NAME[preset].title if preset else "custom"
+    tickets = common.manager().prove(common.owner(), cfg, label, st.session_state.proof_seeds)
+    st.session_state.train_job = tickets[0].id
+    st.session_state.pop("live_patience", None)
 
 
 def replay(ticket_id: str) -> None:
@@ -89,6 +101,7 @@ manager, me = common.manager(), common.owner()
 runs = manager.snapshots(me)
 active = [run for run in runs if run.status in ACTIVE]
 shown_run = ui.shown_run(st.session_state.get("train_job", ""), runs)
+proof_seeds = ui.proof_runs(shown_run.proof, runs) if shown_run is not None and shown_run.proof else []
 
 # -- draw ---------------------------------------------------------------------------------------------------------
 if config_error:
@@ -110,33 +123,55 @@ note_col.caption(
     "One run at a time per student: the class shares this server's few CPU cores, and every extra run "
     "would wait in the queue behind everyone else's. Stop your run to start another."
 )
+prove_col, seeds_col, prove_note_col = st.columns([1, 1, 4], vertical_alignment="bottom")
+seeds_col.number_input("Seeds", MIN_SEEDS, MAX_SEEDS, DEFAULT_SEEDS, 1, key="proof_seeds")
+prove_col.button(
+    "Prove it over seeds",
+    disabled=bool(active) or new is None,
+    width="stretch",
+    on_click=prove_runs,
+    help="Train these settings with seeds 1 to Seeds: 99.4% must hold in the last epochs for every seed, not once.",
+)
+prove_note_col.caption(
+    "A proof counts as your one run; its first seed queues like a new run and the others wait with runs that already "
+    "had a turn. Seeds trained before (by you, a classmate, or recorded) are served at once; Stop stops every seed."
+)
 
 
 # Only beside the recorded run of the settings on the page: Train it myself trains what the page holds.
-if shown_run is not None and shown_run.recorded and shown_run.status == "finished" and shown_run.config == new:
+recorded = shown_run is not None and shown_run.recorded and not shown_run.proof
+if recorded and shown_run.status == "finished" and shown_run.config == new:
     replay_col, myself_col, _ = st.columns([1, 1, 4])
     replay_col.button("▶️ Replay", width="stretch", on_click=replay, args=(shown_run.id,))
     myself_col.button("Train it myself", disabled=bool(active), width="stretch", on_click=start_run, args=(True,))
 replaying = shown_run is not None and st.session_state.get("replay", ("",))[0] == shown_run.id
-live = shown_run is not None and shown_run.status in ACTIVE
+live = any(run.status in ACTIVE for run in proof_seeds or [shown_run] if run is not None)
 tick = ui.REPLAY_EPOCH_S / 4 if replaying else ui.poll_seconds(manager.online_count()) if live else None
+
+
+def polled(was_active: bool, fresh: Callable[[], list], ids: list[str]) -> list:
+    """What a live view draws: on its first draw in a full run, the snapshots the buttons were drawn from (so the
+    two agree), on its own reruns fresh ones; a view that was active and no longer is reruns the page once, which
+    redraws the buttons and stops the timer."""
+    common.manager().touch(common.owner())  # this page polling the run is the surest sign the tab is open
+    if was_active:
+        st.session_state.live_missed = 0  # the heartbeat counts from here (app.py)
+    runs = st.session_state.pop("train_shown", None)
+    if runs is None or [run.id for run in runs] != ids:
+        runs = fresh()
+    if was_active and not any(run.status in ACTIVE for run in runs):
+        st.rerun()
+    return runs
 
 
 @st.fragment(run_every=tick)
 def show_run(job_id: str, was_active: bool, was_replaying: bool) -> None:
     """The run's status, progress and curves; redrawn every poll (1-4 s, by class size) while it is active, and
     four times an epoch while a recorded run replays."""
-    common.manager().touch(common.owner())  # this page polling the run is the surest sign the tab is open
-    if was_active:
-        st.session_state.live_missed = 0  # the heartbeat counts from here (app.py)
-    # Its first draw in a full run shows the snapshot the buttons were drawn from; its own reruns take a fresh one.
-    run = st.session_state.pop("train_shown", None)
-    if run is None or run.id != job_id:
-        run = common.manager().snapshot(job_id)
-    if run is None:
+    shown = polled(was_active, lambda: [run for run in [common.manager().snapshot(job_id)] if run], [job_id])
+    if not shown:
         return
-    if was_active and run.status not in ACTIVE:
-        st.rerun()  # a full rerun, once: the page redraws its buttons and this fragment stops ticking
+    (run,) = shown
     if was_replaying:
         run = ui.replayed(run, time.monotonic() - st.session_state.replay[1])
         if run is None:  # all shown: the whole run, drawn by a full rerun whose fragment no longer ticks
@@ -163,6 +198,23 @@ def show_run(job_id: str, was_active: bool, was_replaying: bool) -> None:
         common.show_result(epochs, run.params)
 
 
-if shown_run is not None:
-    st.session_state.train_shown = shown_run
+@st.fragment(run_every=tick)
+def show_proof(proof_id: str, ids: list[str], label: str, was_active: bool) -> None:
+    """A proof's seeds as one view: their test curves overlaid, the table of their last epochs, the verdict."""
+    runs = polled(was_active, lambda: ui.proof_runs(proof_id, common.manager().snapshots(common.owner())), ids)
+    proof = Proof.of(runs)
+    st.markdown(ui.proof_headline(label, proof))
+    st.markdown("\n".join(f"- {ui.seed_line(run)}" for run in runs))
+    if any(run.epochs for run in runs):
+        curves = [(f"seed {run.config.train.seed}", list(run.epochs)) for run in runs]
+        st.altair_chart(compare_chart(curves, "test_acc"), width="stretch")
+    st.markdown(proof.table())
+    (st.success if proof.proven else st.info if proof.going else st.warning)(f"**Analysis:** {proof.verdict()}")
+
+
+if proof_seeds:
+    st.session_state.train_shown = proof_seeds
+    show_proof(shown_run.proof, [run.id for run in proof_seeds], shown_run.label, live)
+elif shown_run is not None:
+    st.session_state.train_shown = [shown_run]
     show_run(shown_run.id, live, replaying)
