@@ -102,3 +102,14 @@ def test_the_proof_verdict_quoted_is_the_final_steps_runs():
         run = json.loads((RESULTS / f"final-seed{seed}.json").read_text())
         runs.append(SimpleNamespace(**{**run, "config": RunConfig.from_dict(run["config"])}))
     assert f'"{Proof.of(runs).verdict().removesuffix(".")}" for the final step' in FLAT
+
+
+def test_the_first_point_figures_are_the_benchmarks():
+    measured = json.loads((RESULTS / "first-point.json").read_text())
+    ray, threads = measured["ray"], measured["threads"]
+    assert (
+        f"the first point came {ray['first_point_median_s']:.2f} s after Start on Ray and "
+        f"{threads['first_point_median_s']:.2f} s on `threads` (medians), of which "
+        f"{ray['outside_the_epoch_median_s']:.2f} s and {threads['outside_the_epoch_median_s']:.2f} s were outside"
+    ) in FLAT
+    assert measured["repeats"] == 7 and "seven one-epoch runs a backend" in FLAT
