@@ -9,6 +9,12 @@ PARAM_BUDGET = 8000  # the exercise's limit: fewer than this many parameters
 EPOCH_BUDGET = 15
 LAST_K = 4  # "consistently": at or above the target in each of the last K epochs
 OVERFIT_GAP = 0.3  # train accuracy above test by more than this many points reads as overfitting
+CHANCE = 10.0  # % a network that guesses gets right: ten digits
+# A run whose test accuracy stays below this learned next to nothing; a gap between two guesses means nothing.
+LEARNED = 20.0
+# Below this train accuracy a network has not fitted MNIST yet (the lesson's small networks reach 98.5-99.5%): its
+# train/test gap is not the question, more training or capacity is. Above it the gap reads as over- or underfitting.
+FITTED = 98.0
 
 
 @dataclass(frozen=True)
@@ -59,11 +65,23 @@ def analyse(epochs: list[dict], params: int, k: int = LAST_K, target: float = TA
 
 
 def _words(epochs, params, k, target, last_k, consistent, gap, within_params, within_epochs) -> str:
-    """The Analysis paragraph for a verdict."""
+    """The Analysis paragraph for a verdict: first whether the run learned at all, then whether it has fitted the
+    training set, and only then what its train/test gap says."""
     if not epochs:
         return "No epoch finished, so there is nothing to analyse yet."
     sentences = []
-    if gap > OVERFIT_GAP:
+    train, test = epochs[-1]["train_acc"], epochs[-1]["test_acc"]
+    if max(e["test_acc"] for e in epochs) < LEARNED:
+        sentences.append(
+            f"It did not learn: {test:.2f}% test is about chance ({CHANCE:.0f}% for ten digits). Lower the Learning "
+            "rate, turn on Batch norm, or train on more images."
+        )
+    elif train < FITTED:
+        sentences.append(
+            f"It underfits: train accuracy is {train:.2f}%, so the network has not fitted the training images yet. "
+            "Train more epochs or on more images, raise the Learning rate, or give the network more channels."
+        )
+    elif gap > OVERFIT_GAP:
         sentences.append(
             f"Train accuracy is {gap:.2f} points above test: the model overfits; "
             "regularise (batch norm, dropout, augmentation) or cut capacity."
@@ -77,20 +95,27 @@ def _words(epochs, params, k, target, last_k, consistent, gap, within_params, wi
         sentences.append(f"Train and test accuracy are within {OVERFIT_GAP} points: no overfitting.")
     best = max(e["test_acc"] for e in epochs)
     if consistent:
-        sentences.append(f"It holds >= {target}% in each of the last {k} epochs ({_accs(last_k)}).")
+        sentences.append(f"It holds >= {target}% in each of the last {plural(k, 'epoch')} ({_accs(last_k)}).")
     elif last_k:
         hits = sum(acc >= target for acc in last_k)
         sentences.append(
-            f"Best test {best:.2f}%; {hits} of the last {k} epochs reach {target}% ({_accs(last_k)}): "
+            f"Best test {best:.2f}%; {hits} of the last {plural(k, 'epoch')} reach {target}% ({_accs(last_k)}): "
             "not yet consistent."
         )
     else:
-        sentences.append(f"Best test {best:.2f}% after {len(epochs)} epochs; too few epochs to judge consistency.")
+        sentences.append(
+            f"Best test {best:.2f}% after {plural(len(epochs), 'epoch')}; too few epochs to judge consistency."
+        )
     budget = "within" if within_params else "over"
     sentences.append(f"{params:,} parameters: {budget} the {PARAM_BUDGET:,} budget.")
     if not within_epochs:
         sentences.append(f"{len(epochs)} epochs is more than the {EPOCH_BUDGET} allowed.")
     return " ".join(sentences)
+
+
+def plural(count: int, word: str) -> str:
+    """A count and its noun, e.g. "1 epoch", "4 epochs"; "the last 1 epochs" reads wrong."""
+    return f"{count} {word}{'' if count == 1 else 's'}"
 
 
 def _accs(values) -> str:

@@ -8,7 +8,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
-from drill.analysis import LAST_K, TARGET_ACC, analyse
+from drill.analysis import LAST_K, TARGET_ACC, analyse, plural
 
 MIN_SEEDS, MAX_SEEDS = 2, 5
 DEFAULT_SEEDS = 3
@@ -102,8 +102,8 @@ class Proof:
         last = self.last_tests()
         mean = statistics.mean(last) if last else float("nan")
         return (
-            f"{self.held_by} of {len(self.seeds)} seeds hold >= {TARGET_ACC}% in each of the last {self.k} epochs; "
-            f"mean last-epoch test accuracy {mean:.2f}%"
+            f"{self.held_by} of {len(self.seeds)} seeds hold >= {TARGET_ACC}% in each of the last "
+            f"{plural(self.k, 'epoch')}; mean last-epoch test accuracy {mean:.2f}%"
         )
 
     def verdict(self) -> str:
@@ -114,7 +114,7 @@ class Proof:
         if self.going:
             return (
                 f"{len(done)} of {count} seeds done, {self.held_by} holding >= {TARGET_ACC}% in each of the last "
-                f"{self.k} epochs so far; the verdict comes when every seed has ended."
+                f"{plural(self.k, 'epoch')} so far; the verdict comes when every seed has ended."
             )
         last = self.last_tests()
         spread = (
@@ -124,8 +124,8 @@ class Proof:
         )
         head = "Proven: it" if self.proven else "Not proven: it"
         text = (
-            f"{head} holds >= {TARGET_ACC}% in each of the last {self.k} epochs for {self.held_by} of {count} seeds; "
-            f"{spread}."
+            f"{head} holds >= {TARGET_ACC}% in each of the last {plural(self.k, 'epoch')} for {self.held_by} of "
+            f"{count} seeds; {spread}."
         )
         for s in self.seeds:
             if s.status in ("failed", "stopped"):

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from drill.analysis import LAST_K, PARAM_BUDGET, Verdict
+from drill.analysis import LAST_K, PARAM_BUDGET, Verdict, plural
 from drill.augment import preview
 from drill.charts import SpecCache, accuracy_chart, loss_chart
 from drill.config import MAX_CHANNELS, TRAIN_SIZE, AugmentConfig, ConfigError, TrainConfig, parse_layers
@@ -451,5 +451,5 @@ def result_line(verdict: Verdict, epochs: list[dict], k: int = LAST_K) -> str:
     best_test = "–" if verdict.best_test is None else f"{verdict.best_test:.2f}%"
     return (
         f"**Result:** {verdict.params:,} parameters · best train {best_train} · best test {best_test} · "
-        f"test in the last {min(k, len(epochs))} epochs: {last}"
+        f"test in the last {plural(min(k, len(epochs)), 'epoch')}: {last}"
     )

@@ -145,6 +145,14 @@ def test_report_tabulates_saved_runs(tmp_path, capsys):
     ]
 
 
+def test_report_of_a_short_run_heads_its_columns_with_the_epochs_it_ran(capsys):
+    # A 3-epoch run's last-epoch columns once read "epoch 0 | epoch 1 | epoch 2 | epoch 3".
+    assert main(["report", str(REPO_ROOT / "results" / "quick.json")]) == 0
+    out = capsys.readouterr().out
+    assert "| seed | params | epoch 1 | epoch 2 | epoch 3 | pass |" in out
+    assert "0 of 1 seeds hold >= 99.4% in each of the last 4 epochs;" in out and "epoch 0" not in out
+
+
 def test_consistency_trains_seeds_side_by_side_and_writes_every_run(tmp_path, capsys):
     out = tmp_path / "runs.json"
     args = ["--preset", "quick", "--subset", "2000", "--epochs", "1", "--seeds", "4", "5", "--last-k", "1"]
@@ -152,7 +160,7 @@ def test_consistency_trains_seeds_side_by_side_and_writes_every_run(tmp_path, ca
     lines = capsys.readouterr().out.splitlines()
     table = lines[lines.index("| seed | params | epoch 1 | pass |") :]
     assert [line.split(" | ")[:2] for line in table[2:4]] == [["| 4", "7,570"], ["| 5", "7,570"]]
-    summary = r"0 of 2 seeds hold >= 99.4% in each of the last 1 epochs; mean .*; \d+\.\d min in all"
+    summary = r"0 of 2 seeds hold >= 99.4% in each of the last 1 epoch; mean .*; \d+\.\d min in all"
     assert re.fullmatch(summary, lines[-1]), lines[-1]
     runs = json.loads(out.read_text())["runs"]
     assert [RunConfig.from_dict(r["config"]).train.seed for r in runs] == [4, 5]
