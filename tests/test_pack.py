@@ -162,6 +162,22 @@ def test_a_matching_config_is_served_at_once_labelled_and_a_fresh_or_other_one_t
         manager.shutdown()
 
 
+def test_recorded_seeds_make_a_proof_at_once(recorded, mnist):
+    manager = served_manager(recorded, mnist)
+    try:
+        # The Drill-down card's verdict: both seeds recorded, nothing trained.
+        proof = manager.proof_of(TINY, 2)
+        assert proof is not None and [s.seed for s in proof.seeds] == [1, 2] and not proof.going
+        # Prove it over seeds on the Train page: every seed served from the pack, none queued.
+        tickets = manager.prove("ann", TINY, "Quick demo", 2)
+        runs = [manager.snapshot(t.id) for t in tickets]
+        assert [r.status for r in runs] == ["finished", "finished"] and all(r.recorded for r in runs)
+        assert manager.active_count("ann") == 0
+        assert manager.proof_of(TINY, 3) is None, "seed 3 is not recorded"
+    finally:
+        manager.shutdown()
+
+
 def test_a_replay_streams_the_recorded_epochs_at_a_watchable_pace(recorded):
     (run, *_), _ = pack.read(recorded)
     epochs = tuple(run.record["epochs"]) * 3  # a 3-epoch run, for the pace

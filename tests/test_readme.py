@@ -10,6 +10,7 @@ import re
 import pytest
 from conftest import REPO_ROOT
 
+from drill import pack
 from drill.__main__ import main
 
 README = (REPO_ROOT / "README.md").read_text()
@@ -113,3 +114,8 @@ def test_the_first_point_figures_are_the_benchmarks():
         f"{ray['outside_the_epoch_median_s']:.2f} s and {threads['outside_the_epoch_median_s']:.2f} s were outside"
     ) in FLAT
     assert measured["repeats"] == 7 and "seven one-epoch runs a backend" in FLAT
+
+
+def test_the_pack_size_quoted_is_the_shipped_packs():
+    quoted = float(re.search(r"each run's minutes are in its file\): ([\d.]+) MB", FLAT).group(1))
+    assert quoted == pytest.approx(pack.size(pack.PACK_DIR) / 2**20, abs=0.05)
