@@ -33,10 +33,10 @@ with st.sidebar:
         key=picker,
         on_change=lambda: common.load_preset(st.session_state[picker]),
     )
-    # Filled after the page has run, so "edited" reflects the change the student just made on it.
+    # Filled after the page has run, so "edited" and the share link reflect the change the student just made on it.
     preset_status = st.container()
     st.caption("Share this model: the link opens the same settings (your runs stay yours).")
-    st.code(common.share_link(), language=None, wrap_lines=True)
+    share = st.empty()
 
 
 # The page below is drawn for this many active runs of the student's; the heartbeat redraws it when that changes.
@@ -94,3 +94,4 @@ with preset_status:
     st.button("Reset to preset", disabled=not edited, width="stretch", on_click=common.load_preset, args=(base,))
     if edited:
         st.caption(f"Edited since *{BY_NAME[base].title}* was loaded.")
+share.code(common.share_link(), language=None, wrap_lines=True)

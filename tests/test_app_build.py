@@ -38,6 +38,10 @@ def layer_tables(at: AppTest) -> list:
     return [table for table in at.dataframe if table.editing_mode == "read_only"]
 
 
+def share_link(at: AppTest) -> str:
+    return next(code.value for code in at.sidebar.code)
+
+
 def widget(widgets, label: str):
     return next(w for w in widgets if w.label == label)
 
@@ -98,6 +102,7 @@ def test_an_invalid_stack_shows_the_error_instead_of_the_table_and_keeps_the_mod
     widget(at.text_input, "Compact stack").set_value("8, 16p, M, T8, 16").run()
     assert not at.error
     assert at.query_params["layers"] == "8,16p,M,T8,16"
+    assert "layers=8%2C16p%2CM%2CT8%2C16" in share_link(at), "the sidebar's link lagged one edit behind"
     assert shown_params(at) == summarize(dataclasses.replace(QUICK.model, layers="8,16p,M,T8,16")).total_params
     assert len(at.data_editor[0].value) == 5  # the row editor restarted from the typed stack
 
@@ -111,6 +116,7 @@ def test_the_row_editor_edits_the_stack():
     assert not at.exception and not at.error
     assert widget(at.text_input, "Compact stack").value == "10,12,16,M,T10,10,16"
     assert at.query_params["layers"] == "10,12,16,M,T10,10,16"
+    assert "layers=10%2C12%2C16%2CM%2CT10%2C10%2C16" in share_link(at)
     assert shown_params(at) == summarize(dataclasses.replace(QUICK.model, layers="10,12,16,M,T10,10,16")).total_params
     # A row without channels is named in the error; the last valid stack stays current.
     at.session_state[editor.key] = {
