@@ -25,15 +25,21 @@ TRAIN_SIZE = 60_000
 
 
 class ConfigError(ValueError):
-    """An invalid config value or combination; the message names the field, the value and what is allowed."""
+    """An invalid config value or combination; the message names the field, the value and what is allowed.
 
-    def __init__(self, field_name: str, value: Any, allowed: str):
+    `involved` names every field the broken rule reads (the field itself first), so a page can blame the control
+    the student actually changed: a run too short for OneCycleLR's warm-up is caused as much by fewer training
+    images as by the warm-up fraction."""
+
+    def __init__(self, field_name: str, value: Any, allowed: str, involved: tuple[str, ...] = ()):
         self.field = field_name
         self.value = value
         self.allowed = allowed
+        self.involved = (field_name, *involved)
         shown = repr(value)
         if len(shown) > 80:  # a pasted stack or a 400-digit number must not flood the page
             shown = f"{shown[:60]}... ({len(value) if isinstance(value, str) else len(shown)} characters)"
+        self.shown = shown
         super().__init__(f"{field_name} = {shown} is not allowed: {allowed}")
 
 
@@ -64,7 +70,9 @@ def _text(key: str, default: str, help: str):
 #   "T8"  1x1 transition conv to 8 channels
 #   "M"   2x2 max-pool, stride 2
 # ---------------------------------------------------------------------------------------------------------------
-_TOKEN = re.compile(r"^(?:(?P<pool>M)|(?P<trans>T)(?P<tch>\d+)|(?P<ch>\d+)(?P<pad>p?))$")
+# ASCII only: \d would also match fullwidth and Arabic-Indic digits, which int() reads but the compact text field
+# then shows as boxes.
+_TOKEN = re.compile(r"^(?:(?P<pool>M)|(?P<trans>T)(?P<tch>\d+)|(?P<ch>\d+)(?P<pad>p?))$", re.ASCII)
 LAYER_SYNTAX = "N (3x3 conv, N channels), Np (3x3 conv with padding 1), TN (1x1 transition conv), M (2x2 max-pool)"
 
 
@@ -106,6 +114,12 @@ def parse_layers(spec: str) -> tuple[Layer, ...]:
     layers = []
     for position, token in enumerate(tokens, start=1):
         match = _TOKEN.match(token)
+        if not token.isascii():
+            raise ConfigError(
+                "model.layers",
+                spec,
+                f"layer {position} ({shorten(repr(token))}) uses digits other than 0-9: write layers with 0-9, M, T, p",
+            )
         if not match:
             raise ConfigError(
                 "model.layers", spec, f"layer {position} ({shorten(repr(token))}) is not one of {LAYER_SYNTAX}"
@@ -280,7 +294,9 @@ class TrainConfig(_Validated):
             raise ConfigError(
                 "train.subset",
                 self.subset,
-                f"0 (all) or at least one batch ({self.batch_size} images) and at most {TRAIN_SIZE}",
+                f"0 (all) or at least one batch ({self.batch_size} images) and at most {TRAIN_SIZE}; or a smaller "
+                "batch size",
+                ("train.batch_size",),
             )
         steps = self.epochs * math.ceil((self.subset or TRAIN_SIZE) / self.batch_size)
         # OneCycleLR divides by the length of its warm-up; under two steps there is no ramp to divide.
@@ -288,7 +304,10 @@ class TrainConfig(_Validated):
             raise ConfigError(
                 "train.pct_start",
                 self.pct_start,
-                f"a warm-up of at least 2 of the run's {steps} steps: train longer or on more images",
+                f"OneCycleLR's warm-up must last at least 2 of the run's {steps} optimizer steps (this one lasts "
+                f"{self.pct_start * steps:.1f}): train on more images or for more epochs, warm up longer, use a "
+                "smaller batch size, or another LR schedule",
+                ("train.subset", "train.epochs", "train.batch_size", "train.schedule"),
             )
 
 
@@ -315,6 +334,7 @@ class RunConfig:
                 f"this stack keeps ~{needed:.0f} MB of activations per batch of {self.train.batch_size}; the limit "
                 f"is {ACTIVATION_BUDGET_MB} MB per run: use fewer channels at full resolution, an earlier max-pool "
                 "or a smaller batch",
+                ("train.batch_size", "model.batch_norm", "model.dropout"),
             )
 
     def to_dict(self) -> dict:
@@ -467,13 +487,14 @@ def _from_text(name: str, text: str, meta) -> Any:
         return text == "1"
     if "choices" in meta or meta.get("text"):
         return text
+    lo, hi = meta["range"]
+    allowed = f"{'a whole number' if meta['integer'] else 'a number'} from {lo} to {hi}"
+    if not text.isascii():  # int() and float() read other scripts' digits, which a number box then can't show
+        raise ConfigError(name, shorten(text), f"{allowed}, written with the digits 0-9")
     try:
         return int(text) if meta["integer"] else float(text)
     except ValueError:
-        lo, hi = meta["range"]
-        raise ConfigError(
-            name, shorten(text), f"{'a whole number' if meta['integer'] else 'a number'} from {lo} to {hi}"
-        ) from None
+        raise ConfigError(name, shorten(text), allowed) from None
 
 
 def shorten(value: Any, limit: int = 60) -> str:

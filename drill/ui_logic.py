@@ -21,60 +21,6 @@ from drill.proof import GOING, Proof
 from drill.summary import Summary
 from drill.train import batches_per_epoch, lr_curve
 
-BN_LABELS = {"off": "Off", "before_relu": "Before ReLU", "after_relu": "After ReLU"}
-HEAD_LABELS = {
-    "fc": "Flatten → fully connected",
-    "gap_conv": "GAP → 1x1 conv",
-    "gap_linear": "GAP → linear",
-    "conv_gap": "1x1 conv → GAP",
-}
-DROPOUT_KIND_LABELS = {"element": "Element (Dropout)", "channel": "Channel (Dropout2d)"}
-OPTIMIZER_LABELS = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}
-DEVICE_LABELS = {"auto": "Auto: a GPU if there is one", "cpu": "CPU", "cuda": "GPU (CUDA)"}
-SCHEDULE_LABELS = {
-    "none": "Constant",
-    "step": "StepLR",
-    "onecycle": "OneCycleLR",
-    "plateau": "ReduceLROnPlateau",
-    "cosine": "Cosine annealing",
-}
-# Which TrainConfig fields each optimizer and schedule reads; the others are hidden so students only see knobs that
-# matter (Adam and AdamW have no momentum knob).
-OPTIMIZER_FIELDS = {
-    "sgd": ("lr", "momentum", "weight_decay"),
-    "adam": ("lr", "weight_decay"),
-    "adamw": ("lr", "weight_decay"),
-}
-SCHEDULE_FIELDS = {
-    "none": (),
-    "step": ("step_size", "gamma"),
-    "onecycle": ("max_lr", "pct_start"),
-    "plateau": ("gamma",),
-    "cosine": (),
-}
-# Controls as (field, label, step, widget[, number format]): one declaration per knob, so the Train page stays a
-# short loop.
-TRAIN_CONTROLS = (
-    ("lr", "Learning rate", 0.001, "number", "%.5g"),
-    ("momentum", "Momentum", 0.01, "slider"),
-    ("weight_decay", "Weight decay", 0.0001, "number", "%.5g"),
-    ("step_size", "Step every (epochs)", 1, "slider"),
-    ("gamma", "Decay factor (gamma)", 0.01, "slider"),
-    ("max_lr", "Peak LR (max_lr)", 0.01, "number"),
-    ("pct_start", "Warm-up fraction", 0.05, "slider"),
-)
-AUGMENT_CONTROLS = (
-    ("rotation", "Rotation (± degrees)", 0.5, "slider"),
-    ("translate", "Shift (± fraction of the side)", 0.01, "slider"),
-    ("scale", "Zoom (1 ± this)", 0.01, "slider"),
-    ("shear", "Shear (± degrees)", 0.5, "slider"),
-    ("fill", "Fill moved-in area (0 black, 1 white)", 0.05, "slider"),
-    ("brightness", "Brightness (1 ± this)", 0.05, "slider"),
-    ("contrast", "Contrast (1 ± this)", 0.05, "slider"),
-    ("erase_prob", "Cutout probability", 0.05, "slider"),
-    ("erase_size", "Cutout size (fraction of the side)", 0.05, "slider"),
-)
-
 # The layer-stack editor's "kind" column, and the compact token each kind becomes.
 CONV, TRANSITION, POOL = "conv 3x3", "transition 1x1", "max-pool 2x2"
 LAYER_KINDS = (CONV, TRANSITION, POOL)
@@ -85,11 +31,6 @@ PREVIEW_COPIES = 3
 PREVIEW_SEED = 0
 PREVIEW_CAPTION = f"The same {PREVIEW_DIGITS} test digits, augmented {PREVIEW_COPIES} times each (one digit per column)"
 LR_POINTS_PER_EPOCH = 40  # the LR plot samples each epoch this often: the curve's shape, at a fraction of the cost
-
-
-def train_controls(fields: tuple[str, ...]) -> list[tuple]:
-    """The TRAIN_CONTROLS of these fields, in the order the page shows them."""
-    return [control for control in TRAIN_CONTROLS if control[0] in fields]
 
 
 def stack_rows(spec: str) -> list[dict]:
@@ -105,7 +46,8 @@ def stack_rows(spec: str) -> list[dict]:
 
 
 def rows_to_stack(rows: list[dict]) -> str:
-    """Editor rows back to the compact stack; a row with no kind or no channels raises ConfigError naming it."""
+    """Editor rows back to the compact stack; a row with no kind or no channels raises ConfigError naming it (with
+    no value: the stack has no text yet)."""
     tokens = []
     for position, row in enumerate(rows, start=1):
         kind, channels = row.get("kind"), row.get("channels")
@@ -113,9 +55,11 @@ def rows_to_stack(rows: list[dict]) -> str:
             tokens.append("M")
             continue
         if kind not in (CONV, TRANSITION):
-            raise ConfigError("model.layers", f"row {position}", "a kind for every row: " + ", ".join(LAYER_KINDS))
+            raise ConfigError("model.layers", None, f"row {position} needs a kind: " + ", ".join(LAYER_KINDS))
         if channels is None or (isinstance(channels, float) and math.isnan(channels)) or channels != int(channels):
-            raise ConfigError("model.layers", f"row {position}", f"a whole number of channels from 1 to {MAX_CHANNELS}")
+            raise ConfigError(
+                "model.layers", None, f"row {position} needs a whole number of channels from 1 to {MAX_CHANNELS}"
+            )
         prefix = "T" if kind == TRANSITION else ""
         suffix = "p" if kind == CONV and _checked(row.get("padding")) else ""
         tokens.append(f"{prefix}{int(channels)}{suffix}")

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 from conftest import REPO_ROOT, config_params
 from streamlit.testing.v1 import AppTest
 
-from drill.config import ConfigError, ModelConfig
 from drill.presets import BY_NAME
 from drill.summary import summarize
 
@@ -86,19 +86,18 @@ def test_a_toggle_flipped_just_before_opening_another_page_is_kept():
     assert shown_params(at) == summarize(QUICK.replace(model={"bias": True}).model).total_params
 
 
-def test_an_invalid_stack_shows_the_error_instead_of_the_table_and_keeps_the_model():
+def test_an_invalid_stack_shows_the_error_beside_the_last_valid_model():
     at = build_page()
     widget(at.text_input, "Compact stack").set_value("8,M,M,M,M,M").run()
     assert not at.exception
-    with_error = [e.value for e in at.error]
-    try:
-        ModelConfig(layers="8,M,M,M,M,M")
-    except ConfigError as error:
-        expected = str(error)
-    assert any(expected in message for message in with_error), with_error
-    assert not layer_tables(at) and not [m for m in at.metric if m.label == "Parameters"]
-    assert at.query_params["layers"] == QUICK.model.layers  # the last valid model stays current
-    # Fixing the text brings the table back, for the new stack.
+    (message,) = [e.value for e in at.error]
+    assert message.startswith("**Layer stack** = '8,M,M,M,M,M' can't be used: after layer 6 (2x2 max-pool)")
+    assert message.endswith("The last valid model, shown below, stays current.")
+    # The parameters and the layer table stay, for the model still current.
+    assert shown_params(at) == summarize(QUICK.model).total_params
+    assert list(layer_tables(at)[0].value["layer"]) == [row.name for row in summarize(QUICK.model).rows]
+    assert at.query_params["layers"] == QUICK.model.layers
+    # Fixing the text makes the new stack current.
     widget(at.text_input, "Compact stack").set_value("8, 16p, M, T8, 16").run()
     assert not at.error
     assert at.query_params["layers"] == "8,16p,M,T8,16"
@@ -142,8 +141,27 @@ def test_a_malformed_link_falls_back_to_the_default_model_with_a_warning():
     at = AppTest.from_file(str(REPO_ROOT / "app.py"), default_timeout=PAGE_TIMEOUT)
     at.query_params["ep"] = "abc"
     at.run()
-    assert any("could not be loaded" in w.value and "train.epochs" in w.value for w in at.warning), at.warning
+    assert any("could not be loaded" in w.value and "**Epochs** = 'abc'" in w.value for w in at.warning), at.warning
     at.switch_page("views/build.py").run()
     assert not at.exception
     assert shown_params(at) == summarize(QUICK.model).total_params
+    assert config_params(at) == QUICK.to_query_params()
+
+
+@pytest.mark.parametrize(
+    "key, values, needle",
+    [
+        # A setting given twice was taken (its last value) here, and refused by `RunConfig.from_query`.
+        ("ep", ["3", "4"], "each setting at most once ('ep' is given twice)"),
+        # Fullwidth and Arabic-Indic digits were taken and then shown as boxes in the compact stack.
+        ("layers", ["８,16"], "layer 1 ('８') uses digits other than 0-9"),
+        ("ep", ["٣"], "**Epochs** = '٣' can't be used: a whole number from 1 to 20, written with the digits 0-9."),
+    ],
+)
+def test_a_link_with_a_setting_twice_or_foreign_digits_is_refused_with_a_message(key, values, needle):
+    at = AppTest.from_file(str(REPO_ROOT / "app.py"), default_timeout=PAGE_TIMEOUT)
+    at.query_params[key] = values
+    at.run()
+    assert not at.exception
+    assert any("could not be loaded" in w.value and needle in w.value for w in at.warning), at.warning
     assert config_params(at) == QUICK.to_query_params()

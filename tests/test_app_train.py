@@ -176,11 +176,21 @@ def test_controls_show_only_relevant_knobs_and_refuse_invalid_settings():
     next(s for s in at.slider if s.label.startswith("Rotation")).set_value(30.0).run()
     assert at.query_params["rot"] == "30.0"
     assert at.image[0].value != preview.value
-    # Fewer training images than one batch is refused with the config's own message; Start is then disabled.
-    next(n for n in at.number_input if n.label.startswith("Training images")).set_value(50).run()
-    assert any("train.subset" in e.value for e in at.error), [e.value for e in at.error]
+    # Fewer training images than one batch is refused in the page's words; Start is then disabled.
+    images = next(n for n in at.number_input if n.label.startswith("Training images"))
+    images.set_value(50).run()
+    (error,) = [e.value for e in at.error]
+    assert error.startswith("**Training images** = 50 can't be used: 0 (all) or at least one batch (64 images)")
+    assert "train." not in error and error.endswith("The last valid settings stay current.")
     assert button(at, "Start").disabled
     assert at.query_params["subset"] == "1000"  # the last valid settings stay current
+    # A run too short for OneCycleLR's warm-up blames the control changed (here the schedule), not Warm-up fraction.
+    images.set_value(100).run()
+    assert not at.error and at.query_params["subset"] == "100"  # StepLR has no warm-up
+    next(s for s in at.selectbox if s.label == "LR schedule").set_value("onecycle").run()
+    (error,) = [e.value for e in at.error]
+    assert error.startswith("**LR schedule** = OneCycleLR can't be used with **Warm-up fraction** = 0.2: OneCycleLR's")
+    assert "2 of the run's 2 optimizer steps" in error and "train." not in error
 
 
 # A config no other test trains, so its seeds are the ones this file trains (see TINY).

@@ -552,7 +552,7 @@ def test_query_keeps_defaults_for_absent_keys_and_parses_values():
 
 def test_onecycle_needs_a_warm_up_of_two_steps():
     """A 5-step OneCycleLR run with pct_start 0.2 used to crash the scheduler with ZeroDivisionError."""
-    with pytest.raises(ConfigError, match="warm-up of at least 2 of the run's 5 steps"):
+    with pytest.raises(ConfigError, match="warm-up must last at least 2 of the run's 5 optimizer steps"):
         TrainConfig(epochs=1, subset=640, batch_size=128, schedule="onecycle", pct_start=0.2)
     assert TrainConfig(epochs=1, subset=1280, batch_size=128, schedule="onecycle", pct_start=0.2).pct_start == 0.2
 

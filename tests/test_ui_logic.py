@@ -12,7 +12,7 @@ import pytest
 import torch
 from test_inspection import make_report, one_hot_ish
 
-from drill import inspection
+from drill import controls, inspection
 from drill import ui_logic as ui
 from drill.analysis import PARAM_BUDGET
 from drill.config import AugmentConfig, ConfigError
@@ -29,15 +29,15 @@ def fields(controls) -> list[str]:
 
 
 def test_train_controls_show_only_the_knobs_the_optimizer_and_schedule_read():
-    assert fields(ui.train_controls(ui.OPTIMIZER_FIELDS["sgd"])) == ["lr", "momentum", "weight_decay"]
-    assert fields(ui.train_controls(ui.OPTIMIZER_FIELDS["adam"])) == ["lr", "weight_decay"]
-    assert fields(ui.train_controls(ui.OPTIMIZER_FIELDS["adamw"])) == ["lr", "weight_decay"]
-    assert fields(ui.train_controls(ui.SCHEDULE_FIELDS["onecycle"])) == ["max_lr", "pct_start"]
-    assert fields(ui.train_controls(ui.SCHEDULE_FIELDS["step"])) == ["step_size", "gamma"]
-    assert ui.train_controls(ui.SCHEDULE_FIELDS["none"]) == []
+    assert fields(controls.train_controls("optimizer", "sgd")) == ["lr", "momentum", "weight_decay"]
+    assert fields(controls.train_controls("optimizer", "adam")) == ["lr", "weight_decay"]
+    assert fields(controls.train_controls("optimizer", "adamw")) == ["lr", "weight_decay"]
+    assert fields(controls.train_controls("schedule", "onecycle")) == ["max_lr", "pct_start"]
+    assert fields(controls.train_controls("schedule", "step")) == ["step_size", "gamma"]
+    assert controls.train_controls("schedule", "none") == []
     # Learning rates too small for a slider's two decimals carry a number format.
-    lr, _, weight_decay = ui.train_controls(ui.OPTIMIZER_FIELDS["sgd"])
-    assert lr[3:] == weight_decay[3:] == ("number", "%.5g")
+    lr, _, weight_decay = controls.train_controls("optimizer", "sgd")
+    assert lr[2:] == weight_decay[2:] == ("number", "%.5g")
 
 
 def test_augment_preview_shows_the_first_test_image_of_each_digit():

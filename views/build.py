@@ -36,20 +36,12 @@ st.caption("Every change rebuilds the model at once: watch the parameters and th
 controls, results = st.columns([2, 3], gap="large")
 with controls:
     m = cfg.model
-    bn = common.field_choice(ModelConfig, "batch_norm", "Batch norm", m.batch_norm, ui.BN_LABELS, key="bn")
-    dropout = common.field_slider(ModelConfig, "dropout", "Dropout rate", m.dropout, 0.01, key="drop")
-    kind = common.field_choice(
-        ModelConfig,
-        "dropout_kind",
-        "Dropout kind",
-        m.dropout_kind,
-        ui.DROPOUT_KIND_LABELS,
-        key="dk",
-        disabled=dropout == 0,
-    )
-    head = common.field_choice(ModelConfig, "head", "Head", m.head, ui.HEAD_LABELS, key="head", dropdown=True)
-    bias = common.field_toggle(ModelConfig, "bias", "Bias in convolutions", m.bias, key="bias")
-    lsm = common.field_toggle(ModelConfig, "log_softmax", "Log-softmax output (NLL loss)", m.log_softmax, key="lsm")
+    bn = common.field_choice(ModelConfig, "batch_norm", m.batch_norm, key="bn")
+    dropout = common.field_slider(ModelConfig, "dropout", m.dropout, 0.01, key="drop")
+    kind = common.field_choice(ModelConfig, "dropout_kind", m.dropout_kind, key="dk", disabled=dropout == 0)
+    head = common.field_choice(ModelConfig, "head", m.head, key="head", dropdown=True)
+    bias = common.field_toggle(ModelConfig, "bias", m.bias, key="bias")
+    lsm = common.field_toggle(ModelConfig, "log_softmax", m.log_softmax, key="lsm")
     st.markdown("**Layer stack** (top = first layer; add or delete rows at the bottom)")
     edited = st.data_editor(
         pd.DataFrame(ui.stack_rows(draft.base), columns=["kind", "channels", "padding"]),
@@ -81,26 +73,26 @@ kind = kind if dropout > 0 else m.dropout_kind  # without dropout the kind is mo
 model = dict(
     layers=draft.text, batch_norm=bn, dropout=dropout, dropout_kind=kind, head=head, bias=bias, log_softmax=lsm
 )
-new, config_error = (None, row_error) if row_error else common.apply_config(model=model)
+config_error = row_error or common.apply_config(model=model)[1]
 
 # -- draw ---------------------------------------------------------------------------------------------------------
 with results:
-    if new is None:
-        st.error(f"This model can't be built: {config_error}. The last valid model stays current.")
-    else:
-        summary = summarize(new.model)
-        total = summary.total_params
-        params_col, rf_col = st.columns(2)
-        params_col.metric("Parameters", f"{total:,}", delta=ui.budget_delta(total), delta_color="inverse")
-        rf_col.metric("Receptive field at the head", f"{summary.head_rf}x{summary.head_rf}")
-        st.altair_chart(budget_chart(total), width="stretch")
-        st.caption(ui.rf_note(summary.head_rf))
-        table = pd.DataFrame(ui.layer_table(summary))
-        st.dataframe(
-            table,
-            hide_index=True,
-            width="stretch",
-            height=ui.table_height(len(table)),
-            column_config={"params": st.column_config.NumberColumn(format="localized")},
-        )
-        st.caption(ui.cost_note(summary))
+    if config_error:
+        common.config_error(config_error, {"model": model}, "The last valid model, shown below, stays current.")
+    # An invalid edit leaves the last valid model current, and it stays in view beside the error.
+    summary = summarize(common.config().model)
+    total = summary.total_params
+    params_col, rf_col = st.columns(2)
+    params_col.metric("Parameters", f"{total:,}", delta=ui.budget_delta(total), delta_color="inverse")
+    rf_col.metric("Receptive field at the head", f"{summary.head_rf}x{summary.head_rf}")
+    st.altair_chart(budget_chart(total), width="stretch")
+    st.caption(ui.rf_note(summary.head_rf))
+    table = pd.DataFrame(ui.layer_table(summary))
+    st.dataframe(
+        table,
+        hide_index=True,
+        width="stretch",
+        height=ui.table_height(len(table)),
+        column_config={"params": st.column_config.NumberColumn(format="localized")},
+    )
+    st.caption(ui.cost_note(summary))

@@ -6,10 +6,11 @@ import logging
 import sqlite3
 import uuid
 from contextlib import contextmanager
+from urllib.parse import urlencode
 
 import streamlit as st
 
-from drill import pack
+from drill import controls, pack
 from drill import ui_logic as ui
 from drill.analysis import analyse
 from drill.backends import Unavailable
@@ -65,14 +66,14 @@ def init_config() -> None:
     if "config" in st.session_state:
         _sync_url(st.session_state.config)
         return
-    params = st.query_params.to_dict()
-    params.pop(OWNER_PARAM, None)
+    # Every value of every key, so a setting given twice is refused as it is on every other path, not taken once.
+    pairs = [(key, value) for key in st.query_params if key != OWNER_PARAM for value in st.query_params.get_all(key)]
     cfg = get_preset(DEFAULT_PRESET).config
-    if params:
+    if pairs:
         try:
-            cfg = RunConfig.from_query(params)
+            cfg = RunConfig.from_query(urlencode(pairs))
         except ConfigError as error:
-            st.session_state.link_error = str(error)
+            st.session_state.link_error = controls.config_message(error, {})
     st.session_state.config = cfg
     st.session_state.config_version = 0
     _sync_url(cfg)
@@ -143,43 +144,57 @@ def _keep(section, name: str, widget_key: str) -> None:
         apply_config(**{section.SECTION: {name: value}})  # an invalid value is explained when the page draws
 
 
-def field_slider(section, name: str, label: str, value, step, *, key: str | None = None) -> float | int:
+# Each field's widget is labelled by drill.controls.LABELS, the names its messages use.
+
+
+def field_slider(section, name: str, value, step, *, key: str | None = None) -> float | int:
     """A slider over a config field's declared range, keyed to the config version, with the field's help text."""
     low, high = field_range(section, name)
     cast = int if isinstance(value, int) and not isinstance(value, bool) and isinstance(step, int) else float
-    return st.slider(label, cast(low), cast(high), cast(value), cast(step), **_bound(section, name, key))
+    return st.slider(
+        _label(section, name), cast(low), cast(high), cast(value), cast(step), **_bound(section, name, key)
+    )
 
 
-def field_number(section, name: str, label: str, value, step, fmt: str | None = None) -> float | int:
+def field_number(section, name: str, value, step, fmt: str | None = None) -> float | int:
     """A number box over a config field's declared range (for values a slider can't place well, like 0.0005)."""
     low, high = field_range(section, name)
     cast = int if isinstance(step, int) else float
-    return st.number_input(label, cast(low), cast(high), cast(value), cast(step), format=fmt, **_bound(section, name))
+    bounds = (cast(low), cast(high), cast(value), cast(step))
+    return st.number_input(_label(section, name), *bounds, format=fmt, **_bound(section, name))
 
 
-def field_choice(
-    section, name: str, label: str, value: str, labels: dict, *, key=None, dropdown=False, **options
-) -> str:
+def field_choice(section, name: str, value: str, *, key=None, dropdown=False, **options) -> str:
     """A segmented control (or, with dropdown, a select box) over a config field's choices, shown by their labels."""
     choices = field_choices(section, name)
+    labels = controls.VALUE_LABELS[f"{section.SECTION}.{name}"]
     shared = {"format_func": labels.get, **_bound(section, name, key)}
     if dropdown:
-        return st.selectbox(label, choices, index=choices.index(value), **shared, **options)
-    return st.segmented_control(label, choices, default=value, required=True, **shared, **options)
+        return st.selectbox(_label(section, name), choices, index=choices.index(value), **shared, **options)
+    return st.segmented_control(_label(section, name), choices, default=value, required=True, **shared, **options)
 
 
-def field_toggle(section, name: str, label: str, value: bool, *, key: str | None = None) -> bool:
+def field_toggle(section, name: str, value: bool, *, key: str | None = None) -> bool:
     """A toggle for a config flag, with the field's help text."""
-    return st.toggle(label, value, **_bound(section, name, key))
+    return st.toggle(_label(section, name), value, **_bound(section, name, key))
 
 
-def field_widgets(section, current, controls) -> dict:
-    """One widget per (field, label, step, "slider"/"number"[, format]) control, reading and returning the values."""
+def field_widgets(section, current, fields) -> dict:
+    """One widget per (field, step, "slider"/"number"[, format]) control, reading and returning the values."""
     make = {"slider": field_slider, "number": field_number}
     values = {}
-    for name, label, step, kind, *fmt in controls:
-        values[name] = make[kind](section, name, label, getattr(current, name), step, *fmt)
+    for name, step, kind, *fmt in fields:
+        values[name] = make[kind](section, name, getattr(current, name), step, *fmt)
     return values
+
+
+def _label(section, name: str) -> str:
+    return controls.LABELS[f"{section.SECTION}.{name}"]
+
+
+def config_error(error: ConfigError, sections: dict[str, dict], kept: str) -> None:
+    """A config the page's widgets make that can't be used, told in the page's labels, then what stays current."""
+    st.error(f"{controls.config_message(error, controls.changed_fields(config(), sections))} {kept}")
 
 
 def show_result(epochs: list[dict], params: int | None) -> None:

@@ -5,6 +5,7 @@ from collections.abc import Callable
 
 import streamlit as st
 
+from drill import controls
 from drill import ui_logic as ui
 from drill.charts import compare_chart, lr_chart
 from drill.config import AugmentConfig, TrainConfig, field_help
@@ -64,36 +65,32 @@ with augment_col:
     st.subheader("Augmentation")
     left, right = st.columns(2)
     with left:
-        augment = common.field_widgets(AugmentConfig, cfg.augment, ui.AUGMENT_CONTROLS[:5])
+        augment = common.field_widgets(AugmentConfig, cfg.augment, controls.AUGMENT_CONTROLS[:5])
     with right:
-        augment |= common.field_widgets(AugmentConfig, cfg.augment, ui.AUGMENT_CONTROLS[5:])
+        augment |= common.field_widgets(AugmentConfig, cfg.augment, controls.AUGMENT_CONTROLS[5:])
 with train_col:
     st.subheader("Training")
     t, left, right = cfg.train, *st.columns(2)
     with left:
-        train = {"epochs": common.field_slider(TrainConfig, "epochs", "Epochs", t.epochs, 1)}
+        train = {"epochs": common.field_slider(TrainConfig, "epochs", t.epochs, 1)}
         train["batch_size"] = st.select_slider(
-            "Batch size",
+            controls.LABELS["train.batch_size"],
             sorted({8, 16, 32, 64, 128, 256, 512, t.batch_size}),
             value=t.batch_size,
             key=f"train.batch_size_{v}",
             help=field_help(TrainConfig, "batch_size"),
         )
         train["optimizer"] = common.field_choice(
-            TrainConfig, "optimizer", "Optimizer", t.optimizer, ui.OPTIMIZER_LABELS, key="train.opt", width="stretch"
+            TrainConfig, "optimizer", t.optimizer, key="train.opt", width="stretch"
         )
         # Only the knobs the optimizer (and, on the right, the schedule) reads are shown; hidden ones keep their values.
-        train |= common.field_widgets(TrainConfig, t, ui.train_controls(ui.OPTIMIZER_FIELDS[train["optimizer"]]))
+        train |= common.field_widgets(TrainConfig, t, controls.train_controls("optimizer", train["optimizer"]))
     with right:
-        train["schedule"] = common.field_choice(
-            TrainConfig, "schedule", "LR schedule", t.schedule, ui.SCHEDULE_LABELS, dropdown=True
-        )
-        train |= common.field_widgets(TrainConfig, t, ui.train_controls(ui.SCHEDULE_FIELDS[train["schedule"]]))
-        train["subset"] = common.field_number(TrainConfig, "subset", "Training images (0 = all 60,000)", t.subset, 1000)
-        train["seed"] = common.field_number(TrainConfig, "seed", "Seed", t.seed, 1)
-        train["device"] = common.field_choice(
-            TrainConfig, "device", "Device", t.device, ui.DEVICE_LABELS, dropdown=True
-        )
+        train["schedule"] = common.field_choice(TrainConfig, "schedule", t.schedule, dropdown=True)
+        train |= common.field_widgets(TrainConfig, t, controls.train_controls("schedule", train["schedule"]))
+        train["subset"] = common.field_number(TrainConfig, "subset", t.subset, 1000)
+        train["seed"] = common.field_number(TrainConfig, "seed", t.seed, 1)
+        train["device"] = common.field_choice(TrainConfig, "device", t.device, dropdown=True)
 
 # -- state set-up: a valid config becomes current; the run shown is this session's latest -------------------------
 new, config_error = common.apply_config(augment=augment, train=train)
@@ -105,7 +102,7 @@ proof_seeds = ui.proof_runs(shown_run.proof, runs) if shown_run is not None and 
 
 # -- draw ---------------------------------------------------------------------------------------------------------
 if config_error:
-    st.error(f"These settings can't be used: {config_error}. The last valid settings stay current.")
+    common.config_error(config_error, {"augment": augment, "train": train}, "The last valid settings stay current.")
 with augment_col:
     try:
         st.image(ui.augment_preview(load_mnist(), (new or cfg).augment), caption=ui.PREVIEW_CAPTION)
