@@ -94,7 +94,9 @@ def compare_chart(
         .encode(
             alt.X("epoch:Q", axis=alt.Axis(tickMinStep=1)),
             alt.Y("value:Q", title=title, scale=alt.Scale(zero=False)),
-            color=alt.Color("run:N", title="run"),
+            # A categorical palette: the theme's default hands near-identical blues to the first runs. The legend
+            # shows names whole (Altair cuts them at 200 px); the tooltip names the run too.
+            color=alt.Color("run:N", title="run", scale=alt.Scale(scheme="tableau10"), legend=alt.Legend(labelLimit=0)),
             tooltip=["run:N", "epoch:Q", alt.Tooltip("value:Q", format=".3f")],
         )
     )

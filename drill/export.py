@@ -14,7 +14,7 @@ import textwrap
 from drill.config import NUM_CLASSES, RunConfig, feature_sizes
 from drill.data import MNIST_MEAN, MNIST_STD
 from drill.model import build_model, count_params
-from drill.presets import BY_NAME
+from drill.presets import BY_NAME, matching_preset
 from drill.summary import summarize
 
 
@@ -24,11 +24,12 @@ def script_filename(name: str | None) -> str:
     return f"drill_{slug}.py"
 
 
-def named_script(cfg: RunConfig, preset_name: str | None, fallback: str = "custom") -> tuple[str, str]:
-    """(file name, script) for a config, titled after its preset when it is one, else after `fallback`."""
-    preset = BY_NAME.get(preset_name or "")
-    title = preset.title if preset else f"a custom drill-down step ({fallback})"
-    return script_filename(preset.name if preset else fallback), pytorch_script(cfg, title)
+def named_script(cfg: RunConfig, run_name: str | None = None) -> tuple[str, str]:
+    """(file name, script) for a config, titled after its preset when it is one; the file is named after the run
+    (a run's script beside the current model's must not share its name), else after the preset."""
+    preset = BY_NAME.get(matching_preset(cfg) or "")
+    title = preset.title if preset else f"a custom drill-down step{f' ({run_name})' if run_name else ''}"
+    return script_filename(run_name or (preset.name if preset else None)), pytorch_script(cfg, title)
 
 
 def pytorch_script(cfg: RunConfig, title: str = "a custom drill-down step") -> str:

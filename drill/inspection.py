@@ -6,6 +6,7 @@ change the model a run produced, whatever thread reads it.
 
 from __future__ import annotations
 
+import base64
 import io
 import math
 import threading
@@ -14,13 +15,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import nn
 
 from drill.config import IMAGE_SIZE, NUM_CLASSES
 from drill.jobs import JobManager, Snapshot
 from drill.model import Net
-from drill.records import step_name
+from drill.records import run_names
 from drill.train import normalize, predict, to_input
 
 MAX_UPLOAD_BYTES = 2 * 2**20
@@ -30,6 +31,11 @@ DIGIT_BOX = 20  # MNIST fits each digit into 20x20, keeping its aspect ratio, th
 INK_THRESHOLD = 0.15  # after normalising to [0, 1]: fainter than this is paper, noise or shadow, not ink
 RESAMPLE = Image.Resampling.LANCZOS
 BACKGROUND = 64  # grey of the gaps between feature-map tiles
+CANVAS_PX = 280  # the drawing canvas's side: ten times MNIST's 28
+PEN_PX = 20  # its pen: on a digit drawn about 200 px tall, fitted to 20x20, a stroke as wide as MNIST's (2-3 px)
+DRAWING_PREFIX = "data:image/png;base64,"
+NOTHING_DRAWN = "Nothing is drawn yet: draw one digit, large, in the middle of the black square."
+UNREADABLE_DRAWING = "The drawing did not arrive as a picture: press Clear and draw the digit again."
 
 
 class UploadError(ValueError):
@@ -43,34 +49,42 @@ class Candidate:
 
     run: Snapshot
     model: Net | None
+    name: str  # as Compare names it: "Final #2, seed 1"
 
     @property
     def title(self) -> str:
         """The run as the picker names it."""
-        return f"{self.run.id}: {step_name(self.run.label, None, self.run.id)} ({self.run.status})"
+        return f"{self.name} ({self.run.status})"
 
     @property
     def no_model_note(self) -> str:
         """Why there is nothing to look into, for a run without a model."""
+        if not self.run.epochs:
+            return f"{self.name} stopped before its first epoch ended: it has no curves and no model to look into."
         return (
-            f"{self.run.id} has its numbers but no trained model to look into: it was imported from a file, "
-            "stopped before it started, or left early while classmates' shared run went on. Pick another run."
+            f"{self.name} has its numbers but no trained model to look into: it was imported from a file, or left "
+            "early while classmates' shared run went on. Pick another run."
         )
 
 
 def candidates(manager: JobManager, owner: str) -> dict[str, Candidate]:
-    """An owner's finished and stopped runs, oldest first, by id."""
+    """An owner's finished and stopped runs, oldest first, by id, named as Compare names them."""
+    runs = manager.snapshots(owner)
+    names = run_names(runs)
     return {
-        run.id: Candidate(run, manager.model(run.id))
-        for run in manager.snapshots(owner)
+        run.id: Candidate(run, manager.model(run.id) if run.epochs else None, names[run.id])
+        for run in runs
         if run.status in ("finished", "stopped")
     }
 
 
 def default_pick(runs: dict[str, Candidate]) -> int:
-    """Where the picker starts: the latest run with a model to look into, else the latest run."""
-    trained = [position for position, candidate in enumerate(runs.values()) if candidate.model is not None]
-    return trained[-1] if trained else len(runs) - 1
+    """Where the picker starts: the latest finished run with a model to look into, else the latest run with one
+    (stopped), else the latest run."""
+    with_model = [
+        (c.run.status == "finished", position) for position, c in enumerate(runs.values()) if c.model is not None
+    ]
+    return max(with_model)[1] if with_model else len(runs) - 1
 
 
 # -- the test-set report ---------------------------------------------------------------------------------------
@@ -252,20 +266,24 @@ def reading_text(probabilities: np.ndarray) -> str:
 
 
 # -- a student's own digit -------------------------------------------------------------------------------------
-def painted_digit(cells: list[dict], grid: int = 16, cell_px: int = 10) -> np.ndarray:
-    """Cells painted on the drawing grid ({"row", "col"} dicts) -> a uint8 28x28 digit, via a soft pen stroke."""
-    canvas = np.zeros((grid, grid), np.float32)
-    for cell in cells:
-        # The cells come back from the browser: anything that is not a cell on the grid is ignored.
-        row, col = (cell.get(key) if isinstance(cell, dict) else None for key in ("row", "col"))
-        if isinstance(row, (int, float)) and isinstance(col, (int, float)) and 0 <= row < grid and 0 <= col < grid:
-            canvas[int(row), int(col)] = 1.0
-    if not canvas.any():
-        raise UploadError("Nothing is drawn yet: press on the grid and drag to paint a digit.")
-    # Blocky cells blurred into a rounded stroke look more like MNIST's pen strokes than hard squares do.
-    big = Image.fromarray(np.kron(canvas, np.ones((cell_px, cell_px), np.float32)) * 255).convert("L")
-    soft = big.filter(ImageFilter.GaussianBlur(radius=cell_px * 0.6))
-    return mnist_like(np.asarray(soft, dtype=np.float64) / 255.0)
+def drawn_digit(drawing: str | None) -> np.ndarray:
+    """The drawing canvas's value -> a uint8 28x28 digit, prepared as an upload is (so both read alike).
+
+    The value is a PNG data URL of white strokes on black, or None while nothing is drawn; it comes from the
+    browser, so anything else is refused with a message, never an exception of another kind.
+    """
+    if drawing is None:
+        raise UploadError(NOTHING_DRAWN)
+    if not isinstance(drawing, str) or not drawing.startswith(DRAWING_PREFIX):
+        raise UploadError(UNREADABLE_DRAWING)
+    try:
+        raw = base64.b64decode(drawing[len(DRAWING_PREFIX) :], validate=True)
+    except ValueError:
+        raise UploadError(UNREADABLE_DRAWING) from None
+    gray = _decode(raw)
+    if gray.max() < INK_THRESHOLD:  # every stroke taken back, or Clear pressed
+        raise UploadError(NOTHING_DRAWN)
+    return mnist_like(gray)
 
 
 def prepare_upload(raw: bytes) -> np.ndarray:

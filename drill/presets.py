@@ -27,6 +27,7 @@ class Preset:
     config: RunConfig
     seed_band: str  # what the seed write-ups report for this step
     step: int  # position in the lesson; 0 for presets outside it
+    short: str  # the step as a person names a run of it: "Final #2, seed 1"
 
     @property
     def measured(self) -> str:
@@ -60,6 +61,7 @@ PRESETS: tuple[Preset, ...] = (
         RunConfig(ModelConfig(layers="32p,64p,M,128,M", head="fc", bias=True), AugmentConfig(), _SGD),
         "147k-6.4M parameters, 99.0-99.3% test; train accuracy far above test (99.8-99.9%)",
         1,
+        "Skeleton",
     ),
     Preset(
         "lean",
@@ -69,6 +71,7 @@ PRESETS: tuple[Preset, ...] = (
         RunConfig(_LEAN, AugmentConfig(), _SGD),
         "4.6k-7.7k parameters, 98.2-98.3% test",
         2,
+        "Lean",
     ),
     Preset(
         "batchnorm",
@@ -78,6 +81,7 @@ PRESETS: tuple[Preset, ...] = (
         RunConfig(_BN, AugmentConfig(), _SGD),
         "about 99.2% test, and the model overfits (train 99.5-99.6%)",
         3,
+        "Batch norm",
     ),
     Preset(
         "regularised",
@@ -87,6 +91,7 @@ PRESETS: tuple[Preset, ...] = (
         RunConfig(_REGULARISED, _ROTATE, _SGD),
         "99.2-99.4% test, reached once, not consistently; the train/test gap closes",
         4,
+        "Regularised",
     ),
     Preset(
         "final",
@@ -98,6 +103,7 @@ PRESETS: tuple[Preset, ...] = (
         RunConfig(_FINAL, _ROTATE_SHIFT, _ONECYCLE),
         "6,750-8,172 parameters; 99.4-99.57% in the last epochs with OneCycleLR",
         5,
+        "Final",
     ),
     Preset(
         "stretch",
@@ -108,6 +114,7 @@ PRESETS: tuple[Preset, ...] = (
         RunConfig(_STRETCH, _ROTATE_SHIFT, _ONECYCLE),
         "6,750 parameters is the smallest in the write-ups (99.50% best, 99.4% in 5 of its last 6 epochs)",
         6,
+        "Stretch",
     ),
     Preset(
         "quick",
@@ -117,10 +124,13 @@ PRESETS: tuple[Preset, ...] = (
         RunConfig(_FINAL, _ROTATE, dataclasses.replace(_ONECYCLE, epochs=3, subset=6000)),
         "a demo, not a step: about 97-98% after 3 short epochs",
         0,
+        "Quick demo",
     ),
 )
 
 BY_NAME = {preset.name: preset for preset in PRESETS}
+BY_TITLE = {preset.title: preset for preset in PRESETS}
+EDITED = " (edited)"
 LESSON = tuple(preset for preset in PRESETS if preset.step)
 
 
@@ -138,6 +148,11 @@ def matching_preset(cfg: RunConfig) -> str | None:
         if preset.config.replace(train={"seed": cfg.train.seed, "threads": cfg.train.threads}) == cfg:
             return preset.name
     return None
+
+
+def preset_of(run) -> Preset | None:
+    """The preset a run's config is (anything with a .config), if any: its Step and Target come from it."""
+    return BY_NAME.get(matching_preset(run.config) or "")
 
 
 # The runs behind each preset's measured text: files that `train --out` or `consistency --out` wrote into results/.
@@ -271,3 +286,12 @@ def _smaller(results: Path, params: int) -> str:
         unit = " parameters" if number == 0 else ""
         parts.append(f"{size:,}{unit} {'at best ' if len(configs) > 1 else ''}{passed} of {seeds}")
     return f"seeds that held it with fewer parameters: {', '.join(parts)}"
+
+
+def run_label(cfg: RunConfig, base: str | None) -> str:
+    """The label a run starts with: its preset's title, else that of the preset it was edited from (the sidebar's
+    base), marked edited; "custom" only for a config from nowhere (an imported or typed one)."""
+    name = matching_preset(cfg)
+    if name:
+        return BY_NAME[name].title
+    return BY_NAME[base].title + EDITED if base in BY_NAME else "custom"

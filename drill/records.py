@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -16,7 +17,7 @@ import torch
 from drill.analysis import LAST_K, analyse
 from drill.config import ConfigError, RunConfig, shorten
 from drill.model import Net, count_params
-from drill.presets import Preset
+from drill.presets import BY_TITLE, EDITED, Preset, preset_of
 from drill.proof import Proof
 from drill.train import EPOCH_KEYS
 
@@ -51,6 +52,36 @@ def step_name(label: str, preset: Preset | None, fallback: str = "") -> str:
     if preset and label and label != preset.title:
         return f"{preset.title} ({label})"
     return (preset.title if preset else label) or fallback
+
+
+def short_name(run: Any, preset: Preset | None) -> str:
+    """A run's step as a person says it: "Final", "Final (edited)" for a preset edited before the run, else its
+    label."""
+    if preset:
+        return preset.short
+    base = BY_TITLE.get(run.label.removesuffix(EDITED))
+    if base and run.label.endswith(EDITED):
+        return base.short + EDITED
+    return run.label or "Custom"
+
+
+def run_names(runs: list[Any], preset_of: Callable[[Any], Preset | None] = preset_of) -> dict[str, str]:
+    """Each run's name as a person gives it, e.g. "Final #2, seed 1" (see _numbered)."""
+    numbered = _numbered(runs, preset_of)
+    return {run.id: f"{numbered[run.proof or run.id]}, seed {run.config.train.seed}" for run in runs}
+
+
+def _numbered(runs: list[Any], preset_of: Callable[[Any], Preset | None]) -> dict[str, str]:
+    """By run id (or proof id for a proof's seeds, which share one number): its step numbered among the student's
+    runs of that step, oldest first, e.g. "Final #2"; the number is left out where there is one run of the step."""
+    steps: dict[str, str] = {}
+    for run in runs:
+        steps.setdefault(run.proof or run.id, short_name(run, preset_of(run)))
+    totals, seen, numbered = Counter(steps.values()), Counter(), {}
+    for group, step in steps.items():
+        seen[step] += 1
+        numbered[group] = f"{step} #{seen[step]}" if totals[step] > 1 else step
+    return numbered
 
 
 def table_row(run: Any, preset: Preset | None = None, k: int = LAST_K) -> dict:
@@ -97,18 +128,21 @@ def proof_row(runs: list[Any], preset: Preset | None = None, k: int = LAST_K) ->
     }
 
 
-def write_up(runs: list[Any], preset_of: Callable[[Any], Preset | None]) -> list[tuple[str, dict]]:
-    """The Compare table's rows, oldest first, as (id, row): a run per row, and a proof's seeds as one row."""
+def write_up(runs: list[Any], preset_of: Callable[[Any], Preset | None] = preset_of) -> list[tuple[str, dict]]:
+    """The Compare table's rows, oldest first, as (name, row): a run per row ("Final #2, seed 1"), and a proof's
+    seeds as one row ("Final #3, seeds 1-3")."""
+    numbered, names = _numbered(runs, preset_of), run_names(runs, preset_of)
     rows, proofs = [], {}
     for run in runs:
         if run.proof:
             proofs.setdefault(run.proof, []).append(run)
     for run in runs:
         if not run.proof:
-            rows.append((run.id, table_row(run, preset_of(run))))
+            rows.append((names[run.id], table_row(run, preset_of(run))))
         elif run.proof in proofs:
             seeds = proofs.pop(run.proof)
-            rows.append((run.proof, proof_row(seeds, preset_of(run))))
+            span = f"{seeds[0].config.train.seed}-{seeds[-1].config.train.seed}"
+            rows.append((f"{numbered[run.proof]}, seeds {span}", proof_row(seeds, preset_of(run))))
     return rows
 
 

@@ -20,6 +20,7 @@ from drill.presets import BY_NAME
 from views import common
 
 TINY = BY_NAME["quick"].config.replace(train={"subset": 1000, "epochs": 1, "batch_size": 64})
+NAME = "tiny run, seed 1"  # the finished run's name on Compare and Inspect
 PAGE_TIMEOUT = 120  # seconds for one script run: Inspect reads all 10,000 test digits on two busy cores
 
 
@@ -67,7 +68,7 @@ def test_compare_table_and_markdown_hold_the_run(finished):
     open_page(at, "compare")
     assert not at.error
     table = at.dataframe[0].value
-    row = table.loc[run.id]
+    row = table.loc[NAME]  # named as a person would, not by its ticket id
     assert row["Step"] == "tiny run"
     assert row["Params"] == run.params == 7570
     assert row["Best test"] == round(run.epochs[-1]["test_acc"], 2)
@@ -79,6 +80,10 @@ def test_compare_table_and_markdown_hold_the_run(finished):
     )
     labels = [button.proto.label for button in at.get("download_button")]
     assert labels == ["Download the table (Markdown)", "Download the runs (JSON)"]
+    # The curves: the run's whole name in the legend, in a categorical palette (the theme's default is blues).
+    (curves,) = [chart.proto for chart in at.get("vega_lite_chart") if '"run"' in chart.proto.spec]
+    assert '"tableau10"' in curves.spec and '"labelLimit": 0' in curves.spec
+    assert any(NAME.encode() in dataset.data.data for dataset in curves.datasets)
 
 
 def test_importing_exported_runs_restores_them_in_another_session(finished):
@@ -100,7 +105,7 @@ def test_importing_exported_runs_restores_them_in_another_session(finished):
     assert "Imported 1 run(s) from runs.json" in other.success[0].value
     [restored] = common.manager().snapshots(other.session_state["owner"])
     assert (restored.label, restored.status, restored.epochs) == ("tiny run", "finished", run.epochs)
-    assert other.dataframe[0].value.loc[restored.id, "Step"] == "tiny run"
+    assert other.dataframe[0].value.loc[NAME, "Step"] == "tiny run"
     assert "| tiny run |" in other.code[0].value
 
     open_page(other, "inspect")  # an imported run has numbers but no model
@@ -115,7 +120,7 @@ def test_a_reload_finds_the_students_runs_and_a_forged_id_finds_none(finished):
     reloaded.query_params.update(dict(at.query_params))
     open_page(reloaded.run(), "compare")
     assert reloaded.session_state["owner"] == me
-    assert reloaded.dataframe[0].value.loc[run.id, "Step"] == "tiny run"
+    assert reloaded.dataframe[0].value.loc[NAME, "Step"] == "tiny run"
     for forged in ("../../etc", "x" * 32, "' OR 1=1 --"):
         stranger = AppTest.from_file(str(REPO_ROOT / "app.py"), default_timeout=PAGE_TIMEOUT)
         stranger.query_params["me"] = forged
@@ -149,7 +154,7 @@ def test_inspect_shows_confusion_matrix_mistakes_and_reads_an_upload(finished):
     assert any("Accuracy per digit" in spec for spec in specs)
     assert at.metric[0].value == f"{run.epochs[-1]['test_acc']:.2f}%"
     labels = [button.proto.label for button in at.get("download_button")]
-    assert "Script for the current model" in labels and f"Script for {run.id}" in labels
+    assert "Script for the current model" in labels and f"Script for {NAME}" in labels
 
     at.radio(key="inspect_source").set_value("Photo").run()
     at.file_uploader(key="inspect_upload").set_value(("one.png", digit_png(), "image/png")).run()

@@ -46,7 +46,7 @@ def button(at: AppTest, label: str):
 
 
 def status_line(at: AppTest) -> str:
-    """The run's headline, e.g. "✅ **custom**: finished" ("" before any run)."""
+    """The run's headline, e.g. "✅ **Quick demo (edited)**: finished" ("" before any run)."""
     return next((m.value for m in at.markdown if m.value.startswith(("⏳", "🏃", "✅", "⏹️", "❌"))), "")
 
 
@@ -94,7 +94,7 @@ def test_a_tiny_run_streams_to_the_end_and_survives_a_page_switch():
     button(at, "Start").click().run()
     assert not at.exception
     assert button(at, "Start").disabled, "one run at a time per student"
-    assert "custom" in status_line(at)  # the label: TINY matches no preset
+    assert "Quick demo (edited)" in status_line(at)  # the label: TINY is the sidebar's preset, edited
     rerun_until(at, "finished")
     run = only_run(at)
     assert run.status == "finished" and len(run.epochs) == 1
@@ -198,7 +198,7 @@ PROVED = TINY.replace(train={"momentum": 0.85})
 
 
 def proof_headline(at: AppTest) -> str:
-    """The proof view's headline, e.g. "❌ **custom** over 2 seeds: not proven" ("" when no proof is shown)."""
+    """The proof view's headline, e.g. "❌ **Final (edited)** over 2 seeds: not proven" ("" when no proof is shown)."""
     return next((m.value for m in at.markdown if " over " in m.value and m.value.startswith(("🧪", "✅", "❌"))), "")
 
 
@@ -216,7 +216,7 @@ def test_a_proof_of_seeds_trained_before_is_served_at_once():
     at = train_page(PROVED)
     prove(at, 2)
     # At once, on the first redraw: no seed queued, both served, the table and the verdict shown.
-    assert proof_headline(at) == "❌ **custom** over 2 seeds: not proven"
+    assert proof_headline(at) == "❌ **Quick demo (edited)** over 2 seeds: not proven"
     assert any("seed 1: finished (served at once)" in m.value and "seed 2: finished" in m.value for m in at.markdown)
     assert any(m.value.startswith("| seed | params | epoch 1 | pass |") for m in at.markdown), (
         "the table of last epochs"
@@ -229,7 +229,9 @@ def test_a_proof_of_seeds_trained_before_is_served_at_once():
     assert not button(at, "Start").disabled and not button(at, "Prove it over seeds").disabled
     # Compare writes it up as one row for the proof.
     at.switch_page("views/compare.py").run()
-    assert any("| custom, proof over 2 seeds |" in m.value for m in at.markdown), [m.value for m in at.markdown]
+    assert any("| Quick demo (edited), proof over 2 seeds |" in m.value for m in at.markdown), [
+        m.value for m in at.markdown
+    ]
 
 
 def test_a_proof_with_diverging_seeds_reports_each_with_its_reason():

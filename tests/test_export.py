@@ -13,7 +13,7 @@ from PIL import Image
 
 from drill.bench import write_idx_files
 from drill.config import RunConfig
-from drill.export import pytorch_script, script_filename
+from drill.export import named_script, pytorch_script, script_filename
 from drill.model import build_model, count_params
 from drill.presets import BY_NAME, PRESETS
 
@@ -95,6 +95,15 @@ def test_script_is_valid_python_with_a_readable_header():
     assert script_filename("final") == "drill_final.py"
     assert script_filename(None) == "drill_custom.py"
     assert script_filename("run-3") == "drill_run_3.py"
+
+
+def test_a_runs_script_is_named_after_the_run_not_the_preset_the_current_model_shares():
+    quick = BY_NAME["quick"].config
+    assert named_script(quick)[0] == "drill_quick.py"
+    name, script = named_script(quick, "Quick demo #2, seed 1")
+    assert name == "drill_quick_demo_2_seed_1.py" and script.startswith('"""MNIST drill-down: Quick demo')
+    name, script = named_script(quick.replace(model={"dropout": 0.1}), "Quick demo (edited), seed 1")
+    assert name == "drill_quick_demo_edited_seed_1.py" and "a custom drill-down step (Quick demo (edited)" in script
 
 
 @pytest.fixture(scope="module")

@@ -222,9 +222,9 @@ def test_the_train_page_labels_a_recorded_run_replays_it_and_trains_it_afresh(
     assert any("📼 A recorded run, not trained for you" in c.value for c in at.caption)
     assert any("Analysis:" in box.value for box in [*at.info, *at.success])  # a recorded run has its Result
     next(b for b in at.button if b.label == "▶️ Replay").click().run()
-    assert any(m.value.startswith("▶️ **custom**: replaying the recorded run") for m in at.markdown)
+    assert any(m.value.startswith("▶️ **Quick demo (edited)**: replaying the recorded run") for m in at.markdown)
     wait_until(lambda: at.run() and not any("replaying" in m.value for m in at.markdown), 60, what="the replay")
-    assert any(m.value.startswith("✅ **custom**: finished") for m in at.markdown)
+    assert any(m.value.startswith("✅ **Quick demo (edited)**: finished") for m in at.markdown)
     next(b for b in at.button if b.label == "Train it myself").click().run()
     assert any(m.value.startswith(("⏳", "🏃")) for m in at.markdown)
     for run in common.manager().snapshots(at.session_state["owner"]):

@@ -1,17 +1,20 @@
 """The presets' measured texts come from the run files in results/: they state what the files hold, and when a file
-is missing, unreadable or of another config they say so instead of failing the page."""
+is missing, unreadable or of another config they say so instead of failing the page. Runs are labelled and named
+after the presets they are (or were edited from)."""
 
 from __future__ import annotations
 
 import json
 import shutil
 import statistics
+from types import SimpleNamespace
 
 import pytest
 from conftest import REPO_ROOT
 
 from drill.analysis import LAST_K, TARGET_ACC
-from drill.presets import BY_NAME, MEASURED_RUNS, STRETCH_ATTEMPTS, measured
+from drill.presets import BY_NAME, MEASURED_RUNS, STRETCH_ATTEMPTS, measured, run_label
+from drill.records import run_names, write_up
 
 RESULTS = REPO_ROOT / "results"
 
@@ -62,3 +65,52 @@ def test_a_missing_unreadable_or_foreign_file_is_said_not_raised(tmp_path):
     )
     assert "; no smaller network in results/stretch-attempts/" in measured("stretch", tmp_path, tmp_path / "no-pack")
     assert measured("stretch", tmp_path, tmp_path / "no-pack").startswith("3 of 3 seeds hold")
+
+
+def test_a_run_is_labelled_by_its_preset_or_the_preset_it_was_edited_from():
+    final = BY_NAME["final"]
+    assert run_label(final.config.replace(train={"seed": 4}), "quick") == final.title  # a seed is not an edit
+    edited = final.config.replace(model={"dropout": 0.1})
+    assert run_label(edited, "final") == "5. + GAP, 1x1 transitions and OneCycleLR (edited)"
+    assert run_label(edited, None) == run_label(edited, "no such preset") == "custom"
+
+
+def test_runs_are_named_as_a_person_names_them():
+    final, lean = BY_NAME["final"].config, BY_NAME["lean"].config
+    edited = final.replace(model={"dropout": 0.1})
+
+    def run(number, config, label="", proof=""):
+        return SimpleNamespace(
+            id=f"ticket-{number}",
+            config=config,
+            label=label,
+            proof=proof,
+            status="finished",
+            reason="",
+            params=1,
+            epochs=(),
+        )
+
+    runs = [
+        run(1, final),
+        run(2, lean),
+        run(3, final.replace(train={"seed": 2})),
+        run(4, edited, BY_NAME["final"].title + " (edited)"),
+        run(5, final, proof="proof-a"),
+        run(6, final.replace(train={"seed": 2}), proof="proof-a"),
+        run(7, edited, "a config from a file"),
+    ]
+    assert list(run_names(runs).values()) == [
+        "Final #1, seed 1",
+        "Lean, seed 1",  # the student's only Lean run: no number
+        "Final #2, seed 2",
+        "Final (edited), seed 1",
+        "Final #3, seed 1",  # a proof's seeds share their number
+        "Final #3, seed 2",
+        "a config from a file, seed 1",
+    ]
+    assert [name for name, _ in write_up(runs)][-3:] == [
+        "Final (edited), seed 1",
+        "Final #3, seeds 1-2",
+        "a config from a file, seed 1",
+    ]

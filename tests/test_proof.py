@@ -96,7 +96,7 @@ def test_a_proof_is_one_row_of_the_write_up_beside_the_students_other_runs():
 
     runs = [run(1), run(1, "proof-a"), run(2, "proof-a", MISSES), run(3, "proof-a")]
     rows = write_up(runs, lambda _: None)
-    assert [row_id for row_id, _ in rows] == ["ticket-1", "proof-a"]
+    assert [name for name, _ in rows] == ["6. Final #1, seed 1", "6. Final #2, seeds 1-3"]
     row = rows[1][1]
     assert row["Step"] == "6. Final, proof over 3 seeds"
     assert row["Last 4"] == "2 of 3 seeds hold (no)" and row["Status"] == "not proven" and not row["Consistent"]

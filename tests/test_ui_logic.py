@@ -135,8 +135,10 @@ def test_feature_map_caption_and_reading_text():
     assert inspection.reading_text(np.array(one_hot_ish(7, 0.934))) == "The model reads **7** (93.4% sure)."
 
 
-def run(run_id: str, status: str, label: str = "tiny run") -> SimpleNamespace:
-    return SimpleNamespace(id=run_id, status=status, label=label)
+def run(run_id: str, status: str, label: str = "tiny run", epochs: int = 1) -> SimpleNamespace:
+    return SimpleNamespace(
+        id=run_id, status=status, label=label, config=QUICK, proof="", epochs=({"epoch": 1},) * epochs
+    )
 
 
 class FakeManager:
@@ -152,33 +154,44 @@ class FakeManager:
         return self.models.get(run_id)
 
 
-def test_candidates_are_the_ended_runs_with_their_models():
+def test_candidates_are_the_ended_runs_with_their_models_named_as_compare_names_them():
     model = object()
     runs = [run("run-1", "finished"), run("run-2", "failed"), run("run-3", "stopped"), run("run-4", "running")]
     found = inspection.candidates(FakeManager(runs, {"run-1": model, "run-3": None}), "me")
     assert list(found) == ["run-1", "run-3"]
     assert found["run-1"].model is model and found["run-3"].model is None
-    assert found["run-1"].title == "run-1: tiny run (finished)"
+    assert found["run-1"].title == "Quick demo #1, seed 1 (finished)"
     assert inspection.candidates(FakeManager(runs, {}), "someone else") == {}
     note = found["run-3"].no_model_note
-    assert note.startswith("run-3 has its numbers but no trained model") and "imported from a file" in note
+    assert note.startswith("Quick demo #3, seed 1 has its numbers but no trained model") and "imported" in note
+
+
+def test_a_run_stopped_before_its_first_epoch_says_it_has_nothing_to_show():
+    runs = [run("run-1", "stopped", epochs=0)]
+    (found,) = inspection.candidates(FakeManager(runs, {"run-1": object()}), "me").values()
+    assert found.model is None, "no epoch ended: its weights are the untrained ones"
+    assert found.no_model_note == (
+        "Quick demo, seed 1 stopped before its first epoch ended: it has no curves and no model to look into."
+    )
 
 
 @pytest.mark.parametrize(
-    ("models", "expected"),
+    ("runs", "expected"),
     [
-        ([object(), None, object(), None], 2),  # the latest trained run, not the latest run
-        ([None, None], 1),  # nothing trained here (imported runs): the latest run
-        ([object()], 0),
+        ([("finished", True), ("finished", None), ("finished", True), ("finished", None)], 2),  # the latest trained
+        ([("finished", None), ("finished", None)], 1),  # nothing trained here (imported runs): the latest run
+        ([("finished", True)], 0),
+        # A stopped run, even the latest, gives way to the latest finished one.
+        ([("finished", True), ("finished", True), ("stopped", True)], 1),
+        ([("stopped", True), ("stopped", None)], 0),
     ],
 )
-def test_default_pick_prefers_the_latest_run_with_a_model(models, expected):
-    runs = {f"run-{i}": inspection.Candidate(run(f"run-{i}", "finished"), model) for i, model in enumerate(models)}
-    assert inspection.default_pick(runs) == expected
-
-
-def test_a_run_without_a_label_is_named_by_its_id():
-    assert inspection.Candidate(run("run-7", "stopped", label=""), None).title == "run-7: run-7 (stopped)"
+def test_default_pick_prefers_the_latest_finished_run_with_a_model(runs, expected):
+    candidates = {
+        f"run-{i}": inspection.Candidate(run(f"run-{i}", status), object() if trained else None, f"run {i}")
+        for i, (status, trained) in enumerate(runs)
+    }
+    assert inspection.default_pick(candidates) == expected
 
 
 def chart_rows(spec: dict) -> list[dict]:

@@ -10,7 +10,7 @@ from urllib.parse import urlencode
 
 import streamlit as st
 
-from drill import controls, pack
+from drill import controls, pack, presets
 from drill import ui_logic as ui
 from drill.analysis import analyse
 from drill.backends import Unavailable
@@ -95,6 +95,11 @@ def set_config(cfg: RunConfig, from_widgets: bool = True) -> None:
     if not from_widgets:
         st.session_state.config_version = version() + 1
     _sync_url(cfg)
+
+
+def run_label() -> str:
+    """The label a run of the current config starts with: its preset, or the sidebar's preset it was edited from."""
+    return presets.run_label(config(), st.session_state.get("preset_name"))
 
 
 def load_preset(name: str) -> None:

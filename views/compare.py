@@ -8,7 +8,6 @@ import streamlit as st
 from drill import records
 from drill.analysis import LAST_K
 from drill.charts import compare_chart
-from drill.presets import BY_NAME, matching_preset
 from views import common
 
 log = logging.getLogger(__name__)
@@ -39,16 +38,6 @@ def import_pending(manager, me: str) -> None:
     st.session_state.compare_import_msg = ("success", f"Imported {len(fresh)} run(s) from {upload.name}{note}.")
 
 
-def preset_of(run):
-    """The preset a run's config is, if any (its Step and Target come from it)."""
-    return BY_NAME.get(matching_preset(run.config) or "")
-
-
-def run_name(run) -> str:
-    """A unique, readable name for a run in the chart legend and the picker."""
-    return f"{run.id}: {records.step_name(run.label, preset_of(run), run.id)}"
-
-
 def draw(manager, me: str) -> None:
     runs = manager.snapshots(me)
     if not runs:
@@ -58,9 +47,9 @@ def draw(manager, me: str) -> None:
     if going:
         st.caption(f"{len(going)} run(s) still going: this table shows them as they were when the page loaded.")
         st.button("Refresh", icon="🔄")
-    ids, rows = zip(*records.write_up(runs, preset_of), strict=True)
+    named, rows = zip(*records.write_up(runs), strict=True)
     rows = list(rows)
-    table = pd.DataFrame(rows).assign(Run=ids).set_index("Run")
+    table = pd.DataFrame(rows).assign(Run=named).set_index("Run")
     order = ("Step", "Status", "Params", "Best train", "Best test", f"Last {LAST_K}", "Analysis", "Target")
     st.dataframe(
         table,
@@ -77,7 +66,7 @@ def draw(manager, me: str) -> None:
     with_epochs = [run for run in runs if run.epochs]
     if with_epochs:
         ids = [run.id for run in with_epochs]
-        names = {run.id: run_name(run) for run in with_epochs}
+        names = records.run_names(runs)
         # Keyed by the runs there are: when one is added the picker starts over with the newest runs selected.
         chosen = st.multiselect(
             "Runs to overlay", ids, default=ids[-6:], format_func=names.get, key=f"compare_runs_{len(ids)}_{ids[-1]}"

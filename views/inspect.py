@@ -5,22 +5,21 @@ import streamlit as st
 from drill import export, inspection
 from drill.charts import DRAW_PARAM, confusion_chart, drawing_chart, per_class_chart, probability_chart
 from drill.data import load_mnist
-from drill.presets import matching_preset
 from views import common
 
 GRID = 24  # mistakes shown at once
 
 
-def pick_run(manager):
-    """The run to inspect (a Snapshot) and its trained model: None for imported runs, which carry only their numbers."""
+def pick_run(manager) -> inspection.Candidate | None:
+    """The run to inspect, with its trained model (None for a run with only its numbers, which says why)."""
     runs = inspection.candidates(manager, common.owner())
     if not runs:
         st.info("No finished run yet: train one on the Train page, then come back to look inside it.")
-        return None, None
+        return None
     run_id = st.selectbox("Run", list(runs), index=inspection.default_pick(runs), format_func=lambda i: runs[i].title)
     if runs[run_id].model is None:
         st.info(runs[run_id].no_model_note)
-    return runs[run_id].run, runs[run_id].model
+    return runs[run_id]
 
 
 def show_reading(model, digit) -> None:
@@ -64,9 +63,9 @@ def show_own_digit(model) -> None:
         st.error(f"{upload.name}: {error}")
 
 
-def script_download(column, label: str, cfg, fallback: str = "custom") -> str:
-    """A button downloading cfg's experiment as a script named after its preset (else fallback); returns the script."""
-    name, script = export.named_script(cfg, matching_preset(cfg), fallback)
+def script_download(column, label: str, cfg, run_name: str | None = None) -> str:
+    """A button downloading cfg's experiment as a script (drill.export.named_script); returns the script."""
+    name, script = export.named_script(cfg, run_name)
     column.download_button(label, script, file_name=name, mime="text/x-python", icon="🐍", on_click="ignore")
     return script
 
@@ -101,11 +100,11 @@ def show_run(model) -> None:
 
 
 st.title("Inspect a model")
-run = None
+picked = None
 with common.explained("Inspecting the run"):
-    run, model = pick_run(common.manager())
-    if model is not None:
-        show_run(model)
+    picked = pick_run(common.manager())
+    if picked is not None and picked.model is not None:
+        show_run(picked.model)
 st.subheader("As a plain PyTorch script")
 with common.explained("Generating the script"):
     st.caption(
@@ -114,7 +113,7 @@ with common.explained("Generating the script"):
     )
     left, right = st.columns(2)
     script = script_download(left, "Script for the current model", common.config())
-    if run is not None:
-        script_download(right, f"Script for {run.id}", run.config, run.id)
+    if picked is not None:
+        script_download(right, f"Script for {picked.name}", picked.run.config, picked.name)
     with st.expander("Read the script for the current model"):
         st.code(script, language="python")

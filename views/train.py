@@ -11,7 +11,6 @@ from drill.charts import compare_chart, lr_chart
 from drill.config import AugmentConfig, TrainConfig, field_help
 from drill.data import DataUnavailable, load_mnist
 from drill.jobs import ACTIVE
-from drill.presets import BY_NAME, matching_preset
 from drill.proof import DEFAULT_SEEDS, MAX_SEEDS, MIN_SEEDS, Proof
 from drill.records import ENDED
 from views import common
@@ -24,19 +23,14 @@ def start_run(fresh: bool = False) -> None:
     click is never lost to a rerun that does not reach the button (a fragment's timer, another click); the page
     then draws the new run. Fresh passes over a recorded run of the config: the student trains it on this server."""
     cfg = common.config()
-    preset = matching_preset(cfg)
-    label = BY_NAME[preset].title if preset else "custom"
     # A run already going (started in the student's other tab, or by this very click run twice) is shown instead.
-    st.session_state.train_job = common.manager().submit(common.owner(), cfg, label, True, fresh).id
+    st.session_state.train_job = common.manager().submit(common.owner(), cfg, common.run_label(), True, fresh).id
     st.session_state.pop("live_patience", None)  # a new run's view gets the heartbeat's first, short patience
 
 
 def prove_runs() -> None:
     """Prove it over seeds' callback: the page's settings over seeds 1 to Seeds, as one proof."""
-    cfg = common.config()
-    preset = matching_preset(cfg)
-    label = BY_NAME[preset].title if preset else "custom"
-    tickets = common.manager().prove(common.owner(), cfg, label, st.session_state.proof_seeds)
+    tickets = common.manager().prove(common.owner(), common.config(), common.run_label(), st.session_state.proof_seeds)
     st.session_state.train_job = tickets[0].id
     st.session_state.pop("live_patience", None)
 
