@@ -329,6 +329,17 @@ def run_charts(run: Snapshot) -> tuple[dict, dict]:
     return accuracy, _RUN_CHARTS.get(key, lambda: loss_chart(epochs, losses, total))
 
 
+def no_accuracy_note(run: Snapshot) -> str:
+    """What stands in for the accuracy chart of a run with batch losses but no epoch ended: an empty chart says
+    nothing."""
+    if run.status in ("stopped", "failed"):
+        return (
+            f"It {run.status} before its first epoch ended: there is no test accuracy to show, only the loss of the "
+            "batches it trained."
+        )
+    return "Train and test accuracy come at the end of epoch 1; the loss below moves as the batches train."
+
+
 # Often enough to notice a closed tab well inside the job manager's 5-minute grace; rarely enough that a class's
 # heartbeats cost the server little. Longer than the slowest poll below (4 s), so a live view of a run redraws at least
 # once between two heartbeats.

@@ -143,6 +143,10 @@ def watch_and_stop(at: AppTest) -> None:
     assert run.status == "stopped" and len(run.epochs) < LONG.train.epochs  # stopped before it ended
     assert any("stopped by the student" in w.value for w in at.warning), [w.value for w in at.warning]
     assert not button(at, "Start").disabled
+    # Stopped a batch or so into epoch 1 (60,000 images: 20 s or more), so a note stands in for the accuracy chart.
+    assert not run.epochs
+    assert any("It stopped before its first epoch ended" in i.value for i in at.info), [i.value for i in at.info]
+    assert len(at.get("vega_lite_chart")) == 1 + 1  # the loss chart, and the LR plot above
 
 
 def test_a_diverging_run_is_shown_as_failed_with_its_reason():

@@ -183,7 +183,10 @@ def show_run(job_id: str, was_active: bool, was_replaying: bool) -> None:
     if epochs or run.batch_losses:
         accuracy, loss = st.columns(2)
         accuracy_spec, loss_spec = ui.run_charts(run)
-        accuracy.vega_lite_chart(spec=accuracy_spec, width="stretch")
+        if epochs:
+            accuracy.vega_lite_chart(spec=accuracy_spec, width="stretch")
+        else:
+            accuracy.info(ui.no_accuracy_note(run))
         loss.vega_lite_chart(spec=loss_spec, width="stretch")
     if run.status in ENDED and epochs:
         common.show_result(epochs, run.params)
