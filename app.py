@@ -29,10 +29,11 @@ with st.sidebar:
         "Preset",
         names,
         index=names.index(base),
-        format_func=lambda n: BY_NAME[n].title,
+        format_func=lambda n: BY_NAME[n].menu_name,
         key=picker,
         on_change=lambda: common.load_preset(st.session_state[picker]),
     )
+    st.caption(BY_NAME[base].title)
     # Filled after the page has run, so "edited" and the share link reflect the change the student just made on it.
     preset_status = st.container()
     st.caption("Share this model: the link opens the same settings (your runs stay yours).")

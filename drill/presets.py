@@ -30,6 +30,11 @@ class Preset:
     short: str  # the step as a person names a run of it: "Final #2, seed 1"
 
     @property
+    def menu_name(self) -> str:
+        """The preset in a narrow menu (the sidebar's), where the title is cut off: "5. Final"."""
+        return f"{self.step}. {self.short}" if self.step else self.short
+
+    @property
     def measured(self) -> str:
         """What this lab's own runs of the step gave: the recorded-runs pack's, else results/'s (see measured())."""
         return measured(self.name)

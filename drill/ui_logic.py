@@ -134,8 +134,9 @@ def layer_table(summary: Summary) -> list[dict]:
 
 
 def table_height(rows: int) -> int:
-    """Pixels that show a table's header and every row without a scrollbar, up to a screenful."""
-    return min(36 * (rows + 1) + 2, 1200)
+    """Pixels that show a table's header and every row: a long table that scrolled inside itself hid its first rows
+    from a student scrolling the page."""
+    return 36 * (rows + 1) + 2
 
 
 def budget_delta(params: int) -> str:

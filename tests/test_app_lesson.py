@@ -6,7 +6,7 @@ from conftest import REPO_ROOT, config_params
 from streamlit.testing.v1 import AppTest
 
 from drill.analysis import analyse
-from drill.presets import BY_NAME, LESSON
+from drill.presets import BY_NAME, LESSON, PRESETS
 from drill.summary import summarize
 from views import common
 
@@ -93,6 +93,9 @@ def test_the_sidebar_picks_a_preset_and_reset_undoes_an_edit():
     assert not at.exception, at.exception
     assert config_params(at) == BY_NAME["batchnorm"].config.to_query_params()
     assert at.sidebar.selectbox[0].value == "batchnorm"
+    # The menu names fit the sidebar ("3. Batch norm"); the whole title is shown under it.
+    assert at.sidebar.selectbox[0].options == [preset.menu_name for preset in PRESETS]
+    assert "3. + Batch norm" in [c.value for c in at.sidebar.caption]
     reset = next(b for b in at.sidebar.button if b.label == "Reset to preset")
     assert reset.disabled  # nothing edited yet
     # An edit, as the Build page makes it (AppTest drops the sidebar after a page switch, so it is made here).

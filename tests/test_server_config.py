@@ -18,7 +18,7 @@ READ = (
 @pytest.fixture(scope="module")
 def options() -> dict:
     """The options as `streamlit run` sees them from the repo root (in a fresh process: the config is global)."""
-    names = ["runner.postScriptGC", "server.fileWatcherType"]
+    names = ["runner.postScriptGC", "server.fileWatcherType", "client.toolbarMode"]
     shown = subprocess.run(
         [sys.executable, "-c", READ, *names], cwd=REPO_ROOT, capture_output=True, text=True, check=True
     )
@@ -32,3 +32,7 @@ def test_no_full_garbage_collection_after_every_script_run(options):
 
 def test_the_served_app_does_not_poll_its_source_files(options):
     assert options["server.fileWatcherType"] == "none"
+
+
+def test_a_served_app_shows_no_deploy_button(options):
+    assert options["client.toolbarMode"] == "viewer"
