@@ -176,37 +176,6 @@ def per_class_chart(accuracies: list[float]) -> alt.Chart:
     )
 
 
-DRAW_PARAM = "ink"  # the drawing grid's selection: the cells painted so far
-
-
-def drawing_chart(cells: int = 16, side_px: int = 300) -> alt.Chart:
-    """A grid to paint a digit on, with no canvas component: each cell pressed or dragged over toggles its ink.
-
-    The painted cells live in the chart's point selection (read back through st.altair_chart(on_select="rerun")).
-    """
-    grid = pd.DataFrame([{"row": r, "col": c} for r in range(cells) for c in range(cells)])
-    ink = alt.selection_point(
-        name=DRAW_PARAM,
-        fields=["row", "col"],
-        toggle="true",
-        clear=False,
-        empty=False,
-        on="mousedown, mouseover[event.buttons > 0]",
-    )
-    return (
-        alt.Chart(grid)
-        .mark_rect(stroke="#dddddd", strokeWidth=0.5, cursor="crosshair")
-        .encode(
-            alt.X("col:O", axis=None),
-            alt.Y("row:O", axis=None),
-            color=alt.condition(ink, alt.value("black"), alt.value("white")),
-            tooltip=alt.value(None),
-        )
-        .add_params(ink)
-        .properties(width=side_px, height=side_px)
-    )
-
-
 def arrow_spec(chart: alt.TopLevelMixin) -> dict:
     """The chart's Vega-Lite spec with each dataset already in Arrow IPC bytes, as Streamlit sends it.
 

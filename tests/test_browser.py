@@ -16,6 +16,7 @@ from conftest import need, need_module, trained_here
 from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
 from streamlit_server import CHROMIUM, CHROMIUM_ARGS, ROOT, serve
 
+from drill import inspection
 from drill import ui_logic as ui
 from drill.backends import default_slots, usable_cpus
 from drill.config import RunConfig
@@ -37,6 +38,7 @@ STALL_S = 180
 LIMIT_S = 3600
 PROGRESS = re.compile(r"epoch \d+/\d+ · batch \d+/\d+|is queued: \d+ run|Starting: loading MNIST")
 EPOCH_LINE = r"Epoch {epoch} of {epochs}: train [\d.]+% · test ([\d.]+)%"
+WAIT_MS = 60_000  # for expect(), whose own default (5 s) is short for a busy machine
 
 
 def own_store(tmp_path_factory) -> dict[str, str]:
@@ -254,6 +256,55 @@ def test_a_proof_over_seeds_streams_its_seeds_and_gives_the_verdict(server, page
     page.wait_for_function("document.querySelectorAll(\"[data-testid='stVegaLiteChart']\").length >= 2")
     assert button(page, "Start").is_enabled()
     page.screenshot(path=SHOTS / "7-train-proof.png", full_page=True)
+
+
+def stroke(page, canvas, points: list[tuple[float, float]]) -> None:
+    """Draw one stroke with the mouse through points given as fractions of the canvas's width and height."""
+    box = canvas.bounding_box()
+    at = [(box["x"] + x * box["width"], box["y"] + y * box["height"]) for x, y in points]
+    page.mouse.move(*at[0])
+    page.mouse.down()
+    for x, y in at[1:]:
+        page.mouse.move(x, y, steps=8)
+    page.mouse.up()
+
+
+def test_a_digit_drawn_on_the_canvas_is_read_at_each_stroke_and_undo_and_clear_take_strokes_back(server, page):
+    expect = need_module("playwright.sync_api", "the playwright package is not installed").expect
+    query = BY_NAME["quick"].config.replace(train={"subset": 640, "epochs": 1, "seed": 15}).to_query()
+    page.goto(f"{server}/train?{query}")
+    settle(page)
+    button(page, "Start").click()
+    wait_for_run_text(page, EPOCH_LINE.format(epoch=1, epochs=1))
+    expect(button(page, "Start")).to_be_enabled(timeout=WAIT_MS)  # the run is over, so Inspect offers it
+    open_page(page, "Inspect")
+    page.get_by_role("tab", name="Your digit").click()
+    main = page.get_by_test_id("stMainBlockContainer")
+    empty = main.get_by_text(re.compile(r"^Nothing is drawn yet: draw one digit"))
+    empty.wait_for()
+    frame = page.frame_locator("[data-testid='stCustomComponentV1']")
+    canvas = frame.locator("canvas")
+    assert canvas.bounding_box()["width"] == inspection.CANVAS_PX
+    seen = main.get_by_test_id("stImage").filter(has_text="what the model sees").locator("img")
+    reading = main.get_by_text(re.compile(r"^The model reads \d \([\d.]+% sure\)\.$"))
+
+    stroke(page, canvas, [(0.5, 0.15), (0.48, 0.5), (0.46, 0.85)])  # a 1
+    reading.wait_for()
+    settle(page)
+    assert empty.count() == 0
+    one = seen.get_attribute("src")
+    stroke(page, canvas, [(0.3, 0.15), (0.5, 0.15)])  # a bar to its left: the model sees a new digit
+    expect(seen).not_to_have_attribute("src", one, timeout=WAIT_MS)
+    settle(page)
+    page.screenshot(path=SHOTS / "8-inspect-drawing.png", full_page=True)
+
+    frame.get_by_role("button", name="Undo").click()  # takes the bar back: the same pixels as the 1 alone
+    expect(seen).to_have_attribute("src", one, timeout=WAIT_MS)
+    frame.get_by_role("button", name="Clear").click()
+    empty.wait_for()
+    settle(page)
+    assert reading.count() == 0 and seen.count() == 0
+    assert frame.get_by_role("button", name="Undo").is_disabled()
 
 
 def new_page(browser):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import re
@@ -13,7 +14,6 @@ import torch
 from PIL import Image, ImageDraw
 
 from drill import inspection, records
-from drill.charts import DRAW_PARAM, drawing_chart
 from drill.config import RunConfig, feature_sizes
 from drill.inspection import EvalReport, UploadError
 from drill.model import build_model, count_params
@@ -179,19 +179,63 @@ def test_jpeg_and_a_palette_png_with_a_transparent_background():
     assert digit[0].max() == 0 and digit.max() == 255
 
 
-def test_a_digit_painted_on_the_grid_becomes_an_mnist_digit():
-    top = [{"row": 2, "col": c} for c in range(4, 12)]
-    stem = [{"row": r, "col": 11 - (r - 2) // 2} for r in range(3, 14)]
-    outside = [{"row": 99, "col": 3}, {"row": "x", "col": 1}, {"row": 1}, "junk"]  # ignored: not cells on the grid
-    digit = inspection.painted_digit(top + stem + outside)
+def canvas_value(image: Image.Image) -> str:
+    """What the drawing canvas sends for a picture: a PNG data URL."""
+    return "data:image/png;base64," + base64.b64encode(encode(image)).decode()
+
+
+def drawn(strokes: list[list[tuple[int, int]]]) -> Image.Image:
+    """Strokes as the canvas paints them: a round white pen on an opaque black square."""
+    side, pen = inspection.CANVAS_PX, inspection.PEN_PX
+    image = Image.new("RGBA", (side, side), (0, 0, 0, 255))
+    draw = ImageDraw.Draw(image)
+    for stroke in strokes:
+        draw.line(stroke, fill=(255, 255, 255, 255), width=pen, joint="curve")
+        for x, y in (stroke[0], stroke[-1]):
+            draw.ellipse([x - pen / 2, y - pen / 2, x + pen / 2, y + pen / 2], fill=(255, 255, 255, 255))
+    return image
+
+
+def test_a_one_drawn_off_centre_becomes_a_centred_mnist_digit():
+    digit = inspection.drawn_digit(canvas_value(drawn([[(80, 30), (95, 60), (70, 230)]])))  # a slanted 1, left
     assert digit.shape == (28, 28) and digit.dtype == np.uint8 and digit.max() == 255
-    assert digit[0].max() == digit[-1].max() == 0
+    rows, cols = np.nonzero(digit)
+    assert rows.max() - rows.min() + 1 == 20  # the stroke's height fills the 20x20 box
+    assert cols.max() - cols.min() < 12  # and a 1 stays narrow: the aspect ratio is kept
+    assert digit[0].max() == digit[-1].max() == digit[:, 0].max() == digit[:, -1].max() == 0
     row, col = centre_of_mass(digit)
     assert abs(row - 14) <= 0.5 and abs(col - 14) <= 0.5
-    with pytest.raises(UploadError, match="Nothing is drawn"):
-        inspection.painted_digit([])
-    spec = drawing_chart().to_dict()
-    assert spec["params"][0]["name"] == DRAW_PARAM and spec["params"][0]["select"]["toggle"] == "true"
+
+
+def test_an_empty_drawing_says_nothing_is_drawn():
+    for empty in (None, canvas_value(drawn([]))):  # before the first stroke; after Clear or the last Undo
+        with pytest.raises(UploadError, match=r"^Nothing is drawn yet: draw one digit, large, in the middle"):
+            inspection.drawn_digit(empty)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param(7, id="not-a-string"),
+        pytest.param("junk", id="not-a-data-url"),
+        pytest.param("data:image/png;base64,@@@@", id="bad-base64"),
+        pytest.param("data:image/png;base64," + base64.b64encode(b"not a picture").decode(), id="not-a-png"),
+    ],
+)
+def test_a_drawing_that_is_not_a_picture_is_refused_with_a_message(value):
+    with pytest.raises(UploadError, match="did not arrive as a picture: press Clear"):
+        inspection.drawn_digit(value)
+
+
+def test_mnist_digits_drawn_on_the_canvas_come_back_as_they_were(mnist):
+    """A canvas showing an MNIST digit at ten times its size gives (nearly) that digit: drawing and upload agree."""
+    correlations = []
+    for original in mnist.test_images[:20].numpy():
+        big = Image.fromarray(original).resize((inspection.CANVAS_PX,) * 2, Image.Resampling.BICUBIC)
+        digit = inspection.drawn_digit(canvas_value(big.convert("RGBA")))
+        assert np.array_equal(digit, inspection.prepare_upload(encode(big)))
+        correlations.append(np.corrcoef(digit.ravel().astype(float), original.ravel().astype(float))[0, 1])
+    assert np.mean(correlations) > 0.9 and min(correlations) > 0.6
 
 
 def animated_png() -> bytes:

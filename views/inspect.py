@@ -3,9 +3,10 @@
 import streamlit as st
 
 from drill import export, inspection
-from drill.charts import DRAW_PARAM, confusion_chart, drawing_chart, per_class_chart, probability_chart
+from drill.charts import confusion_chart, per_class_chart, probability_chart
 from drill.data import load_mnist
 from views import common
+from views.canvas import digit_canvas
 
 GRID = 24  # mistakes shown at once
 
@@ -32,18 +33,21 @@ def show_reading(model, digit) -> None:
 
 @st.fragment
 def draw_digit(model) -> None:
-    """Press and drag on the grid to paint (painting a cell again erases it); only this part reruns meanwhile."""
-    version = st.session_state.setdefault("inspect_draw_version", 0)
-    event = st.altair_chart(
-        drawing_chart(), on_select="rerun", selection_mode=DRAW_PARAM, key=f"draw_{version}", width="content"
+    """The drawing canvas and its reading; each stroke finished or undone reruns only this part."""
+    st.caption(
+        "Draw one digit, large, in the middle of the black square: press and drag, with as many strokes as it "
+        "takes. **Undo** removes the last stroke, **Clear** all of them; the reading follows each stroke."
     )
-    if st.button("Clear the drawing", icon="🧽"):
-        st.session_state.inspect_draw_version = version + 1
-        st.rerun(scope="fragment")
-    cells = event.selection.get(DRAW_PARAM, []) if event else []
-    with common.explained("Reading the drawing"):  # a fragment reruns alone, outside the page's own error handling
-        if cells:
-            show_reading(model, inspection.painted_digit(cells))
+    pad, reading = st.columns([1, 2])
+    with pad:
+        drawing = digit_canvas(inspection.CANVAS_PX, inspection.PEN_PX, key="inspect_canvas")
+    with reading, common.explained("Reading the drawing"):  # a fragment reruns alone, outside the page's handling
+        try:
+            digit = inspection.drawn_digit(drawing)
+        except inspection.UploadError as error:
+            st.info(str(error))
+        else:
+            show_reading(model, digit)
 
 
 def show_own_digit(model) -> None:
