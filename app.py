@@ -2,6 +2,7 @@
 
 import streamlit as st
 
+from drill import gallery
 from drill import ui_logic as ui
 from drill.presets import BY_NAME, PRESETS, matching_preset
 from views import common
@@ -93,6 +94,8 @@ with preset_status:
     base = st.session_state.preset_name
     edited = matching_preset(common.config()) != base
     st.button("Reset to preset", disabled=not edited, width="stretch", on_click=common.load_preset, args=(base,))
-    if edited:
+    if network := gallery.matching(common.config()):
+        st.caption(f"Loaded from the write-ups: *{network.title}*.")
+    elif edited:
         st.caption(f"Edited since *{BY_NAME[base].title}* was loaded.")
 share.code(common.share_link(), language=None, wrap_lines=True)

@@ -60,6 +60,32 @@ def cmd_presets(args) -> None:
         print(f"{row['name']:<12} {row['params']:>8,}  {row['title']}")
 
 
+def cmd_gallery(args) -> None:
+    """The write-ups' networks the builder reconstructs exactly, with their parameters (counted here and as the
+    write-up reports them) and the link settings that load each into the builder."""
+    from drill.gallery import NETWORKS
+
+    rows = [
+        {
+            "name": n.name,
+            "title": n.title,
+            "source": n.source,
+            "params": summarize(n.config.model).total_params,
+            "reported_params": n.params,
+            "reported": n.reported,
+            "query": n.config.to_query(),
+            "notes": n.notes,
+        }
+        for n in NETWORKS
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    print(f"{'name':<16} {'params':>10} {'reported':>10}  title")
+    for row in rows:
+        print(f"{row['name']:<16} {row['params']:>10,} {row['reported_params']:>10,}  {row['title']}")
+
+
 def cmd_summary(args) -> None:
     summary = summarize(load_config(args).model)
     if args.json:
@@ -417,6 +443,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("presets", help="list the presets")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_presets)
+    p = sub.add_parser("gallery", help="the write-ups' networks the builder reconstructs, with their parameters")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_gallery)
     p = sub.add_parser("summary", help="the layer table of a config")
     with_config(p)
     p.add_argument("--json", action="store_true")

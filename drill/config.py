@@ -9,38 +9,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
-IMAGE_SIZE = 28
-NUM_CLASSES = 10
-MAX_LAYERS = 16
-MAX_CHANNELS = 128
+from drill.errors import ConfigError, shorten
+from drill.stack import LAYER_SYNTAX, MAX_DROPOUT, Layer, parse_layers, plan
+
 # Activations kept for backward, estimated per run; the cap keeps one run (plus the test pass) well inside the
 # few hundred MB a shared Streamlit Cloud server can spare per student.
 ACTIVATION_BUDGET_MB = 256
 TRAIN_SIZE = 60_000
-
-
-class ConfigError(ValueError):
-    """An invalid config value or combination; the message names the field, the value and what is allowed.
-
-    `involved` names every field the broken rule reads (the field itself first), so a page can blame the control
-    the student actually changed: a run too short for OneCycleLR's warm-up is caused as much by fewer training
-    images as by the warm-up fraction."""
-
-    def __init__(self, field_name: str, value: Any, allowed: str, involved: tuple[str, ...] = ()):
-        self.field = field_name
-        self.value = value
-        self.allowed = allowed
-        self.involved = (field_name, *involved)
-        shown = repr(value)
-        if len(shown) > 80:  # a pasted stack or a 400-digit number must not flood the page
-            shown = f"{shown[:60]}... ({len(value) if isinstance(value, str) else len(shown)} characters)"
-        self.shown = shown
-        super().__init__(f"{field_name} = {shown} is not allowed: {allowed}")
 
 
 def _num(key: str, default, lo, hi, help: str, *, integer: bool = False):
@@ -61,115 +40,6 @@ def _flag(key: str, default: bool, help: str):
 def _text(key: str, default: str, help: str):
     """A free-text field validated by its dataclass (the layer stack)."""
     return field(default=default, metadata={"key": key, "text": True, "help": help})
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The layer stack, written compactly so it fits a URL and a text box:
-#   "8"   3x3 conv to 8 channels, no padding (28 -> 26)
-#   "8p"  3x3 conv to 8 channels, padding 1 (size kept)
-#   "T8"  1x1 transition conv to 8 channels
-#   "M"   2x2 max-pool, stride 2
-# ---------------------------------------------------------------------------------------------------------------
-# ASCII only: \d would also match fullwidth and Arabic-Indic digits, which int() reads but the compact text field
-# then shows as boxes.
-_TOKEN = re.compile(r"^(?:(?P<pool>M)|(?P<trans>T)(?P<tch>\d+)|(?P<ch>\d+)(?P<pad>p?))$", re.ASCII)
-LAYER_SYNTAX = "N (3x3 conv, N channels), Np (3x3 conv with padding 1), TN (1x1 transition conv), M (2x2 max-pool)"
-
-
-@dataclass(frozen=True)
-class Layer:
-    """One layer of the stack: a conv (3x3 or 1x1) or a 2x2 max-pool."""
-
-    kind: str  # "conv" or "pool"
-    channels: int = 0  # conv output channels; 0 for a pool
-    kernel: int = 3  # 3 or 1 (a 1x1 "transition"); 2 for a pool
-    padding: int = 0  # 0 or 1 (3x3 only)
-
-    @property
-    def token(self) -> str:
-        """This layer in the compact stack syntax."""
-        if self.kind == "pool":
-            return "M"
-        if self.kernel == 1:
-            return f"T{self.channels}"
-        return f"{self.channels}{'p' if self.padding else ''}"
-
-    @property
-    def label(self) -> str:
-        """A human description, for error messages and tables."""
-        if self.kind == "pool":
-            return "2x2 max-pool"
-        if self.kernel == 1:
-            return f"1x1 transition conv to {self.channels} channels"
-        return f"3x3 conv to {self.channels} channels{' (padded)' if self.padding else ''}"
-
-
-def parse_layers(spec: str) -> tuple[Layer, ...]:
-    """Parse a compact stack such as "8,16,M,T8,16p" (commas or spaces between layers)."""
-    tokens = [t for t in re.split(r"[\s,]+", spec.strip()) if t]
-    if not tokens:
-        raise ConfigError("model.layers", spec, f"at least one layer, written as {LAYER_SYNTAX}")
-    if len(tokens) > MAX_LAYERS:
-        raise ConfigError("model.layers", spec, f"at most {MAX_LAYERS} layers (this stack has {len(tokens)})")
-    layers = []
-    for position, token in enumerate(tokens, start=1):
-        match = _TOKEN.match(token)
-        if not token.isascii():
-            raise ConfigError(
-                "model.layers",
-                spec,
-                f"layer {position} ({shorten(repr(token))}) uses digits other than 0-9: write layers with 0-9, M, T, p",
-            )
-        if not match:
-            raise ConfigError(
-                "model.layers", spec, f"layer {position} ({shorten(repr(token))}) is not one of {LAYER_SYNTAX}"
-            )
-        if match["pool"]:
-            layers.append(Layer("pool", 0, 2, 0))
-            continue
-        digits = match["tch"] or match["ch"]
-        # Past 4 digits the count is over the cap anyway (and int() refuses strings of over 4,300 digits).
-        channels = int(digits) if len(digits) <= 4 else MAX_CHANNELS + 1
-        if not 1 <= channels <= MAX_CHANNELS:
-            raise ConfigError(
-                "model.layers",
-                spec,
-                f"layer {position} ({shorten(repr(token))}) needs 1 to {MAX_CHANNELS} output channels",
-            )
-        if match["trans"]:
-            layers.append(Layer("conv", channels, 1, 0))
-        else:
-            layers.append(Layer("conv", channels, 3, 1 if match["pad"] else 0))
-    if not any(layer.kind == "conv" for layer in layers):
-        raise ConfigError("model.layers", spec, "at least one convolution; max-pools alone learn nothing")
-    return tuple(layers)
-
-
-def format_layers(layers: tuple[Layer, ...]) -> str:
-    """The compact stack string for a tuple of layers."""
-    return ",".join(layer.token for layer in layers)
-
-
-def feature_sizes(layers: tuple[Layer, ...]) -> list[int]:
-    """Side of the feature map after each layer; raises ConfigError where it would fall below 1x1."""
-    size = IMAGE_SIZE
-    sizes = []
-    for position, layer in enumerate(layers, start=1):
-        if layer.kind == "pool":
-            new_size = size // 2
-        else:
-            new_size = size + 2 * layer.padding - layer.kernel + 1
-        if new_size < 1:
-            fix = "remove a max-pool before it" if layer.kind == "pool" else "give an earlier 3x3 conv padding (Np)"
-            raise ConfigError(
-                "model.layers",
-                format_layers(layers),
-                f"after layer {position} ({layer.label}) the feature map would shrink from {size}x{size} below 1x1; "
-                f"{fix} or use one max-pool fewer",
-            )
-        size = new_size
-        sizes.append(size)
-    return sizes
 
 
 class _Validated:
@@ -209,29 +79,32 @@ def _check_field(name: str, value: Any, meta) -> None:
 
 @dataclass(frozen=True)
 class ModelConfig(_Validated):
-    """The network: a stack of convs and pools, then a head; BN and dropout applied uniformly to every conv."""
+    """The network: a stack of convs and pools (drill.stack), then a head. Batch norm, dropout and bias apply to
+    every conv of the stack unless a layer says otherwise."""
 
     SECTION = "model"
     layers: str = _text("layers", "8,16,M,T8,16,16,16", "the conv stack: " + LAYER_SYNTAX)
     batch_norm: str = _choice(
         "bn", "off", ("off", "before_relu", "after_relu"), "batch norm after each conv, before or after its ReLU"
     )
-    dropout: float = _num("drop", 0.0, 0.0, 0.5, "dropout rate after each conv block (0 = off)")
+    dropout: float = _num("drop", 0.0, 0.0, MAX_DROPOUT, "dropout rate after each conv block (0 = off)")
     dropout_kind: str = _choice(
         "dk", "element", ("element", "channel"), "element: nn.Dropout (single pixels); channel: nn.Dropout2d"
     )
     head: str = _choice(
         "head",
         "fc",
-        ("fc", "gap_conv", "gap_linear", "conv_gap"),
+        ("fc", "gap_conv", "gap_linear", "conv_gap", "none"),
         "fc: flatten + fully connected; gap_conv: GAP then 1x1 conv; gap_linear: GAP then linear; "
-        "conv_gap: 1x1 conv to 10 channels then GAP",
+        "conv_gap: 1x1 conv to 10 channels then GAP; none: the stack's last conv makes the 10 outputs itself",
     )
     bias: bool = _flag("bias", False, "convolutions carry a bias term (redundant before batch norm)")
     log_softmax: bool = _flag("lsm", True, "output log-probabilities (NLL loss) instead of logits (cross-entropy)")
+    hidden: str = _text("hid", "", "hidden layers of a linear head (fc, gap_linear): widths such as 128,64, each ReLU")
+    hidden_dropout: float = _num("hdrop", 0.0, 0.0, MAX_DROPOUT, "dropout after each hidden layer of the head")
 
     def _check_combination(self):
-        feature_sizes(self.parsed_layers)
+        plan(self)
 
     @property
     def parsed_layers(self) -> tuple[Layer, ...]:
@@ -326,7 +199,7 @@ class RunConfig:
         for name, cls in _SECTIONS.items():
             if not isinstance(getattr(self, name), cls):
                 raise ConfigError(name, getattr(self, name), f"a {cls.__name__}")
-        needed = activation_mb(self.model, self.train.batch_size)
+        needed = plan(self.model).activation_mb(self.train.batch_size)
         if needed > ACTIVATION_BUDGET_MB:
             raise ConfigError(
                 "model.layers",
@@ -457,19 +330,6 @@ def field_choices(cls, name: str) -> tuple[str, ...]:
     return next(f.metadata["choices"] for f in dataclasses.fields(cls) if f.name == name)
 
 
-def activation_mb(model: ModelConfig, batch_size: int) -> float:
-    """Rough activation memory kept for backward per batch: every conv output and its BN/ReLU/dropout copies."""
-    copies = 2 + (model.batch_norm != "off") + (model.dropout > 0)
-    elements, channels = 0, 1
-    for layer, size in zip(model.parsed_layers, feature_sizes(model.parsed_layers), strict=True):
-        if layer.kind == "conv":
-            channels = layer.channels
-            elements += channels * copies * size * size
-        else:
-            elements += channels * size * size
-    return elements * batch_size * 4 / 2**20
-
-
 def _to_text(value: Any) -> str:
     """A field value as URL text."""
     if isinstance(value, bool):
@@ -495,9 +355,3 @@ def _from_text(name: str, text: str, meta) -> Any:
         return int(text) if meta["integer"] else float(text)
     except ValueError:
         raise ConfigError(name, shorten(text), allowed) from None
-
-
-def shorten(value: Any, limit: int = 60) -> str:
-    """A value cut short for a message, so a huge or hostile input never floods the page."""
-    text = value if isinstance(value, str) else repr(value)
-    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"

@@ -14,6 +14,7 @@ HEAD_LABELS = {
     "gap_conv": "GAP → 1x1 conv",
     "gap_linear": "GAP → linear",
     "conv_gap": "1x1 conv → GAP",
+    "none": "Last conv makes the 10 outputs",
 }
 DROPOUT_KIND_LABELS = {"element": "Element (Dropout)", "channel": "Channel (Dropout2d)"}
 OPTIMIZER_LABELS = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}
@@ -44,6 +45,8 @@ LABELS = {
     "model.head": "Head",
     "model.bias": "Bias in convolutions",
     "model.log_softmax": "Log-softmax output (NLL loss)",
+    "model.hidden": "Hidden layers (widths, e.g. 64 or 128,64)",
+    "model.hidden_dropout": "Hidden-layer dropout",
     "augment.rotation": "Rotation (± degrees)",
     "augment.translate": "Shift (± fraction of the side)",
     "augment.scale": "Zoom (1 ± this)",

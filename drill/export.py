@@ -11,10 +11,11 @@ import json
 import re
 import textwrap
 
-from drill.config import NUM_CLASSES, RunConfig, feature_sizes
+from drill.config import RunConfig
 from drill.data import MNIST_MEAN, MNIST_STD
 from drill.model import build_model, count_params
 from drill.presets import BY_NAME, matching_preset
+from drill.stack import NUM_CLASSES, Block, Head, plan
 from drill.summary import summarize
 
 
@@ -81,38 +82,28 @@ from torchvision import datasets, transforms
 
 
 def _network(cfg: RunConfig) -> str:
-    """The Net class, each block written out with its output size, receptive field and parameter count."""
+    """The Net class, each block of the lab's plan written out with its output size, receptive field and parameter
+    count."""
     model = cfg.model
     rows = {row.name: row for row in summarize(model).rows}
-    layers, sizes = model.parsed_layers, feature_sizes(model.parsed_layers)
-    bias = "True" if model.bias else "False"
+    built = plan(model)
     init_lines, forward_lines = [], []
-    counts = {"conv": 0, "trans": 0, "pool": 0}
-    channels, size = 1, 28
-    for layer, out_size in zip(layers, sizes, strict=True):
-        kind = "pool" if layer.kind == "pool" else ("trans" if layer.kernel == 1 else "conv")
-        counts[kind] += 1
-        name = f"{kind}{counts[kind]}"
-        if kind == "pool":
-            row = rows[name]
-            init_lines.append(f"# {size}x{size}x{channels} -> {out_size}x{out_size}x{channels}, RF {row.rf}")
-            init_lines.append(f"self.{name} = nn.MaxPool2d(2, 2)")
+    for block in built.blocks:
+        layer, name = block.layer, block.name
+        sizes = f"{block.in_size}x{block.in_size}x{block.in_channels} -> {block.out_size}x{block.out_size}x"
+        parts = _block_parts(block)
+        if layer.kind == "pool":
+            rf = rows[name if len(parts) == 1 else f"{name}.pool"].rf
+            init_lines.append(f"# {sizes}{block.out_channels}, RF {rf}")
         else:
-            row = rows[f"{name}.conv"]
-            block_params = sum(r.params for r in rows.values() if r.name.startswith(f"{name}."))
-            init_lines.append(
-                f"# {size}x{size}x{channels} -> {out_size}x{out_size}x{layer.channels}, RF {row.rf}, "
-                f"{block_params:,} params"
-            )
-            init_lines.append(f"self.{name} = nn.Sequential(")
-            shape = f"{channels}, {layer.channels}, kernel_size={layer.kernel}, padding={layer.padding}"
-            conv = f"nn.Conv2d({shape}, bias={bias})"
-            init_lines.extend("    " + line + "," for line in _block_parts(conv, layer.channels, model))
-            init_lines.append(")")
-            channels = layer.channels
+            rf = rows[f"{name}.conv"].rf
+            init_lines.append(f"# {sizes}{block.out_channels}, RF {rf}, {block.params:,} params")
+        if len(parts) == 1:
+            init_lines.append(f"self.{name} = {parts[0]}")
+        else:
+            init_lines += [f"self.{name} = nn.Sequential(", *("    " + part + "," for part in parts), ")"]
         forward_lines.append(f"x = self.{name}(x)")
-        size = out_size
-    init_lines.extend(_head_lines(model.head, channels, size, bias))
+    init_lines.extend(_head_lines(built.head))
     forward_lines.append("x = self.head(x)")
     forward_lines.append("return F.log_softmax(x, dim=1)" if model.log_softmax else "return x  # logits")
     init = textwrap.indent("\n".join(init_lines), " " * 8)
@@ -126,7 +117,7 @@ def _network(cfg: RunConfig) -> str:
     summary = f"{norm[model.batch_norm]}, {drop}, head {model.head}"
     return f'''
 class Net(nn.Module):
-    """Stack {model.layers}: {summary}."""
+    """Stack {model.layers}: {summary} (unless a layer says otherwise)."""
 
     def __init__(self):
         super().__init__()
@@ -137,35 +128,55 @@ class Net(nn.Module):
 '''
 
 
-def _block_parts(conv: str, channels: int, model) -> list[str]:
-    """Conv -> ReLU with batch norm before or after the ReLU and dropout last, as the lab builds a block."""
-    parts = [conv]
-    if model.batch_norm == "before_relu":
-        parts.append(f"nn.BatchNorm2d({channels})")
-    parts.append("nn.ReLU()")
-    if model.batch_norm == "after_relu":
-        parts.append(f"nn.BatchNorm2d({channels})")
-    if model.dropout > 0:
-        parts.append(f"nn.{'Dropout2d' if model.dropout_kind == 'channel' else 'Dropout'}({model.dropout})")
-    return parts
+def _dropout(rate: float, kind: str) -> list[str]:
+    return [f"nn.{'Dropout2d' if kind == 'channel' else 'Dropout'}({rate})"] if rate > 0 else []
 
 
-def _head_lines(head: str, channels: int, size: int, bias: str) -> list[str]:
+def _block_parts(block: Block) -> list[str]:
+    """A block's modules in the lab's order: conv, batch norm before or after the ReLU, dropout last; a pool and its
+    dropout."""
+    layer = block.layer
+    if layer.kind == "pool":
+        return ["nn.MaxPool2d(2, 2)" if layer.pool == "max" else "nn.AvgPool2d(2, 2)"] + _dropout(
+            block.dropout, block.dropout_kind
+        )
+    shape = f"{block.in_channels}, {block.out_channels}, kernel_size={layer.kernel}, padding={layer.padding}"
+    parts = [f"nn.Conv2d({shape}, bias={block.bias})"]
+    norm = f"nn.BatchNorm2d({block.out_channels}{'' if layer.affine else ', affine=False'})"
+    if block.bn == "before_relu":
+        parts.append(norm)
+    if layer.relu:
+        parts.append("nn.ReLU()")
+    if block.bn == "after_relu":
+        parts.append(norm)
+    return parts + _dropout(block.dropout, block.dropout_kind)
+
+
+def _head_lines(head: Head) -> list[str]:
     """The classifier, written as the lab's head (same layers, same order, same parameters)."""
     gap = "nn.AdaptiveAvgPool2d(1)"
-    to_classes = f"nn.Conv2d({channels}, {NUM_CLASSES}, kernel_size=1, bias={bias})"
+    to_classes = f"nn.Conv2d({head.in_channels}, {NUM_CLASSES}, kernel_size=1, bias={head.bias})"
+    inputs = f"{head.in_channels} * {head.size} * {head.size}" if head.kind == "fc" else f"{head.in_channels}"
+    widths = (inputs, *map(str, head.hidden))
+    hidden = []
+    for width_in, width in zip(widths, head.hidden, strict=False):
+        hidden += [f"nn.Linear({width_in}, {width}, bias={head.bias})", "nn.ReLU()"]
+        hidden += _dropout(head.hidden_dropout, "element")
+    fc = f"nn.Linear({widths[-1]}, {NUM_CLASSES}, bias={head.bias})"
+    through = f" through hidden layers of {', '.join(map(str, head.hidden))}" if head.hidden else ""
     parts, comment = {
         "fc": (
-            ["nn.Flatten()", f"nn.Linear({channels} * {size} * {size}, {NUM_CLASSES}, bias={bias})"],
-            "flatten the last map and a fully connected layer to the 10 digits",
+            ["nn.Flatten()", *hidden, fc],
+            f"flatten the last map and fully connected layers{through} to the 10 digits",
         ),
         "gap_conv": ([gap, to_classes, "nn.Flatten()"], "global average pooling, then a 1x1 conv to the 10 digits"),
         "gap_linear": (
-            [gap, "nn.Flatten()", f"nn.Linear({channels}, {NUM_CLASSES}, bias={bias})"],
-            "global average pooling, then a linear layer to the 10 digits",
+            [gap, "nn.Flatten()", *hidden, fc],
+            f"global average pooling, then linear layers{through} to the 10 digits",
         ),
         "conv_gap": ([to_classes, gap, "nn.Flatten()"], "a 1x1 conv to the 10 digits, then global average pooling"),
-    }[head]
+        "none": (["nn.Flatten()"], "the last conv made the 10 outputs: flatten them"),
+    }[head.kind]
     return [f"# head: {comment}", "self.head = nn.Sequential(", *("    " + part + "," for part in parts), ")"]
 
 

@@ -18,10 +18,10 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import nn
 
-from drill.config import IMAGE_SIZE, NUM_CLASSES
 from drill.jobs import JobManager, Snapshot
 from drill.model import Net
 from drill.records import run_names
+from drill.stack import IMAGE_SIZE, NUM_CLASSES
 from drill.train import normalize, predict, to_input
 
 MAX_UPLOAD_BYTES = 2 * 2**20

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from drill.config import NUM_CLASSES, ModelConfig, feature_sizes
+from drill.config import ModelConfig
+from drill.stack import NUM_CLASSES, Block, Head, plan
 
 # Dense dropout masks come from 15-bit random integers, four per 64-bit draw, not one draw per element as in
 # nn.Dropout's bernoulli_ (31% of the final network's training step: results/dropout-cost.json). p is honoured to
@@ -99,57 +100,60 @@ class Dropout(nn.Module):
         return f"p={self.p}, channel={self.channel}"
 
 
-def conv_block(in_channels: int, out_channels: int, kernel: int, padding: int, cfg: ModelConfig) -> nn.Sequential:
-    """Conv -> ReLU, with batch norm before or after the ReLU and dropout last, as the config says."""
-    parts: list[tuple[str, nn.Module]] = [
-        ("conv", nn.Conv2d(in_channels, out_channels, kernel, padding=padding, bias=cfg.bias))
-    ]
-    if cfg.batch_norm == "before_relu":
-        parts.append(("bn", nn.BatchNorm2d(out_channels)))
-    parts.append(("relu", nn.ReLU()))
-    if cfg.batch_norm == "after_relu":
-        parts.append(("bn", nn.BatchNorm2d(out_channels)))
-    if cfg.dropout > 0:
-        parts.append(("dropout", Dropout(cfg.dropout, channel=cfg.dropout_kind == "channel")))
-    return nn.Sequential(OrderedDict(parts))
+def _dropout(rate: float, kind: str) -> list[tuple[str, nn.Module]]:
+    return [("dropout", Dropout(rate, channel=kind == "channel"))] if rate > 0 else []
 
 
-def head(in_channels: int, size: int, cfg: ModelConfig) -> nn.Sequential:
+def block_module(block: Block) -> nn.Module:
+    """A conv block: conv -> ReLU, batch norm before or after the ReLU and dropout last, as the block says; a pool
+    block is the pool, in a Sequential with its dropout when it has one."""
+    layer = block.layer
+    if layer.kind == "pool":
+        pool = nn.MaxPool2d(2, 2) if layer.pool == "max" else nn.AvgPool2d(2, 2)
+        dropout = _dropout(block.dropout, block.dropout_kind)
+        return nn.Sequential(OrderedDict([("pool", pool), *dropout])) if dropout else pool
+    conv = nn.Conv2d(block.in_channels, block.out_channels, layer.kernel, padding=layer.padding, bias=block.bias)
+    parts: list[tuple[str, nn.Module]] = [("conv", conv)]
+    norm = ("bn", nn.BatchNorm2d(block.out_channels, affine=layer.affine))
+    if block.bn == "before_relu":
+        parts.append(norm)
+    if layer.relu:
+        parts.append(("relu", nn.ReLU()))
+    if block.bn == "after_relu":
+        parts.append(norm)
+    return nn.Sequential(OrderedDict(parts + _dropout(block.dropout, block.dropout_kind)))
+
+
+def head_module(head: Head) -> nn.Sequential:
     """The classifier that turns the last feature map into 10 class scores."""
     gap = ("gap", nn.AdaptiveAvgPool2d(1))
-    to_classes = ("conv1x1", nn.Conv2d(in_channels, NUM_CLASSES, 1, bias=cfg.bias))
+    to_classes = ("conv1x1", nn.Conv2d(head.in_channels, NUM_CLASSES, 1, bias=head.bias))
+    widths = (head.linear_inputs, *head.hidden)
+    hidden = []
+    for number, (width_in, width) in enumerate(zip(widths, widths[1:], strict=False), start=1):
+        hidden += [(f"hidden{number}", nn.Linear(width_in, width, bias=head.bias)), (f"relu{number}", nn.ReLU())]
+        if head.hidden_dropout > 0:
+            hidden.append((f"dropout{number}", Dropout(head.hidden_dropout, channel=False)))
+    fc = ("fc", nn.Linear(widths[-1], NUM_CLASSES, bias=head.bias))
     parts = {
-        "fc": [("flatten", nn.Flatten()), ("fc", nn.Linear(in_channels * size * size, NUM_CLASSES, bias=cfg.bias))],
+        "fc": [("flatten", nn.Flatten()), *hidden, fc],
         "gap_conv": [gap, to_classes, ("flatten", nn.Flatten())],
-        "gap_linear": [gap, ("flatten", nn.Flatten()), ("fc", nn.Linear(in_channels, NUM_CLASSES, bias=cfg.bias))],
+        "gap_linear": [gap, ("flatten", nn.Flatten()), *hidden, fc],
         "conv_gap": [to_classes, gap, ("flatten", nn.Flatten())],
-    }[cfg.head]
+        "none": [("flatten", nn.Flatten())],
+    }[head.kind]
     return nn.Sequential(OrderedDict(parts))
 
 
 class Net(nn.Module):
-    """The drill-down CNN: named conv/transition/pool blocks, then a head."""
+    """The drill-down CNN: the blocks of its plan (drill.stack), named conv/trans/pool, then a head."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        layers = cfg.parsed_layers
-        sizes = feature_sizes(layers)
-        blocks: list[tuple[str, nn.Module]] = []
-        counts = {"conv": 0, "trans": 0, "pool": 0}
-        channels = 1
-        for layer in layers:
-            name = "pool" if layer.kind == "pool" else ("trans" if layer.kernel == 1 else "conv")
-            counts[name] += 1
-            if layer.kind == "pool":
-                blocks.append((f"pool{counts[name]}", nn.MaxPool2d(2, 2)))
-                continue
-            blocks.append(
-                (f"{name}{counts[name]}", conv_block(channels, layer.channels, layer.kernel, layer.padding, cfg))
-            )
-            channels = layer.channels
-        self.features = nn.Sequential(OrderedDict(blocks))
-        self.head = head(channels, sizes[-1], cfg)
+        built = plan(cfg)
+        self.features = nn.Sequential(OrderedDict((block.name, block_module(block)) for block in built.blocks))
+        self.head = head_module(built.head)
         self.input_format = torch.contiguous_format  # the memory layout its weights (and so its inputs) are in
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -208,10 +212,11 @@ def inference_copy(model: Net) -> Net:
 @torch.no_grad()
 def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     """conv followed by eval-mode batch norm, as one conv with a bias."""
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    # Without learnable scale and shift (affine=False) batch norm only standardises: scale 1, shift 0.
+    scale = torch.rsqrt(bn.running_var + bn.eps) * (1 if bn.weight is None else bn.weight)
     folded = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, padding=conv.padding, bias=True)
     folded.weight.copy_(conv.weight * scale[:, None, None, None])
-    shift = bn.bias - bn.running_mean * scale
+    shift = (0 if bn.bias is None else bn.bias) - bn.running_mean * scale
     folded.bias.copy_(shift if conv.bias is None else shift + conv.bias * scale)
     return folded.eval()
 

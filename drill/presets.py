@@ -10,6 +10,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+from drill import gallery
 from drill.analysis import LAST_K, OVERFIT_GAP, TARGET_ACC, Verdict, analyse
 from drill.config import AugmentConfig, ModelConfig, RunConfig, TrainConfig
 
@@ -294,9 +295,11 @@ def _smaller(results: Path, params: int) -> str:
 
 
 def run_label(cfg: RunConfig, base: str | None) -> str:
-    """The label a run starts with: its preset's title, else that of the preset it was edited from (the sidebar's
-    base), marked edited; "custom" only for a config from nowhere (an imported or typed one)."""
+    """The label a run starts with: its preset's (or write-up network's) title, else that of the preset it was
+    edited from (the sidebar's base), marked edited; "custom" only for a config from nowhere (an imported one)."""
     name = matching_preset(cfg)
     if name:
         return BY_NAME[name].title
+    if network := gallery.matching(cfg):
+        return network.title
     return BY_NAME[base].title + EDITED if base in BY_NAME else "custom"

@@ -10,8 +10,9 @@ import torchinfo
 import torchinfo.torchinfo
 from torch import nn
 
-from drill.config import IMAGE_SIZE, ModelConfig
+from drill.config import ModelConfig
 from drill.model import build_model, count_params
+from drill.stack import IMAGE_SIZE
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,7 @@ def _with_receptive_fields(leaves) -> list[LayerRow]:
 
 def _window(module: nn.Module, size: int) -> tuple[int, int, int]:
     """(kernel, stride, padding) of a layer as seen by the receptive-field walk; (1, 1, 0) for pointwise layers."""
-    if isinstance(module, (nn.Conv2d, nn.MaxPool2d)):
+    if isinstance(module, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
         pair = lambda v: v[0] if isinstance(v, tuple) else v  # noqa: E731
         return pair(module.kernel_size), pair(module.stride), pair(module.padding)
     if isinstance(module, (nn.AdaptiveAvgPool2d, nn.Linear)) and size > 1:

@@ -16,9 +16,10 @@ from torch import nn
 
 from drill.augment import augment_batch
 from drill.checkpoint import Checkpoint
-from drill.config import NUM_CLASSES, RunConfig, TrainConfig
+from drill.config import RunConfig, TrainConfig
 from drill.data import MNIST_MEAN, MNIST_STD, Mnist
 from drill.model import build_model, count_params, inference_copy, set_generator
+from drill.stack import NUM_CLASSES
 
 log = logging.getLogger(__name__)
 

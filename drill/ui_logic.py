@@ -1,4 +1,4 @@
-"""What the pages show, worked out without streamlit: labels, the layer-stack table, run status and previews."""
+"""What the pages show, worked out without streamlit: the layer table, run status, charts and previews."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import dataclasses
 import functools
 import math
 import re
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -14,16 +13,12 @@ import torch
 from drill.analysis import LAST_K, PARAM_BUDGET, Verdict, plural
 from drill.augment import preview
 from drill.charts import SpecCache, accuracy_chart, loss_chart
-from drill.config import MAX_CHANNELS, TRAIN_SIZE, AugmentConfig, ConfigError, TrainConfig, parse_layers
+from drill.config import TRAIN_SIZE, AugmentConfig, TrainConfig
 from drill.data import Mnist
 from drill.jobs import Snapshot
 from drill.proof import GOING, Proof
 from drill.summary import Summary
 from drill.train import batches_per_epoch, lr_curve
-
-# The layer-stack editor's "kind" column, and the compact token each kind becomes.
-CONV, TRANSITION, POOL = "conv 3x3", "transition 1x1", "max-pool 2x2"
-LAYER_KINDS = (CONV, TRANSITION, POOL)
 
 # Test digits shown in the augmentation preview: the first 0, 1, ..., 7 of the test set, always the same ones.
 PREVIEW_DIGITS = 8
@@ -31,92 +26,6 @@ PREVIEW_COPIES = 3
 PREVIEW_SEED = 0
 PREVIEW_CAPTION = f"The same {PREVIEW_DIGITS} test digits, augmented {PREVIEW_COPIES} times each (one digit per column)"
 LR_POINTS_PER_EPOCH = 40  # the LR plot samples each epoch this often: the curve's shape, at a fraction of the cost
-
-
-def stack_rows(spec: str) -> list[dict]:
-    """The compact stack as editor rows: kind, channels (None for a pool) and padding."""
-    rows = []
-    for layer in parse_layers(spec):
-        if layer.kind == "pool":
-            rows.append({"kind": POOL, "channels": None, "padding": False})
-        else:
-            kind = TRANSITION if layer.kernel == 1 else CONV
-            rows.append({"kind": kind, "channels": layer.channels, "padding": bool(layer.padding)})
-    return rows
-
-
-def rows_to_stack(rows: list[dict]) -> str:
-    """Editor rows back to the compact stack; a row with no kind or no channels raises ConfigError naming it (with
-    no value: the stack has no text yet)."""
-    tokens = []
-    for position, row in enumerate(rows, start=1):
-        kind, channels = row.get("kind"), row.get("channels")
-        if kind == POOL:
-            tokens.append("M")
-            continue
-        if kind not in (CONV, TRANSITION):
-            raise ConfigError("model.layers", None, f"row {position} needs a kind: " + ", ".join(LAYER_KINDS))
-        if channels is None or (isinstance(channels, float) and math.isnan(channels)) or channels != int(channels):
-            raise ConfigError(
-                "model.layers", None, f"row {position} needs a whole number of channels from 1 to {MAX_CHANNELS}"
-            )
-        prefix = "T" if kind == TRANSITION else ""
-        suffix = "p" if kind == CONV and _checked(row.get("padding")) else ""
-        tokens.append(f"{prefix}{int(channels)}{suffix}")
-    return ",".join(tokens)
-
-
-def _checked(value) -> bool:
-    """A checkbox cell's value as a bool; an empty (None/NaN) cell is unchecked."""
-    return isinstance(value, (bool, np.bool_)) and bool(value)
-
-
-def canonical_stack(spec: str) -> str | None:
-    """The stack in its canonical spelling ("8, 16p" -> "8,16p"), or None if it does not parse."""
-    try:
-        return ",".join(layer.token for layer in parse_layers(spec))
-    except ConfigError:
-        return None
-
-
-def _has_edits(editor_state: dict | None) -> bool:
-    """Whether a row editor's widget state holds any edit since the editor was created."""
-    return bool(editor_state) and any(editor_state.get(part) for part in ("edited_rows", "added_rows", "deleted_rows"))
-
-
-@dataclass
-class StackDraft:
-    """The layer stack being edited on the Build page, kept in the session across reruns.
-
-    `text` is its latest spelling (maybe invalid); `base` is what the row editor started from. Bumping `editor`
-    gives the row editor a new key, the only way to make it start over from `base`.
-    """
-
-    version: int  # the config version it began from: a config replaced from outside (a preset) starts a new draft
-    base: str
-    text: str
-    editor: int = 0
-
-    def typed(self, text: str) -> None:
-        """The compact text changed: it becomes the stack, and the row editor restarts from it."""
-        canonical = canonical_stack(text)
-        self.text = canonical or text  # "8, 16p" and "8,16p" are one model, one link
-        self.base = canonical or self.base
-        self.editor += 1
-
-    def rebase(self) -> None:
-        """Point a row editor that is about to be created (or re-created) at the text, if the text parses."""
-        self.base = canonical_stack(self.text) or self.base
-
-    def take_rows(self, editor_state: dict | None, rows: list[dict]) -> ConfigError | None:
-        """Once the row editor holds an edit, its rows become the text; a bad row is returned and leaves the text."""
-        if not _has_edits(editor_state):
-            return None
-        try:
-            self.text = rows_to_stack(rows)
-        except ConfigError as error:
-            return error
-        return None
 
 
 def layer_table(summary: Summary) -> list[dict]:

@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from drill import records  # noqa: E402
 from drill.config import ConfigError, RunConfig  # noqa: E402
+from drill.gallery import NETWORKS  # noqa: E402
 from drill.presets import PRESETS  # noqa: E402
 
 URL_CASES = 2000
@@ -68,10 +69,23 @@ def odd_value(rng: random.Random) -> str:
     return "x" * rng.randint(10_000, 200_000)
 
 
+# Per-layer options, good and bad, that the fuzz set puts on a layer of a stack.
+LAYER_OPTIONS = [":bn=after", ":bn=sideways", ":affine=0", ":affine=2", ":relu=0", ":k=5", ":k=4", ":drop=0.1",
+                 ":drop=0.9", ":drop=nan", ":dk=channel", ":dk=", ":bias=1", ":", "::", ":k=5:k=7", ":x=1"]  # fmt: skip
+
+
+def with_option(rng: random.Random, layers: str) -> str:
+    """The stack with an option, or an odd value, put on one of its layers."""
+    tokens = layers.split(",")
+    at = rng.randrange(len(tokens))
+    tokens[at] += rng.choice(LAYER_OPTIONS) if rng.random() < 0.8 else ":" + odd_value(rng)
+    return ",".join(tokens)
+
+
 def url_cases(count: int = URL_CASES, seed: int = 1) -> list[dict[str, str] | str]:
     """Query dicts (as Streamlit hands them over) and raw query strings, mutated from the presets' links."""
     rng = random.Random(seed)
-    bases = [p.config.to_query_params() for p in PRESETS]
+    bases = [p.config.to_query_params() for p in PRESETS] + [n.config.to_query_params() for n in NETWORKS]
     keys = sorted({key for base in bases for key in base} | {"ep", "lr", "bs", "seed", "drop", "rot"})
     cases: list[dict[str, str] | str] = []
     while len(cases) < count:
@@ -86,6 +100,8 @@ def url_cases(count: int = URL_CASES, seed: int = 1) -> list[dict[str, str] | st
                 params[rng.choice(sorted(params))] = value[: rng.randint(0, len(value))]  # cut short
             elif action < 0.7 and params:
                 params.pop(rng.choice(sorted(params)))
+            elif action < 0.78 and "layers" in params:
+                params["layers"] = with_option(rng, params["layers"])
             elif action < 0.85:
                 params[rng.choice(["x", "layer", "EP", "ep ", "__class__", "me2", "a" * 300])] = odd_value(rng)
             else:

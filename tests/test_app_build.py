@@ -154,7 +154,7 @@ def test_a_malformed_link_falls_back_to_the_default_model_with_a_warning():
         # A setting given twice was taken (its last value) here, and refused by `RunConfig.from_query`.
         ("ep", ["3", "4"], "each setting at most once ('ep' is given twice)"),
         # Fullwidth and Arabic-Indic digits were taken and then shown as boxes in the compact stack.
-        ("layers", ["８,16"], "layer 1 ('８') uses digits other than 0-9"),
+        ("layers", ["８,16"], "layer 1 ('８') has characters other than plain letters and the digits 0-9"),
         ("ep", ["٣"], "**Epochs** = '٣' can't be used: a whole number from 1 to 20, written with the digits 0-9."),
     ],
 )
@@ -165,3 +165,25 @@ def test_a_link_with_a_setting_twice_or_foreign_digits_is_refused_with_a_message
     assert not at.exception
     assert any("could not be loaded" in w.value and needle in w.value for w in at.warning), at.warning
     assert config_params(at) == QUICK.to_query_params()
+
+
+def test_a_row_edits_its_own_layer_and_a_toggle_then_sets_every_row():
+    at = build_page()
+    editor_widget = at.data_editor[0]
+    assert set(editor_widget.value["batch norm"].dropna()) == {"before ReLU"}  # the toggle, filled into every conv
+    at.session_state[editor_widget.key] = {
+        "edited_rows": {1: {"batch norm": "after ReLU", "BN learnable": False}, 3: {"dropout": 0.1}},
+        "added_rows": [],
+        "deleted_rows": [],
+    }
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    stack = "10,10:bn=after:affine=0,16,M:drop=0.1,T10,10,16,16"
+    assert widget(at.text_input, "Compact stack").value == stack and at.query_params["layers"] == stack
+    # Batch norm flipped on the page: every row follows it; the pool's dropout, not a batch norm setting, stays.
+    widget(at.segmented_control, "Batch norm").set_value("off").run()
+    assert not at.exception and not at.error
+    assert at.query_params["layers"] == "10,10:affine=0,16,M:drop=0.1,T10,10,16,16"
+    assert set(at.data_editor[0].value["batch norm"].dropna()) == {"off"}
+    expected = summarize(dataclasses.replace(QUICK.model, batch_norm="off", layers=at.query_params["layers"]))
+    assert shown_params(at) == expected.total_params

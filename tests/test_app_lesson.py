@@ -6,6 +6,8 @@ from conftest import REPO_ROOT, config_params
 from streamlit.testing.v1 import AppTest
 
 from drill.analysis import analyse
+from drill.gallery import BY_NAME as GALLERY
+from drill.gallery import NETWORKS
 from drill.presets import BY_NAME, LESSON, PRESETS
 from drill.summary import summarize
 from views import common
@@ -23,7 +25,7 @@ def landing() -> AppTest:
 
 def test_every_step_has_a_card_with_its_target_change_band_params_and_load_button():
     at = landing()
-    assert [h.value for h in at.subheader] == [step.title for step in LESSON]
+    assert [h.value for h in at.subheader] == [step.title for step in LESSON] + [n.title for n in NETWORKS]
     markdown = " ".join(m.value for m in at.markdown)
     captions = " ".join(c.value for c in at.caption)
     params = [m.value for m in at.metric if m.label == "Parameters"]
@@ -52,6 +54,24 @@ def test_load_puts_the_step_in_the_builder_and_the_url():
     assert next(s for s in at.segmented_control if s.label == "Batch norm").value == "before_relu"
     shown = next(m for m in at.metric if m.label == "Parameters").value
     assert shown == f"{summarize(step.config.model).total_params:,}"
+
+
+def test_a_write_ups_network_loads_into_the_builder_with_its_exact_parameters():
+    at = landing()
+    network = GALLERY["wu003-gap"]
+    assert "**The write-up reports:** 25,290 parameters" in " ".join(m.value for m in at.markdown)
+    at.button(key=f"load_{network.name}").click().run()
+    assert not at.exception, at.exception
+    assert config_params(at) == network.config.to_query_params()
+    assert next(m for m in at.metric if m.label == "Parameters").value == "25,290"
+    # The stack editor shows each layer's own settings: functional batch norm, dropout after the pools only.
+    rows = at.data_editor[0].value
+    assert list(rows["kind"]) == ["conv 3x3"] * 2 + ["max-pool 2x2"] + ["conv 3x3"] * 2 + ["max-pool 2x2", "conv 3x3"]
+    convs = rows[rows["kind"] == "conv 3x3"]
+    assert set(convs["batch norm"]) == {"before ReLU"} and not convs["BN learnable"].any()
+    assert list(rows["dropout"]) == [0.0, 0.0, 0.1, 0.0, 0.0, 0.1, 0.0]
+    table = next(t for t in at.dataframe if t.editing_mode == "read_only").value
+    assert table["params"].sum() == network.params
 
 
 def test_a_trained_step_shows_its_result_and_analysis():

@@ -11,21 +11,15 @@ import pytest
 
 from drill.config import (
     ACTIVATION_BUDGET_MB,
-    MAX_CHANNELS,
-    MAX_LAYERS,
     TRAIN_SIZE,
     AugmentConfig,
     ConfigError,
-    Layer,
     ModelConfig,
     RunConfig,
     TrainConfig,
-    activation_mb,
-    feature_sizes,
-    format_layers,
-    parse_layers,
 )
 from drill.presets import PRESETS
+from drill.stack import MAX_CHANNELS, MAX_LAYERS, Layer, format_layers, parse_layers, plan
 
 SECTIONS = {"model": ModelConfig, "augment": AugmentConfig, "train": TrainConfig}
 ALL_FIELDS = [(section, cls, f) for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
@@ -139,6 +133,9 @@ def test_huge_integers_are_a_config_error_not_an_overflow(section, cls, f):
 def test_choice_fields_reject_unknown_values(section, cls, f):
     choices = f.metadata["choices"]
     for value in choices:
+        if (f.name, value) == ("head", "none"):  # the stack must make the 10 outputs itself, at 1x1
+            assert cls(head="none", layers="8,M,8,M,8,M,10p:relu=0").head == "none"
+            continue
         assert getattr(build(cls, f.name, value), f.name) == value
     for value in ("bogus", choices[0].upper(), "", None, 1):
         with raises_for(f"{section}.{f.name}", "one of " + ", ".join(choices)):
@@ -218,9 +215,9 @@ def test_too_many_layers_is_rejected_and_the_maximum_allowed():
     assert len(str(info.value)) < 200
 
 
-@pytest.mark.parametrize("token", ["0", "T0", "129", "T129", "0p", "999"])
+@pytest.mark.parametrize("token", ["0", "T0", "1025", "T1025", "0p", "99999", "1234567"])
 def test_channels_out_of_range_are_rejected(token):
-    with raises_for("model.layers", f"layer 2 ({token!r})", f"1 to {MAX_CHANNELS} output channels"):
+    with raises_for("model.layers", f"layer 2 ({token!r})", f"1 to {MAX_CHANNELS:,} output channels"):
         ModelConfig(layers=f"8,{token}")
 
 
@@ -235,24 +232,30 @@ def test_pools_alone_are_rejected(spec):
         ModelConfig(layers=spec)
 
 
+def sizes(layers: str) -> list[int]:
+    return [block.out_size for block in plan(ModelConfig(layers=layers)).blocks]
+
+
 def test_feature_sizes_follow_the_arithmetic():
     # 28 -(3x3)-> 26 -(3x3 p1)-> 26 -(pool)-> 13 -(1x1)-> 13 -(3x3)-> 11 -(pool)-> 5
-    assert feature_sizes(parse_layers("8,8p,M,T8,8,M")) == [26, 26, 13, 13, 11, 5]
+    assert sizes("8,8p,M,T8,8,M") == [26, 26, 13, 13, 11, 5]
+    # 5x5 and 7x7 kernels, padded or not, and an average pool: 28 -> 24 -> 24 -> 12 -> 6 -> 6
+    assert sizes("8:k=5,8p:k=7,A,8,8p:k=5") == [24, 24, 12, 10, 10]
 
 
 def test_a_conv_that_would_shrink_the_map_below_1x1_names_the_layer_and_suggests_padding():
     # 28 -> 26 -> 13 -> 11 -> 5 -> 3 -> 1, then a 3x3 conv on a 1x1 map would leave -1.
     with raises_for(
-        "model.layers", "after layer 7 (3x3 conv to 8 channels)", "from 1x1 below 1x1", "padding", "one max-pool fewer"
+        "model.layers", "after layer 7 (3x3 conv to 8 channels)", "from 1x1 below 1x1", "padding", "one pool fewer"
     ):
         ModelConfig(layers="8,M,8,M,8,M,8")
     # The same stack with the last conv padded is fine: 1 + 2 - 3 + 1 = 1.
-    assert feature_sizes(ModelConfig(layers="8,M,8,M,8,M,8p").parsed_layers)[-1] == 1
+    assert sizes("8,M,8,M,8,M,8p")[-1] == 1
 
 
 def test_a_pool_that_would_shrink_the_map_below_1x1_names_the_layer_and_suggests_one_pool_fewer():
     # 28 -> 14 -> 7 -> 3 -> 1 -> 0
-    with raises_for("model.layers", "after layer 6 (2x2 max-pool)", "from 1x1 below 1x1", "one max-pool fewer"):
+    with raises_for("model.layers", "after layer 6 (2x2 max-pool)", "from 1x1 below 1x1", "one pool fewer"):
         ModelConfig(layers="8p,M,M,M,M,M")
 
 
@@ -268,13 +271,13 @@ def test_subset_smaller_than_a_batch_is_rejected():
 def test_activation_memory_cap_names_the_limit():
     # 128 padded channels at 28x28, kept twice (conv output and ReLU): 128*784*2 floats = 0.77 MB per image.
     model = ModelConfig(layers="128p", head="gap_conv")
-    assert activation_mb(model, 128) == pytest.approx(128 * 784 * 2 * 128 * 4 / 2**20)
+    assert plan(model).activation_mb(128) == pytest.approx(128 * 784 * 2 * 128 * 4 / 2**20)
     assert RunConfig(model, train=TrainConfig(batch_size=128))  # ~98 MB: allowed
     with raises_for("model.layers", f"the limit is {ACTIVATION_BUDGET_MB} MB", "~392 MB", "batch of 512"):
         RunConfig(model, train=TrainConfig(batch_size=512))
     # Batch norm and dropout each keep one more copy; here that tips a 256-image batch over the limit.
     heavy = ModelConfig(layers="128p", head="gap_conv", batch_norm="before_relu", dropout=0.1)
-    assert activation_mb(heavy, 256) > ACTIVATION_BUDGET_MB >= activation_mb(model, 256)
+    assert plan(heavy).activation_mb(256) > ACTIVATION_BUDGET_MB >= plan(model).activation_mb(256)
     with raises_for("model.layers", f"{ACTIVATION_BUDGET_MB} MB"):
         RunConfig(heavy, train=TrainConfig(batch_size=256))
 
@@ -305,13 +308,15 @@ def everything_changed() -> RunConfig:
     """A valid config in which every single field differs from its default."""
     cfg = RunConfig(
         ModelConfig(
-            layers="10p,12,M,T8,16 16",
+            layers="10p:bn=before:affine=0,12:k=5,A:drop=0.2,T8:bias=0,16 16:relu=0:dk=element",
             batch_norm="after_relu",
             dropout=0.123456789,
             dropout_kind="channel",
-            head="conv_gap",
+            head="gap_linear",
             bias=True,
             log_softmax=False,
+            hidden="32,16",
+            hidden_dropout=0.1,
         ),
         AugmentConfig(
             rotation=7.25,
@@ -354,7 +359,12 @@ def random_stack(rng: random.Random) -> str:
     for _ in range(rng.randint(1, 7)):
         kind = rng.random()
         channels = rng.randint(1, 32)
-        tokens.append("M" if kind < 0.2 else f"T{channels}" if kind < 0.35 else f"{channels}{rng.choice(['', 'p'])}")
+        options = rng.sample([":bn=after", ":affine=0", ":relu=0", ":drop=0.05", ":dk=channel", ":bias=1", ":k=5"], 2)
+        if kind < 0.2:
+            tokens.append(rng.choice(["M", "A", "M:drop=0.1", "A:dk=channel"]))
+        else:
+            base = f"T{channels}" if kind < 0.35 else f"{channels}{rng.choice(['', 'p'])}"
+            tokens.append(base + "".join(o for o in options if not (base.startswith("T") and o == ":k=5")))
     return rng.choice([",", ", ", " "]).join(tokens)
 
 
@@ -365,7 +375,7 @@ def random_value(rng: random.Random, f):
     if meta.get("flag"):
         return rng.random() < 0.5
     if meta.get("text"):
-        return random_stack(rng)
+        return random_stack(rng) if meta["key"] == "layers" else rng.choice(["", "", "32", "64, 16"])
     lo, hi = meta["range"]
     if meta["integer"]:
         return rng.randint(lo, hi)

@@ -14,6 +14,7 @@ from PIL import Image
 from drill.bench import write_idx_files
 from drill.config import RunConfig
 from drill.export import named_script, pytorch_script, script_filename
+from drill.gallery import NETWORKS
 from drill.model import build_model, count_params
 from drill.presets import BY_NAME, PRESETS
 
@@ -36,6 +37,19 @@ VARIANTS = {
     "everything": EVERYTHING,
     "gap_linear": RunConfig().replace(model={"head": "gap_linear", "layers": "8p,M,T4,16", "dropout": 0.1}),
     "conv_gap": RunConfig().replace(model={"head": "conv_gap", "batch_norm": "before_relu", "bias": True}),
+    # Each layer's own settings: batch norm placed and without learnable parameters, dropout after a pool only,
+    # 5x5 and 7x7 kernels, an average pool, a conv without ReLU, and a head with a hidden layer and its dropout.
+    "per_layer": RunConfig().replace(
+        model={
+            "layers": "8p:bn=after:affine=0,M:drop=0.1:dk=channel,12:k=5:bias=1,A,16p:k=7:relu=0",
+            "batch_norm": "before_relu",
+            "head": "fc",
+            "hidden": "32",
+            "hidden_dropout": 0.1,
+        },
+        train={"subset": 1000},
+    ),
+    **{network.name: network.config for network in NETWORKS},
 }
 ACCURACY_LINE = re.compile(r"Epoch  1: .*test accuracy (\d+\.\d+)% \((\d+)/(\d+)\)")
 
@@ -112,7 +126,7 @@ def mnist_root(mnist, tmp_path_factory):
     return write_idx_files(mnist, tmp_path_factory.mktemp("torchvision-mnist"))
 
 
-@pytest.mark.parametrize("name", ["quick", "everything"])
+@pytest.mark.parametrize("name", ["quick", "everything", "per_layer"])
 def test_generated_script_trains_offline(name, mnist_root, tmp_path):
     cfg = VARIANTS[name]
     path = tmp_path / script_filename(name)

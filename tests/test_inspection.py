@@ -14,11 +14,12 @@ import torch
 from PIL import Image, ImageDraw
 
 from drill import inspection, records
-from drill.config import RunConfig, feature_sizes
+from drill.config import RunConfig
 from drill.inspection import EvalReport, UploadError
 from drill.model import build_model, count_params
 from drill.presets import BY_NAME
 from drill.records import RecordError
+from drill.stack import plan
 from drill.train import evaluate, train
 
 TEST_CLASS_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
@@ -98,8 +99,7 @@ def test_feature_maps_has_one_grid_per_conv_block_with_its_shape():
     image[8:20, 12:16] = 255
     blocks = inspection.feature_maps(model, image)
     assert [b.name for b in blocks] == ["conv1", "conv2", "conv3", "trans1", "conv4", "conv5", "conv6"]
-    sizes = zip(cfg.parsed_layers, feature_sizes(cfg.parsed_layers), strict=True)
-    expected = [(layer.channels, size, size) for layer, size in sizes if layer.kind == "conv"]
+    expected = [(b.out_channels, b.out_size, b.out_size) for b in plan(cfg).blocks if b.layer.kind == "conv"]
     assert [b.maps.shape for b in blocks] == expected
     grid = inspection.tile_maps(blocks[0].maps)  # 10 channels of 26x26: 8 columns, 2 rows, each tile 2x
     assert grid.dtype == np.uint8

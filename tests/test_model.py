@@ -10,8 +10,8 @@ from drill.config import ModelConfig
 from drill.model import (
     SPARSE_DROPOUT_MAX_P,
     Dropout,
+    block_module,
     build_model,
-    conv_block,
     count_params,
     drop_positions,
     inference_copy,
@@ -19,6 +19,7 @@ from drill.model import (
     set_generator,
 )
 from drill.presets import PRESETS, get_preset
+from drill.stack import plan
 
 # Computed once from the presets and pinned: a change to a preset or to how the model is built shows up here.
 PRESET_PARAMS = {
@@ -126,6 +127,10 @@ def test_gap_heads_compute_the_same_function():
         torch.testing.assert_close(gap_linear(x), expected)
 
 
+def first_block(cfg: ModelConfig) -> nn.Module:
+    return block_module(plan(cfg).blocks[0])
+
+
 @pytest.mark.parametrize(
     ("batch_norm", "dropout", "names"),
     [
@@ -141,7 +146,7 @@ def test_block_order(batch_norm, dropout, names):
     model = build_model(cfg)
     for block in (model.features.conv1, model.features.conv2):
         assert [n for n, _ in block.named_children()] == names
-    block = conv_block(1, 4, 3, 1, cfg)
+    block = first_block(ModelConfig(layers="4p", batch_norm=batch_norm, dropout=dropout))
     assert [type(m) for m in block] == [
         {"conv": nn.Conv2d, "bn": nn.BatchNorm2d, "relu": nn.ReLU, "dropout": Dropout}[n] for n in names
     ]
@@ -149,8 +154,8 @@ def test_block_order(batch_norm, dropout, names):
 
 def test_batch_norm_before_relu_gives_non_negative_outputs_and_after_relu_centred_ones():
     x = images(16)
-    before = conv_block(1, 6, 3, 0, ModelConfig(batch_norm="before_relu")).train()
-    after = conv_block(1, 6, 3, 0, ModelConfig(batch_norm="after_relu")).train()
+    before = first_block(ModelConfig(layers="6", batch_norm="before_relu")).train()
+    after = first_block(ModelConfig(layers="6", batch_norm="after_relu")).train()
     after.load_state_dict(before.state_dict())
     with torch.no_grad():
         out_before, out_after = before(x), after(x)

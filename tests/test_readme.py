@@ -119,3 +119,12 @@ def test_the_first_point_figures_are_the_benchmarks():
 def test_the_pack_size_quoted_is_the_shipped_packs():
     quoted = float(re.search(r"each run's minutes are in its file\): ([\d.]+) MB", FLAT).group(1))
     assert quoted == pytest.approx(pack.size(pack.PACK_DIR) / 2**20, abs=0.05)
+
+
+def test_the_write_ups_networks_quoted_are_the_gallerys():
+    from drill.gallery import BY_NAME as GALLERY
+    from drill.model import build_model, count_params
+
+    for name, words in (("wu004-skeleton", "write-up 004's skeleton, "), ("wu003-gap", "write-up 003's network, ")):
+        params = count_params(build_model(GALLERY[name].config.model))
+        assert f"{words}{params:,} parameters" in FLAT, name

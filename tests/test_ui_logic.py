@@ -15,7 +15,7 @@ from test_inspection import make_report, one_hot_ish
 from drill import controls, inspection
 from drill import ui_logic as ui
 from drill.analysis import PARAM_BUDGET
-from drill.config import AugmentConfig, ConfigError
+from drill.config import AugmentConfig
 from drill.data import Mnist
 from drill.presets import BY_NAME
 from drill.summary import summarize
@@ -58,38 +58,7 @@ def test_shown_run_is_the_started_run_of_this_student_else_the_latest():
     assert ui.shown_run("", []) is None
 
 
-# -- the Build page's stack draft and results -----------------------------------------------------------------------
-def test_typing_a_stack_canonicalises_it_and_restarts_the_row_editor():
-    draft = ui.StackDraft(0, base="8,16", text="8,16")
-    draft.typed("8, 16p  M T8")
-    assert (draft.text, draft.base, draft.editor) == ("8,16p,M,T8", "8,16p,M,T8", 1)
-    # Invalid text is kept for the student to fix; the row editor restarts from the last stack that parsed.
-    draft.typed("8,M,x")
-    assert (draft.text, draft.base, draft.editor) == ("8,M,x", "8,16p,M,T8", 2)
-
-
-def test_rebase_points_a_new_row_editor_at_the_text_only_when_it_parses():
-    draft = ui.StackDraft(0, base="8", text="8 , 16")
-    draft.rebase()
-    assert draft.base == "8,16"
-    draft.text = "nonsense"
-    draft.rebase()
-    assert draft.base == "8,16"
-
-
-def test_take_rows_uses_the_rows_only_once_the_editor_holds_an_edit():
-    rows = ui.stack_rows("8,M,T4,16p")
-    draft = ui.StackDraft(0, base="8,16", text="typed, not yet valid")
-    for untouched in (None, {}, {"edited_rows": {}, "added_rows": [], "deleted_rows": []}):
-        assert draft.take_rows(untouched, rows) is None
-        assert draft.text == "typed, not yet valid"
-    assert draft.take_rows({"deleted_rows": [4]}, rows) is None
-    assert draft.text == "8,M,T4,16p"
-    error = draft.take_rows({"added_rows": [{"kind": ui.CONV}]}, [*rows, {"kind": ui.CONV, "channels": None}])
-    assert isinstance(error, ConfigError) and "row 5" in str(error)
-    assert draft.text == "8,M,T4,16p"  # a bad row leaves the last good text
-
-
+# -- the Build page's results -------------------------------------------------------------------------------------
 def test_table_height_fits_every_row():
     assert ui.table_height(0) == 38
     assert ui.table_height(8) == 36 * 9 + 2

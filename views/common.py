@@ -10,7 +10,7 @@ from urllib.parse import urlencode
 
 import streamlit as st
 
-from drill import controls, pack, presets
+from drill import controls, pack, presets, stack
 from drill import ui_logic as ui
 from drill.analysis import analyse
 from drill.backends import Unavailable
@@ -116,14 +116,20 @@ def _sync_url(cfg: RunConfig) -> None:
 
 
 def apply_config(**sections) -> tuple[RunConfig | None, ConfigError | None]:
-    """The current config with these sections changed: (it, None) and made current if valid, else (None, why)."""
+    """The current config with these sections changed: (it, None) and made current if valid, else (None, why).
+
+    A model toggle that changes drops the layers' own settings of it (drill.stack.follow_toggles); the stack
+    editor's widgets then start over from the new stack."""
     cfg = config()
+    given = sections.get("model", {}).get("layers", cfg.model.layers)
+    if "model" in sections:
+        sections["model"] = stack.follow_toggles(cfg.model, sections["model"])
     try:
         new = cfg.replace(**sections)
     except ConfigError as error:
         return None, error
     if new != cfg:
-        set_config(new)
+        set_config(new, from_widgets=new.model.layers == given)
     return new, None
 
 
@@ -177,6 +183,11 @@ def field_choice(section, name: str, value: str, *, key=None, dropdown=False, **
     if dropdown:
         return st.selectbox(_label(section, name), choices, index=choices.index(value), **shared, **options)
     return st.segmented_control(_label(section, name), choices, default=value, required=True, **shared, **options)
+
+
+def field_text(section, name: str, value: str, *, key: str | None = None) -> str:
+    """A text box for a free-text config field (validated when the config is made), with the field's help text."""
+    return st.text_input(_label(section, name), value, **_bound(section, name, key))
 
 
 def field_toggle(section, name: str, value: bool, *, key: str | None = None) -> bool:

@@ -3,6 +3,7 @@
 import streamlit as st
 
 from drill.analysis import EPOCH_BUDGET, PARAM_BUDGET, TARGET_ACC
+from drill.gallery import NETWORKS
 from drill.presets import LESSON, matching_preset
 from drill.proof import DEFAULT_SEEDS
 from drill.summary import summarize
@@ -68,3 +69,24 @@ for preset in LESSON:
             common.load_preset(preset.name)
             st.session_state.train_job = manager.prove(me, preset.config, preset.title)[0].id
             st.switch_page("views/train.py", query_params=preset.config.to_query_params())
+
+# -- the write-ups' networks, rebuilt exactly: not steps of the lesson, but networks to load, read and compare ------
+st.header("From the write-ups")
+st.caption(
+    "Networks the seed write-ups describe layer by layer, rebuilt here with the same parameter count: load one to "
+    "read its layer table, change it, or train it (the heaviest may be more than this server allows)."
+)
+for network in NETWORKS:
+    with st.container(border=True):
+        text, side = st.columns([4, 1], vertical_alignment="center")
+        with text:
+            st.subheader(network.title)
+            st.markdown(f"**The write-up reports:** {network.params:,} parameters; {network.reported}.")
+            with st.expander("How it is built, and what the write-up leaves out"):
+                st.markdown(network.notes)
+            st.caption(f"From {network.source}")
+        with side:
+            st.metric("Parameters", f"{summarize(network.config.model).total_params:,}")
+            if st.button("Load into the builder", key=f"load_{network.name}", width="stretch"):
+                common.set_config(network.config, from_widgets=False)
+                st.switch_page("views/build.py", query_params=network.config.to_query_params())
