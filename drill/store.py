@@ -2,8 +2,9 @@
 
 Two tables: `runs` (one per training, with its history and trained weights) and `tickets` (one per student who
 asked for a run; several tickets share a run when a class starts the same step); `proofs` groups the tickets of a
-proof over seeds, and `checkpoints` holds the state of runs still going. Weights are stored as raw tensor
-bytes behind a JSON header: nothing read back is unpickled.
+proof over seeds, and `checkpoints` holds the state of runs still going. `members` says which student (owner) is in
+which class and under what display name, and `pins` which runs the class's teacher pinned (drill.classroom).
+Weights are stored as raw tensor bytes behind a JSON header: nothing read back is unpickled.
 """
 
 from __future__ import annotations
@@ -61,6 +62,21 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     epoch INTEGER NOT NULL,
     blob BLOB NOT NULL
 );
+-- A student in a class (drill.classroom): the runs they start from `joined` on are the class's.
+CREATE TABLE IF NOT EXISTS members (
+    class TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    name TEXT NOT NULL,           -- the display name classmates see (the owner id is never shown)
+    name_key TEXT NOT NULL,       -- the name folded, so "Ana" and "ana " can't both be in one class
+    joined REAL NOT NULL,
+    PRIMARY KEY (class, owner),
+    UNIQUE (class, name_key)
+);
+CREATE TABLE IF NOT EXISTS pins (
+    class TEXT NOT NULL,
+    ticket_id TEXT NOT NULL,
+    PRIMARY KEY (class, ticket_id)
+);
 """
 # A run of the lesson's small networks takes about 50 KB on disk (its weights are most of it; the 138,762-parameter
 # skeleton's take 555 KB), so the default cap keeps the file near 250 MB: a class of thirty can start 160 runs each
@@ -81,6 +97,20 @@ def default_max_runs() -> int:
     if not text.isdigit() or int(text) < 1:
         raise ValueError(f"DRILL_MAX_RUNS={text!r} is not allowed: a whole number of runs, 1 or more")
     return int(text)
+
+
+@dataclass(frozen=True)
+class MemberRow:
+    """A student in a class, as stored."""
+
+    class_code: str
+    owner: str
+    name: str
+    joined: float
+
+
+class NameTaken(ValueError):
+    """Another student of the class has this display name."""
 
 
 @dataclass(frozen=True)
@@ -299,6 +329,47 @@ class RunStore:
                 (value,),
             ).fetchall()
         return [TicketRow(*row[:5], tuple(json.loads(row[5])) if row[5] else None, row[6]) for row in rows]
+
+    def set_member(self, class_code: str, owner: str, name: str, name_key: str, joined: float) -> None:
+        """Put a student in a class under a display name, or rename them (keeping when they joined); raises
+        NameTaken when a classmate has the name."""
+        with self._lock:
+            try:
+                self._db.execute(
+                    "INSERT INTO members VALUES (?, ?, ?, ?, ?) ON CONFLICT (class, owner) DO UPDATE SET "
+                    "name = excluded.name, name_key = excluded.name_key",
+                    (class_code, owner, name, name_key, joined),
+                )
+            except sqlite3.IntegrityError:
+                raise NameTaken(name) from None
+            except sqlite3.OperationalError as error:
+                self.problem = f"The run store can't be written ({error}): the class's names will not be kept."
+
+    def members(self, class_code: str) -> list[MemberRow]:
+        """A class's students, in the order they joined."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT class, owner, name, joined FROM members WHERE class = ? ORDER BY joined", (class_code,)
+            ).fetchall()
+        return [MemberRow(*row) for row in rows]
+
+    def pin(self, class_code: str, ticket_id: str, pinned: bool = True) -> None:
+        """Pin a run for a class (or take the pin off)."""
+        if pinned:
+            self._write("INSERT OR IGNORE INTO pins VALUES (?, ?)", (class_code, ticket_id))
+        else:
+            self._write("DELETE FROM pins WHERE class = ? AND ticket_id = ?", (class_code, ticket_id))
+
+    def pins(self, class_code: str) -> list[str]:
+        """The tickets pinned for a class."""
+        with self._lock:
+            rows = self._db.execute("SELECT ticket_id FROM pins WHERE class = ?", (class_code,)).fetchall()
+        return [row[0] for row in rows]
+
+    def clear_class(self, class_code: str) -> None:
+        """Forget a class's students and pins; their runs stay theirs."""
+        self._write("DELETE FROM members WHERE class = ?", (class_code,))
+        self._write("DELETE FROM pins WHERE class = ?", (class_code,))
 
     def weights(self, run_id: str) -> dict[str, torch.Tensor] | None:
         """A run's trained weights, if stored."""
