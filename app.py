@@ -2,8 +2,7 @@
 
 import streamlit as st
 
-from drill import gallery
-from drill import ui_logic as ui
+from drill import gallery, liveness
 from drill.presets import BY_NAME, PRESETS, matching_preset
 from views import common
 
@@ -47,7 +46,7 @@ st.session_state.active_drawn = common.manager().active_count(common.owner())
 st.session_state.live_missed = None
 
 
-@st.fragment(run_every=ui.HEARTBEAT_S)
+@st.fragment(run_every=liveness.HEARTBEAT_S)
 def heartbeat() -> None:
     """Tell the job manager this tab is open (on every page), and show what is going on.
 
@@ -63,12 +62,12 @@ def heartbeat() -> None:
     manager = common.manager()
     manager.touch(common.owner())
     active = manager.active_count(common.owner())
-    patience = st.session_state.get("live_patience", ui.LIVE_VIEW_MISSES)
-    st.session_state.live_missed, st.session_state.live_patience, lost = ui.live_view_check(
+    patience = st.session_state.get("live_patience", liveness.LIVE_VIEW_MISSES)
+    st.session_state.live_missed, st.session_state.live_patience, lost = liveness.live_view_check(
         st.session_state.live_missed, patience
     )
     if lost:
-        common.log.warning(ui.LIVE_VIEW_REDRAWN)
+        common.log.warning(liveness.LIVE_VIEW_REDRAWN)
         st.rerun()
     if active != st.session_state.active_drawn:
         st.rerun()

@@ -2,9 +2,13 @@
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from drill.config import AugmentConfig
+from drill.data import Mnist
 
 # Columns of the single uniform draw in draw_params; the layout never depends on the config, so a fixed seed
 # gives every sample the same "direction" whatever the ranges are (the live preview then changes smoothly).
@@ -145,3 +149,34 @@ def preview(images_uint8: Tensor, cfg, seed: int, copies: int) -> Tensor:
     # Digit-major order: rows i*copies .. (i+1)*copies - 1 are the copies of digit i.
     x = x.repeat_interleave(copies, dim=0)
     return augment_batch(x, cfg, torch.Generator().manual_seed(seed))
+
+
+# -- the Train page's live preview ---------------------------------------------------------------------------
+# Test digits shown in the augmentation preview: the first 0, 1, ..., 7 of the test set, always the same ones.
+PREVIEW_DIGITS = 8
+PREVIEW_COPIES = 3
+PREVIEW_SEED = 0
+PREVIEW_CAPTION = f"The same {PREVIEW_DIGITS} test digits, augmented {PREVIEW_COPIES} times each (one digit per column)"
+
+
+def preview_digits(test_labels: torch.Tensor) -> torch.Tensor:
+    """Indices of the first test image of each digit 0..PREVIEW_DIGITS-1."""
+    return torch.stack([torch.nonzero(test_labels == digit)[0, 0] for digit in range(PREVIEW_DIGITS)])
+
+
+def preview_grid(images: torch.Tensor, cfg: AugmentConfig, zoom: int = 3, gap: int = 2) -> np.ndarray:
+    """uint8 digits augmented PREVIEW_COPIES times each, tiled one digit per column, zoomed for crisp pixels."""
+    augmented = preview(images, cfg, PREVIEW_SEED, PREVIEW_COPIES)[:, 0]  # [N*copies, 28, 28], digit-major
+    side = augmented.shape[-1] + gap
+    grid = torch.ones(PREVIEW_COPIES * side + gap, len(images) * side + gap) * 0.35  # grey gaps frame the digits
+    for index, image in enumerate(augmented):
+        digit, copy = divmod(index, PREVIEW_COPIES)
+        top, left = gap + copy * side, gap + digit * side
+        grid[top : top + side - gap, left : left + side - gap] = image
+    pixels = (grid.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    return np.kron(pixels, np.ones((zoom, zoom), dtype=np.uint8))
+
+
+def augment_preview(data: Mnist, cfg: AugmentConfig) -> np.ndarray:
+    """The Train page's preview: the PREVIEW_DIGITS test digits through preview_grid."""
+    return preview_grid(data.test_images[preview_digits(data.test_labels)], cfg)

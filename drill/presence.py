@@ -4,7 +4,15 @@ Not locked: the job manager calls it under its own lock."""
 
 from __future__ import annotations
 
+import re
 import time
+
+OWNER_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def is_owner_id(text: str) -> bool:
+    """Whether a link's `me` value is an id this app hands out (32 hex digits); anything else gets a new id."""
+    return bool(OWNER_ID.fullmatch(text))
 
 
 class Presence:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import threading
@@ -16,7 +17,7 @@ from torch import nn
 
 from drill.augment import augment_batch
 from drill.checkpoint import Checkpoint
-from drill.config import RunConfig, TrainConfig
+from drill.config import TRAIN_SIZE, RunConfig, TrainConfig
 from drill.data import MNIST_MEAN, MNIST_STD, Mnist
 from drill.model import build_model, count_params, inference_copy, set_generator
 from drill.stack import NUM_CLASSES
@@ -384,3 +385,13 @@ def run_summary(result: RunResult) -> dict[str, Any]:
         "seconds": round(result.seconds, 2),
         "epochs": result.epochs,
     }
+
+
+LR_POINTS_PER_EPOCH = 40  # the LR plot samples each epoch this often: the curve's shape, at a fraction of the cost
+
+
+@functools.lru_cache(maxsize=128)
+def lr_points(cfg: TrainConfig) -> tuple[list[float], int]:
+    """(learning rates, points per epoch) for the LR plot; sampled, since stepping a real scheduler is slow."""
+    points = min(batches_per_epoch(cfg, TRAIN_SIZE), LR_POINTS_PER_EPOCH)
+    return lr_curve(cfg, points), points

@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from conftest import simulated_cluster  # noqa: E402
 from streamlit_server import CHROMIUM, CHROMIUM_ARGS, serve  # noqa: E402
 
-from drill import ui_logic as ui  # noqa: E402
+from drill import liveness  # noqa: E402
 from drill.backends import default_slots  # noqa: E402
 from drill.presets import BY_NAME  # noqa: E402
 
@@ -425,7 +425,7 @@ def run_load(args) -> dict:
         "peak_threads": sampler.peak_threads,
         "final_threads": final_threads,
         "threads_back_to_baseline_s": threads_back_s,
-        "live_views_redrawn": log.read_text(errors="replace").count(ui.LIVE_VIEW_REDRAWN),
+        "live_views_redrawn": log.read_text(errors="replace").count(liveness.LIVE_VIEW_REDRAWN),
         "store": store_check(store, args.sessions + args.alone_first, epochs),  # the solo student counts too
         "per_session": results,
     }

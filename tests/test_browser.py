@@ -16,8 +16,7 @@ from conftest import need, need_module, trained_here
 from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
 from streamlit_server import CHROMIUM, CHROMIUM_ARGS, ROOT, serve
 
-from drill import inspection
-from drill import ui_logic as ui
+from drill import inspection, liveness
 from drill.backends import default_slots, usable_cpus
 from drill.config import RunConfig
 from drill.data import load_mnist
@@ -215,7 +214,7 @@ def test_a_live_view_the_browser_never_got_comes_back_while_the_run_trains(serve
         def to_browser(message) -> None:
             if isinstance(message, bytes) and not dropped:
                 msg = ForwardMsg.FromString(message)
-                if msg.WhichOneof("type") == "auto_rerun" and msg.auto_rerun.interval != ui.HEARTBEAT_S:
+                if msg.WhichOneof("type") == "auto_rerun" and msg.auto_rerun.interval != liveness.HEARTBEAT_S:
                     dropped.append(msg.auto_rerun.interval)
                     return
             client.send(message)

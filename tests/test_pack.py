@@ -11,8 +11,7 @@ import pytest
 from conftest import REPO_ROOT, wait_until
 from streamlit.testing.v1 import AppTest
 
-from drill import pack
-from drill import ui_logic as ui
+from drill import pack, runview
 from drill.__main__ import main
 from drill.backends import ThreadBackend
 from drill.jobs import JobManager, Snapshot
@@ -145,7 +144,9 @@ def test_a_matching_config_is_served_at_once_labelled_and_a_fresh_or_other_one_t
         ticket = manager.submit("ann", TINY, "Quick demo", one_at_a_time=True)
         run = manager.snapshot(ticket.id)
         assert run.status == "finished" and run.reused and run.recorded.startswith("recorded on ")
-        assert pack.machine_name() in run.recorded and "📼 A recorded run, not trained for you" in ui.sharing_note(run)
+        assert pack.machine_name() in run.recorded and "📼 A recorded run, not trained for you" in runview.sharing_note(
+            run
+        )
         assert run.epochs and run.batch_losses and run.params == pack.read(copy)[0][0].record["params"]
         assert manager.model(ticket.id) is not None  # Inspect has its weights
         # A classmate gets the same recorded run; the run of code that computes otherwise is trained.
@@ -197,11 +198,11 @@ def test_a_replay_streams_the_recorded_epochs_at_a_watchable_pace(recorded):
         1.0,
         recorded="recorded on ...",
     )
-    first = ui.replayed(snapshot, 0.6 * ui.REPLAY_EPOCH_S)
+    first = runview.replayed(snapshot, 0.6 * runview.REPLAY_EPOCH_S)
     assert first.status == "replaying" and first.epochs == () and first.batch_losses == ((0.5, 2.0),)
-    later = ui.replayed(snapshot, 2.2 * ui.REPLAY_EPOCH_S)
+    later = runview.replayed(snapshot, 2.2 * runview.REPLAY_EPOCH_S)
     assert later.epochs == epochs[:2] and len(later.batch_losses) == 2 and later.progress["epoch"] == 3
-    assert ui.replayed(snapshot, 3 * ui.REPLAY_EPOCH_S) is None  # all shown
+    assert runview.replayed(snapshot, 3 * runview.REPLAY_EPOCH_S) is None  # all shown
 
 
 def test_the_train_page_labels_a_recorded_run_replays_it_and_trains_it_afresh(
@@ -211,7 +212,7 @@ def test_the_train_page_labels_a_recorded_run_replays_it_and_trains_it_afresh(
 
     monkeypatch.setenv("DRILL_PACK", str(recorded))
     monkeypatch.setenv("DRILL_RUNS_DB", str(tmp_path / "runs.sqlite"))
-    monkeypatch.setattr(ui, "REPLAY_EPOCH_S", 5.0)  # the tiny run has one epoch: long enough to see it replaying
+    monkeypatch.setattr(runview, "REPLAY_EPOCH_S", 5.0)  # the tiny run has one epoch: long enough to see it replaying
     wait_until(common.manager().shelf.checked.is_set, 300, what="the pack's runs to be checked")
     at = AppTest.from_file(str(REPO_ROOT / "app.py"), default_timeout=60)
     at.query_params.update(TINY.to_query_params())

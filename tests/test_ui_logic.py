@@ -1,5 +1,6 @@
-"""Tests for what the pages show, worked out without streamlit: drill.ui_logic and the Inspect page's captions and
-run picking in drill.inspection. Nothing here needs MNIST or trains."""
+"""Tests for what the pages show, worked out without streamlit: the run view (drill.runview), the Build page's
+layer table (drill.layer_table), liveness (drill.liveness), the augmentation preview, and the Inspect page's captions
+and run picking in drill.inspection. Nothing here needs MNIST or trains."""
 
 from __future__ import annotations
 
@@ -12,8 +13,7 @@ import pytest
 import torch
 from test_inspection import make_report, one_hot_ish
 
-from drill import controls, inspection
-from drill import ui_logic as ui
+from drill import augment, controls, inspection, layer_table, liveness, runview
 from drill.analysis import PARAM_BUDGET
 from drill.config import AugmentConfig
 from drill.data import Mnist
@@ -44,32 +44,32 @@ def test_augment_preview_shows_the_first_test_image_of_each_digit():
     labels = torch.tensor([9, 3, 0, 1, 2, 3, 4, 5, 6, 7, 0, 8])
     images = torch.arange(len(labels), dtype=torch.uint8).mul(20).reshape(-1, 1, 1).expand(-1, 28, 28).contiguous()
     data = Mnist(images[:0], labels[:0], images, labels)
-    shown = ui.augment_preview(data, AugmentConfig())
-    assert np.array_equal(shown, ui.preview_grid(images[[2, 3, 4, 1, 6, 7, 8, 9]], AugmentConfig()))
-    assert f"{ui.PREVIEW_DIGITS} test digits" in ui.PREVIEW_CAPTION
-    assert f"augmented {ui.PREVIEW_COPIES} times" in ui.PREVIEW_CAPTION
+    shown = augment.augment_preview(data, AugmentConfig())
+    assert np.array_equal(shown, augment.preview_grid(images[[2, 3, 4, 1, 6, 7, 8, 9]], AugmentConfig()))
+    assert f"{augment.PREVIEW_DIGITS} test digits" in augment.PREVIEW_CAPTION
+    assert f"augmented {augment.PREVIEW_COPIES} times" in augment.PREVIEW_CAPTION
 
 
 def test_shown_run_is_the_started_run_of_this_student_else_the_latest():
     mine = [SimpleNamespace(id="run-1", owner="me"), SimpleNamespace(id="run-3", owner="me")]
-    assert ui.shown_run("run-1", mine) is mine[0]
-    assert ui.shown_run("run-2", mine) is mine[-1]  # someone else's run, or one this session never had
-    assert ui.shown_run("", mine) is mine[-1]
-    assert ui.shown_run("", []) is None
+    assert runview.shown_run("run-1", mine) is mine[0]
+    assert runview.shown_run("run-2", mine) is mine[-1]  # someone else's run, or one this session never had
+    assert runview.shown_run("", mine) is mine[-1]
+    assert runview.shown_run("", []) is None
 
 
 # -- the Build page's results -------------------------------------------------------------------------------------
 def test_table_height_fits_every_row():
-    assert ui.table_height(0) == 38
-    assert ui.table_height(8) == 36 * 9 + 2
-    assert ui.table_height(60) == 36 * 61 + 2  # no cap: the page scrolls, not the table
+    assert layer_table.table_height(0) == 38
+    assert layer_table.table_height(8) == 36 * 9 + 2
+    assert layer_table.table_height(60) == 36 * 61 + 2  # no cap: the page scrolls, not the table
 
 
 def test_budget_delta_and_cost_note():
-    assert ui.budget_delta(PARAM_BUDGET - 2430) == f"-2,430 vs the {PARAM_BUDGET:,} budget"
-    assert ui.budget_delta(PARAM_BUDGET + 5) == f"+5 vs the {PARAM_BUDGET:,} budget"
+    assert layer_table.budget_delta(PARAM_BUDGET - 2430) == f"-2,430 vs the {PARAM_BUDGET:,} budget"
+    assert layer_table.budget_delta(PARAM_BUDGET + 5) == f"+5 vs the {PARAM_BUDGET:,} budget"
     summary = summarize(QUICK.model)
-    note = ui.cost_note(summary)
+    note = layer_table.cost_note(summary)
     assert note.startswith(f"{summary.mult_adds:,} multiply-adds per image · about {summary.memory_mb:.2f} MB")
 
 
@@ -181,56 +181,56 @@ def watched(ticket: str, status: str, losses: list[tuple[float, float]], epochs:
 
 def test_run_charts_are_made_once_for_everyone_watching_and_advance_in_steps():
     losses = [(b / 100, 2.0 - b / 100) for b in range(1, 38)]  # 0.37 of an epoch done
-    ann = ui.run_charts(watched("ticket-a", "running", losses))
-    bob = ui.run_charts(watched("ticket-b", "running", losses[:-1]))  # a poll a batch earlier, same twentieth
+    ann = runview.run_charts(watched("ticket-a", "running", losses))
+    bob = runview.run_charts(watched("ticket-b", "running", losses[:-1]))  # a poll a batch earlier, same twentieth
     assert ann[0] is bob[0] and ann[1] is bob[1], "one drawing per run version, shared by the class"
     # While running, the batch line stops at the last whole twentieth of an epoch (0.35 here), epochs in full.
     batch_rows = [row for row in chart_rows(ann[1]) if row.get("split") == "batch"]
     assert max(row["epoch"] for row in batch_rows) == pytest.approx(0.35)
     assert {row["value"] for row in chart_rows(ann[0]) if row.get("split") == "test"} == {92.0}
     # Once it has ended, every point is drawn.
-    ended = ui.run_charts(watched("ticket-a", "finished", losses))
+    ended = runview.run_charts(watched("ticket-a", "finished", losses))
     assert max(row["epoch"] for row in chart_rows(ended[1]) if row.get("split") == "batch") == pytest.approx(0.37)
 
 
 def test_pages_poll_less_often_as_the_class_grows():
-    assert [ui.poll_seconds(n) for n in (0, 1, 9, 10, 25, 30, 200)] == [1, 1, 1, 2, 3, 4, 4]
+    assert [liveness.poll_seconds(n) for n in (0, 1, 9, 10, 25, 30, 200)] == [1, 1, 1, 2, 3, 4, 4]
 
 
 def test_status_text_tells_a_new_queued_run_from_one_paused_for_classmates():
-    assert ui.status_text("queued", 3, "Quick demo") == (
+    assert runview.status_text("queued", 3, "Quick demo") == (
         "⏳ **Quick demo** is queued: 2 run(s) ahead of it; it starts when a CPU slot frees up."
     )
-    paused = ui.status_text("queued", 1, "Quick demo", epochs_done=2)
+    paused = runview.status_text("queued", 1, "Quick demo", epochs_done=2)
     assert paused.startswith("⏸️ **Quick demo** is paused after epoch 2") and "0 run(s) ahead" in paused
-    assert ui.status_text("running", None, "custom", epochs_done=2) == "🏃 **custom**: running"
+    assert runview.status_text("running", None, "custom", epochs_done=2) == "🏃 **custom**: running"
 
 
 def test_a_live_view_counts_as_lost_after_its_patience_and_the_patience_doubles_each_time():
     def heartbeats(missed, patience, n):
         redraws = []
         for beat in range(1, n + 1):
-            missed, patience, lost = ui.live_view_check(missed, patience)
+            missed, patience, lost = liveness.live_view_check(missed, patience)
             if lost:
                 redraws.append(beat)
                 missed = 0  # the redrawn page draws the view again
         return redraws, patience
 
-    assert heartbeats(0, ui.LIVE_VIEW_MISSES, 3) == ([], ui.LIVE_VIEW_MISSES)
+    assert heartbeats(0, liveness.LIVE_VIEW_MISSES, 3) == ([], liveness.LIVE_VIEW_MISSES)
     # Lost for good (it never redraws): redrawn after 4 heartbeats, then after 7 more, then after 13 more.
     assert heartbeats(0, 3, 24) == ([4, 11, 24], 24)
     assert heartbeats(None, 3, 50) == ([], 3)  # a page with no live view is never redrawn for one
 
 
 def test_a_live_view_that_redraws_between_heartbeats_is_never_counted_lost():
-    missed, patience = 0, ui.LIVE_VIEW_MISSES
+    missed, patience = 0, liveness.LIVE_VIEW_MISSES
     for _ in range(100):
-        missed, patience, lost = ui.live_view_check(missed, patience)
+        missed, patience, lost = liveness.live_view_check(missed, patience)
         assert not lost
         missed = 0  # the view polls faster than the heartbeat
-    assert patience == ui.LIVE_VIEW_MISSES
+    assert patience == liveness.LIVE_VIEW_MISSES
 
 
 def test_every_live_view_polls_more_often_than_the_heartbeat_that_watches_it():
     # Otherwise a live view that works would miss heartbeats and be redrawn for nothing.
-    assert all(ui.poll_seconds(online) < ui.HEARTBEAT_S for online in (0, 1, 9, 10, 30, 10**6))
+    assert all(liveness.poll_seconds(online) < liveness.HEARTBEAT_S for online in (0, 1, 9, 10, 30, 10**6))

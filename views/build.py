@@ -5,8 +5,7 @@ from types import SimpleNamespace
 import pandas as pd
 import streamlit as st
 
-from drill import editor
-from drill import ui_logic as ui
+from drill import editor, layer_table
 from drill.charts import budget_chart
 from drill.config import ConfigError, ModelConfig, field_help
 from drill.stack import MAX_CHANNELS
@@ -129,16 +128,16 @@ with results:
     summary = summarize(common.config().model)
     total = summary.total_params
     params_col, rf_col = st.columns(2)
-    params_col.metric("Parameters", f"{total:,}", delta=ui.budget_delta(total), delta_color="inverse")
+    params_col.metric("Parameters", f"{total:,}", delta=layer_table.budget_delta(total), delta_color="inverse")
     rf_col.metric("Receptive field at the head", f"{summary.head_rf}x{summary.head_rf}")
     st.altair_chart(budget_chart(total), width="stretch")
-    st.caption(ui.rf_note(summary.head_rf))
-    table = pd.DataFrame(ui.layer_table(summary))
+    st.caption(layer_table.rf_note(summary.head_rf))
+    table = pd.DataFrame(layer_table.layer_table(summary))
     st.dataframe(
         table,
         hide_index=True,
         width="stretch",
-        height=ui.table_height(len(table)),
+        height=layer_table.table_height(len(table)),
         column_config={"params": st.column_config.NumberColumn(format="localized")},
     )
-    st.caption(ui.cost_note(summary))
+    st.caption(layer_table.cost_note(summary))

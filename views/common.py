@@ -10,8 +10,7 @@ from urllib.parse import urlencode
 
 import streamlit as st
 
-from drill import controls, pack, presets, stack
-from drill import ui_logic as ui
+from drill import controls, pack, presence, presets, runview, stack
 from drill.analysis import analyse
 from drill.backends import Unavailable
 from drill.config import ConfigError, RunConfig, field_choices, field_help, field_range
@@ -47,7 +46,7 @@ def owner() -> str:
     """This student's id, which owns their runs: the link's, when it carries one, else a new one."""
     if "owner" not in st.session_state:
         given = st.query_params.get(OWNER_PARAM, "")
-        st.session_state.owner = given if ui.is_owner_id(given) else uuid.uuid4().hex
+        st.session_state.owner = given if presence.is_owner_id(given) else uuid.uuid4().hex
     return st.session_state.owner
 
 
@@ -216,7 +215,7 @@ def config_error(error: ConfigError, sections: dict[str, dict], kept: str) -> No
 def show_result(epochs: list[dict], params: int | None) -> None:
     """A run's Result line and its Analysis, in green once it meets the target."""
     verdict = analyse(epochs, params or 0)
-    st.markdown(ui.result_line(verdict, epochs))
+    st.markdown(runview.result_line(verdict, epochs))
     (st.success if verdict.meets_target else st.info)(f"**Analysis:** {verdict.text}")
 
 

@@ -5,14 +5,15 @@ from collections.abc import Callable
 
 import streamlit as st
 
-from drill import controls
-from drill import ui_logic as ui
+from drill import controls, liveness, runview
+from drill.augment import PREVIEW_CAPTION, augment_preview
 from drill.charts import compare_chart, lr_chart
 from drill.config import AugmentConfig, TrainConfig, field_help
 from drill.data import DataUnavailable, load_mnist
 from drill.jobs import ACTIVE
 from drill.proof import DEFAULT_SEEDS, MAX_SEEDS, MIN_SEEDS, Proof
 from drill.records import ENDED
+from drill.train import lr_points
 from views import common
 
 # -- the buttons' callbacks ---------------------------------------------------------------------------------------
@@ -91,19 +92,19 @@ new, config_error = common.apply_config(augment=augment, train=train)
 manager, me = common.manager(), common.owner()
 runs = manager.snapshots(me)
 active = [run for run in runs if run.status in ACTIVE]
-shown_run = ui.shown_run(st.session_state.get("train_job", ""), runs)
-proof_seeds = ui.proof_runs(shown_run.proof, runs) if shown_run is not None and shown_run.proof else []
+shown_run = runview.shown_run(st.session_state.get("train_job", ""), runs)
+proof_seeds = runview.proof_runs(shown_run.proof, runs) if shown_run is not None and shown_run.proof else []
 
 # -- draw ---------------------------------------------------------------------------------------------------------
 if config_error:
     common.config_error(config_error, {"augment": augment, "train": train}, "The last valid settings stay current.")
 with augment_col:
     try:
-        st.image(ui.augment_preview(load_mnist(), (new or cfg).augment), caption=ui.PREVIEW_CAPTION)
+        st.image(augment_preview(load_mnist(), (new or cfg).augment), caption=PREVIEW_CAPTION)
     except DataUnavailable as error:
         st.warning(f"MNIST is not available, so there is no preview (and no training): {error}")
 with train_col:
-    rates, per_epoch = ui.lr_points((new or cfg).train)
+    rates, per_epoch = lr_points((new or cfg).train)
     st.altair_chart(lr_chart(rates, per_epoch), width="stretch")
 
 
@@ -137,7 +138,7 @@ if recorded and shown_run.status == "finished" and shown_run.config == new:
     myself_col.button("Train it myself", disabled=bool(active), width="stretch", on_click=start_run, args=(True,))
 replaying = shown_run is not None and st.session_state.get("replay", ("",))[0] == shown_run.id
 live = any(run.status in ACTIVE for run in proof_seeds or [shown_run] if run is not None)
-tick = ui.REPLAY_EPOCH_S / 4 if replaying else ui.poll_seconds(manager.online_count()) if live else None
+tick = runview.REPLAY_EPOCH_S / 4 if replaying else liveness.poll_seconds(manager.online_count()) if live else None
 
 
 def polled(was_active: bool, fresh: Callable[[], list], ids: list[str]) -> list:
@@ -164,29 +165,29 @@ def show_run(job_id: str, was_active: bool, was_replaying: bool) -> None:
         return
     (run,) = shown
     if was_replaying:
-        run = ui.replayed(run, time.monotonic() - st.session_state.replay[1])
+        run = runview.replayed(run, time.monotonic() - st.session_state.replay[1])
         if run is None:  # all shown: the whole run, drawn by a full rerun whose fragment no longer ticks
             del st.session_state.replay
             st.rerun()
-    st.markdown(ui.status_text(run.status, run.queue_position, run.label, len(run.epochs)))
+    st.markdown(runview.status_text(run.status, run.queue_position, run.label, len(run.epochs)))
     if run.note:
         st.info(run.note, icon="🔁")
-    if note := ui.sharing_note(run):
+    if note := runview.sharing_note(run):
         st.caption(note)
     if run.status in ("running", "replaying"):
-        st.progress(ui.progress_fraction(run.progress), text=ui.progress_text(run.progress))
+        st.progress(runview.progress_fraction(run.progress), text=runview.progress_text(run.progress))
     elif run.status in ("failed", "stopped"):
         (st.error if run.status == "failed" else st.warning)(f"The run {run.status}: {run.reason}")
     epochs = list(run.epochs)
     if epochs:
-        st.markdown(ui.epoch_line(epochs[-1], run.config.train.epochs))
+        st.markdown(runview.epoch_line(epochs[-1], run.config.train.epochs))
     if epochs or run.batch_losses:
         accuracy, loss = st.columns(2)
-        accuracy_spec, loss_spec = ui.run_charts(run)
+        accuracy_spec, loss_spec = runview.run_charts(run)
         if epochs:
             accuracy.vega_lite_chart(spec=accuracy_spec, width="stretch")
         else:
-            accuracy.info(ui.no_accuracy_note(run))
+            accuracy.info(runview.no_accuracy_note(run))
         loss.vega_lite_chart(spec=loss_spec, width="stretch")
     if run.status in ENDED and epochs:
         common.show_result(epochs, run.params)
@@ -195,10 +196,10 @@ def show_run(job_id: str, was_active: bool, was_replaying: bool) -> None:
 @st.fragment(run_every=tick)
 def show_proof(proof_id: str, ids: list[str], label: str, was_active: bool) -> None:
     """A proof's seeds as one view: their test curves overlaid, the table of their last epochs, the verdict."""
-    runs = polled(was_active, lambda: ui.proof_runs(proof_id, common.manager().snapshots(common.owner())), ids)
+    runs = polled(was_active, lambda: runview.proof_runs(proof_id, common.manager().snapshots(common.owner())), ids)
     proof = Proof.of(runs)
-    st.markdown(ui.proof_headline(label, proof))
-    st.markdown("\n".join(f"- {ui.seed_line(run)}" for run in runs))
+    st.markdown(runview.proof_headline(label, proof))
+    st.markdown("\n".join(f"- {runview.seed_line(run)}" for run in runs))
     if any(run.epochs for run in runs):
         curves = [(f"seed {run.config.train.seed}", list(run.epochs)) for run in runs]
         st.altair_chart(compare_chart(curves, "test_acc"), width="stretch")

@@ -1,104 +1,17 @@
-"""What the pages show, worked out without streamlit: the layer table, run status, charts and previews."""
+"""The Train page's run view, worked out without streamlit: a run's status, progress and epoch lines, its charts
+(shared by everyone watching it), a recorded run's replay, a proof's seeds, and its Result line."""
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
-import re
 
-import numpy as np
-import torch
-
-from drill.analysis import LAST_K, PARAM_BUDGET, Verdict, plural
-from drill.augment import preview
+from drill.analysis import LAST_K, Verdict, plural
 from drill.charts import SpecCache, accuracy_chart, loss_chart
-from drill.config import TRAIN_SIZE, AugmentConfig, TrainConfig
-from drill.data import Mnist
+from drill.config import TRAIN_SIZE
 from drill.jobs import Snapshot
 from drill.proof import GOING, Proof
-from drill.summary import Summary
-from drill.train import batches_per_epoch, lr_curve
-
-# Test digits shown in the augmentation preview: the first 0, 1, ..., 7 of the test set, always the same ones.
-PREVIEW_DIGITS = 8
-PREVIEW_COPIES = 3
-PREVIEW_SEED = 0
-PREVIEW_CAPTION = f"The same {PREVIEW_DIGITS} test digits, augmented {PREVIEW_COPIES} times each (one digit per column)"
-LR_POINTS_PER_EPOCH = 40  # the LR plot samples each epoch this often: the curve's shape, at a fraction of the cost
-
-
-def layer_table(summary: Summary) -> list[dict]:
-    """The torchinfo rows as the Build page's table: layer, type, output shape, params and receptive field."""
-    return [
-        {
-            "layer": row.name,
-            "type": row.kind,
-            "output shape": " x ".join(map(str, row.output_shape)),
-            "params": row.params,
-            "RF": f"{row.rf}x{row.rf}",
-        }
-        for row in summary.rows
-    ]
-
-
-def table_height(rows: int) -> int:
-    """Pixels that show a table's header and every row: a long table that scrolled inside itself hid its first rows
-    from a student scrolling the page."""
-    return 36 * (rows + 1) + 2
-
-
-def budget_delta(params: int) -> str:
-    """The parameter count against the budget, as the metric's delta."""
-    return f"{params - PARAM_BUDGET:+,} vs the {PARAM_BUDGET:,} budget"
-
-
-def cost_note(summary: Summary) -> str:
-    """The model's compute and memory per image, in one line."""
-    return (
-        f"{summary.mult_adds:,} multiply-adds per image · about {summary.memory_mb:.2f} MB per image "
-        "(input, activations and parameters)"
-    )
-
-
-def rf_note(rf: int, image: int = 28) -> str:
-    """Whether the last feature map's values see the whole digit, in words."""
-    if rf >= image:
-        return f"Each value of the last feature map sees {rf}x{rf} input pixels: the whole {image}x{image} image."
-    return (
-        f"Each value of the last feature map sees a {rf}x{rf} patch of the {image}x{image} image: the head combines "
-        "the patches, but no single feature sees the whole digit. Another conv or an earlier max-pool widens it."
-    )
-
-
-@functools.lru_cache(maxsize=128)
-def lr_points(cfg: TrainConfig) -> tuple[list[float], int]:
-    """(learning rates, points per epoch) for the LR plot; sampled, since stepping a real scheduler is slow."""
-    points = min(batches_per_epoch(cfg, TRAIN_SIZE), LR_POINTS_PER_EPOCH)
-    return lr_curve(cfg, points), points
-
-
-def preview_digits(test_labels: torch.Tensor) -> torch.Tensor:
-    """Indices of the first test image of each digit 0..PREVIEW_DIGITS-1."""
-    return torch.stack([torch.nonzero(test_labels == digit)[0, 0] for digit in range(PREVIEW_DIGITS)])
-
-
-def preview_grid(images: torch.Tensor, cfg: AugmentConfig, zoom: int = 3, gap: int = 2) -> np.ndarray:
-    """uint8 digits augmented PREVIEW_COPIES times each, tiled one digit per column, zoomed for crisp pixels."""
-    augmented = preview(images, cfg, PREVIEW_SEED, PREVIEW_COPIES)[:, 0]  # [N*copies, 28, 28], digit-major
-    side = augmented.shape[-1] + gap
-    grid = torch.ones(PREVIEW_COPIES * side + gap, len(images) * side + gap) * 0.35  # grey gaps frame the digits
-    for index, image in enumerate(augmented):
-        digit, copy = divmod(index, PREVIEW_COPIES)
-        top, left = gap + copy * side, gap + digit * side
-        grid[top : top + side - gap, left : left + side - gap] = image
-    pixels = (grid.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-    return np.kron(pixels, np.ones((zoom, zoom), dtype=np.uint8))
-
-
-def augment_preview(data: Mnist, cfg: AugmentConfig) -> np.ndarray:
-    """The Train page's preview: the PREVIEW_DIGITS test digits through preview_grid."""
-    return preview_grid(data.test_images[preview_digits(data.test_labels)], cfg)
+from drill.train import batches_per_epoch
 
 
 def format_seconds(seconds: float | None) -> str:
@@ -250,37 +163,6 @@ def no_accuracy_note(run: Snapshot) -> str:
     return "Train and test accuracy come at the end of epoch 1; the loss below moves as the batches train."
 
 
-# Often enough to notice a closed tab well inside the job manager's 5-minute grace; rarely enough that a class's
-# heartbeats cost the server little. Longer than the slowest poll below (4 s), so a live view of a run redraws at least
-# once between two heartbeats.
-HEARTBEAT_S = 5.0
-# Heartbeats in a row without a redraw of the live view after which it first counts as lost (about 20 s).
-LIVE_VIEW_MISSES = 3
-# What the server logs when the heartbeat redraws a lost live view (the load test counts these lines).
-LIVE_VIEW_REDRAWN = "a live view of a run stopped redrawing; redrawing its page"
-
-
-def live_view_check(missed: int | None, patience: int) -> tuple[int | None, int, bool]:
-    """One heartbeat's look at the Train page's live view of a run: (heartbeats it has now missed, the patience
-    for next time, whether to redraw the page). missed is None on a page without a live view.
-
-    A page that is only slow to receive its redraw (a loaded server flushes late) would be redrawn again and
-    again, so the patience doubles with each redraw: a lost view comes back at once, a slow one costs a rerun or two.
-    """
-    if missed is None:
-        return None, patience, False
-    missed += 1
-    if missed > patience:
-        return missed, 2 * patience, True
-    return missed, patience, False
-
-
-def poll_seconds(online: int) -> float:
-    """How often a page redraws a run: every second for a few students, less often for a class, whose redraws
-    would otherwise take the CPU from the very run they wait for."""
-    return float(min(4, 1 + online // 10))
-
-
 def sharing_note(run: Snapshot) -> str:
     """Why a run came at once or is shared with classmates; "" for a run trained for this student alone."""
     if run.recorded:
@@ -299,14 +181,6 @@ def sharing_note(run: Snapshot) -> str:
             "the same curves. Stopping leaves it running for the others."
         )
     return ""
-
-
-OWNER_ID = re.compile(r"[0-9a-f]{32}")
-
-
-def is_owner_id(text: str) -> bool:
-    """Whether a link's `me` value is an id this app hands out (32 hex digits); anything else gets a new id."""
-    return bool(OWNER_ID.fullmatch(text))
 
 
 def result_line(verdict: Verdict, epochs: list[dict], k: int = LAST_K) -> str:
