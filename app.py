@@ -15,6 +15,7 @@ pages = [
     st.Page("views/train.py", title="Train", icon="📈"),
     st.Page("views/compare.py", title="Compare", icon="⚖️"),
     st.Page("views/inspect.py", title="Inspect", icon="🔍"),
+    st.Page("views/class_page.py", title="Class", icon="🏫"),
 ]
 page = st.navigation(pages)
 
@@ -83,6 +84,8 @@ if problem := common.manager().problem():
 elif warning := common.manager().warning():
     st.warning(warning)
 
+if "class_error" in st.session_state:
+    st.warning(st.session_state.pop("class_error"))
 if "link_error" in st.session_state:
     error = st.session_state.pop("link_error")
     st.warning(f"The link's settings could not be loaded, so the default model is shown. {error}")

@@ -130,6 +130,41 @@ def budget_chart(params: int) -> alt.Chart:
     return (bar + rules + text).properties(height=70)
 
 
+def class_chart(rows: list[dict], target: float = TARGET_ACC, budget: int = PARAM_BUDGET) -> alt.Chart:
+    """A class's runs as points of parameters against accuracy (held over the last epochs, or best test), with the
+    target box (fewer than `budget` parameters, at least `target`%) shaded; hovering names the student and config."""
+    points = [r for r in rows if r["Params"] and r["accuracy"] is not None]
+    columns = ["Student", "Run", "Params", "accuracy", "accuracy_kind", "Config"]
+    data = pd.DataFrame([{c: r[c] for c in columns} for r in points], columns=columns)
+    low = min([98.0, *data["accuracy"].tolist()])
+    x = alt.X("Params:Q", title="parameters", scale=alt.Scale(type="log"))
+    y = alt.Y("accuracy:Q", title="test accuracy (%)", scale=alt.Scale(domain=[max(low - 0.5, 0), 100], clamp=True))
+    box = (
+        alt.Chart(pd.DataFrame({"x": [100], "x2": [budget], "y": [target], "y2": [100]}))
+        .mark_rect(color="green", opacity=0.12, stroke="green", strokeDash=[4, 4])
+        .encode(x="x:Q", x2="x2:Q", y="y:Q", y2="y2:Q")
+    )
+    dots = (
+        alt.Chart(data)
+        .mark_circle(size=90)
+        .encode(
+            x,
+            y,
+            color=alt.Color("Student:N", scale=alt.Scale(scheme="tableau10"), legend=alt.Legend(labelLimit=0)),
+            tooltip=[
+                "Student:N",
+                "Run:N",
+                alt.Tooltip("Params:Q", format=","),
+                alt.Tooltip("accuracy:Q", title="accuracy", format=".2f"),
+                alt.Tooltip("accuracy_kind:N", title="which"),
+                alt.Tooltip("Config:N", title="config"),
+            ],
+        )
+    )
+    title = f"The class's runs: the target box is < {budget:,} parameters and >= {target}%"
+    return (box + dots).properties(height=360, title=title)
+
+
 def confusion_chart(matrix: list[list[int]]) -> alt.Chart:
     """A 10x10 heatmap of true vs predicted digits, counts written in the cells."""
     rows = [{"true": t, "predicted": p, "count": int(matrix[t][p])} for t in range(10) for p in range(10)]

@@ -8,8 +8,10 @@ import io
 import random
 import sqlite3
 
+import pandas as pd
 import pytest
-from conftest import wait_until
+from conftest import REPO_ROOT, wait_until
+from streamlit.testing.v1 import AppTest
 from test_jobs import FakeRunner, cfg
 
 from drill import classroom
@@ -237,3 +239,174 @@ def test_the_teacher_key_matches_only_itself_and_no_key_makes_no_teacher():
     assert not classroom.key_matches("anything", None)
     assert not classroom.key_matches("", "s3cret-key")
     assert not classroom.key_matches("ключ", "s3cret-key")  # not ASCII: still compared, not raised
+
+
+# -- the Class page (AppTest) -------------------------------------------------------------------------------------
+PAGE_TIMEOUT = 120
+
+
+def class_session(code: str | None, page: str | None = "class_page"):
+    """A fresh tab opened on a link (with class=code when given), switched to a page."""
+    at = AppTest.from_file(str(REPO_ROOT / "app.py"), default_timeout=PAGE_TIMEOUT)
+    if code is not None:
+        at.query_params[classroom.CLASS_PARAM] = code
+    at.run()
+    assert not at.exception, at.exception
+    return switch(at, page) if page else at
+
+
+def switch(at, page: str):
+    at.switch_page(f"views/{page}.py").run()
+    assert not at.exception, at.exception
+    return at
+
+
+def by_label(widgets, label: str):
+    return next(w for w in widgets if w.label == label)
+
+
+def pick_name(at, name: str):
+    by_label(at.text_input, "Display name").input(name)
+    by_label(at.button, "Change my name" if "Change my name" in labels(at) else "Join the class").click().run()
+    assert not at.exception, at.exception
+    return at
+
+
+def labels(at) -> list[str]:
+    return [b.label for b in at.button] + [b.label for b in at.get("download_button")]
+
+
+def shown_text(at) -> str:
+    return "\n".join(e.value for kind in (at.error, at.warning, at.success, at.info, at.caption) for e in kind)
+
+
+def class_table(at) -> pd.DataFrame:
+    return next(d.value for d in at.dataframe if "Student" in d.value.columns)
+
+
+@pytest.fixture
+def lesson(monkeypatch):
+    """Two students of class ml-<random> with a finished run each, a third student outside it with a run; the
+    teacher key set."""
+    from views import common
+
+    monkeypatch.setenv(classroom.TEACHER_KEY_ENV, "teach-42")
+    code = f"ml-{random.Random().randrange(10**6)}"
+    ana, bo, cy = class_session(code), class_session(code), class_session(None)
+    pick_name(ana, "Ana")
+    pick_name(bo, "Bo")
+    manager = common.manager()
+    owners = [at.session_state["owner"] for at in (ana, bo, cy)]
+    runs = [finished(manager, owner, [99.5] * 4, seed=100 + i) for i, owner in enumerate(owners)]
+    return code, (ana, bo, cy), runs
+
+
+def test_the_class_page_shows_the_class_runs_only_and_no_teacher_buttons_without_the_key(lesson):
+    code, (ana, bo, cy), runs = lesson
+    for at in (ana, bo):
+        switch(at, "class_page")
+        table = class_table(at)
+        assert sorted(table["Student"]) == ["Ana", "Bo"] and len(table) == 2
+        assert not {"Stop this run", "Clear the class"} & set(labels(at))
+        assert not any(label.startswith(("Pin", "Download")) for label in labels(at))
+        assert "Load into my builder" in labels(at)
+    assert "owner" not in "".join(class_table(ana).columns).lower()
+    assert any("You are in no class" in info.value for info in switch(cy, "class_page").info)
+    assert ana.query_params[classroom.CLASS_PARAM] == code
+    switch(ana, "build")
+    assert ana.query_params[classroom.CLASS_PARAM] == code  # the class code survives a page switch
+
+
+def test_a_taken_or_bad_display_name_is_refused_with_a_message(lesson):
+    code, (ana, bo, cy), runs = lesson
+    for typed, says in [
+        ("ANA", "is taken in class"),
+        ("<script>alert(1)</script>", "can't hold '<'"),
+        ("x" * 10_240, "10,240 characters long"),
+        ("Bo\x07", "can't hold U+0007"),
+    ]:
+        pick_name(bo, typed)
+        assert any(says in e.value for e in bo.error), (typed, [e.value for e in bo.error])
+    assert sorted(class_table(bo)["Student"]) == ["Ana", "Bo"]
+    pick_name(bo, "Bo the Second")
+    assert sorted(class_table(bo)["Student"]) == ["Ana", "Bo the Second"]
+
+
+@pytest.mark.parametrize(
+    ("link", "says"),
+    [
+        ("<b>x</b>", "'<' is not allowed"),
+        ("c" * 10_240, "10,240 characters long"),
+        ("ml\x00101", "U+0000 is not allowed"),
+    ],
+)
+def test_a_bad_class_code_in_the_link_is_said_and_puts_the_student_in_no_class(link, says):
+    at = class_session(link, page=None)
+    assert any(says in w.value and "You are in no class" in w.value for w in at.warning)
+    assert classroom.CLASS_PARAM not in at.query_params
+    assert any("You are in no class" in info.value for info in switch(at, "class_page").info)
+
+
+def test_a_classmates_config_loads_into_ones_own_builder(lesson):
+    code, (ana, bo, cy), runs = lesson
+    switch(ana, "class_page")
+    choice = by_label(ana.selectbox, "A run of the class")
+    choice.set_value(runs[1].id).run()
+    by_label(ana.button, "Load into my builder").click().run()
+    assert not ana.exception
+    assert ana.session_state["config"] == runs[1].run.config
+    assert "Loaded" in shown_text(ana) and "`Bo`" in shown_text(ana)
+
+
+def test_with_the_teacher_key_the_teacher_stops_pins_and_exports(lesson):
+    from views import common
+
+    code, (ana, bo, cy), runs = lesson
+    teacher = class_session(code)
+    by_label(teacher.text_input, "Teacher key").input("teach-4").run()  # a near miss unlocks nothing
+    assert any("is not this server's" in e.value for e in teacher.error)
+    assert "Stop this run" not in labels(teacher)
+    by_label(teacher.text_input, "Teacher key").input("teach-42").run()
+    assert {"Stop this run", "Clear the class"} <= set(labels(teacher))
+    assert "Download the class's table (CSV)" in labels(teacher)
+    # The key itself is kept nowhere: not in the link, not in the session (only that it matched).
+    assert "teach-42" not in repr(dict(teacher.query_params)) + repr(teacher.session_state)
+
+    manager = common.manager()
+    going = manager.submit(
+        bo.session_state["owner"],
+        cfg(random.Random().randrange(10**6)).replace(train={"epochs": 3, "subset": 6000}),
+        label="Bo's long run",
+    )
+    teacher.run()
+    by_label(teacher.selectbox, "A run of the class").set_value(going.id).run()
+    by_label(teacher.button, "Stop this run").click().run()
+    assert not teacher.exception
+    stopped = wait_until(
+        lambda: (s := manager.snapshot(going.id)).status not in ("queued", "running") and s,
+        timeout=120,
+        what="the teacher's stop to end the run",
+    )
+    assert stopped.status == "stopped" and "stopped by the teacher" in stopped.reason
+
+    by_label(teacher.selectbox, "A run of the class").set_value(runs[0].id).run()
+    by_label(teacher.button, "Pin on everyone's Compare page").click().run()
+    for at, sees in ((bo, True), (cy, False)):
+        switch(at, "compare")
+        pinned = [d.value for d in at.dataframe if "Ana: Final, seed 100" in d.value.index]
+        assert bool(pinned) == sees
+
+
+def test_the_scatter_draws_the_target_box_and_names_student_and_config_on_hover(manager):
+    from drill.charts import class_chart
+
+    classroom.join(manager.store, "ml-101", "owner-a", "Ana")
+    finished(manager, "owner-a", [99.5] * 4, seed=2)
+    spec = class_chart(classroom.leaderboard(classroom.entries(manager, "ml-101"))).to_dict()
+    box, dots = spec["layer"]
+    assert box["mark"]["type"] == "rect"
+    [corners] = spec["datasets"][box["data"]["name"]]
+    assert (corners["x2"], corners["y"], corners["y2"]) == (8000, 99.4, 100)
+    [point] = spec["datasets"][dots["data"]["name"]]
+    assert (point["Student"], point["accuracy"]) == ("Ana", 99.5) and "seed=2" in point["Config"]
+    assert {"Student", "Config"} <= {t["field"] for t in dots["encoding"]["tooltip"]}

@@ -1,4 +1,4 @@
-"""What every page shares: the job manager, the student's id and the current config (kept in the URL)."""
+"""What every page shares: the job manager, the student's id, their class and the current config (kept in the URL)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from urllib.parse import urlencode
 
 import streamlit as st
 
-from drill import controls, pack, presence, presets, runview, stack
+from drill import classroom, controls, pack, presence, presets, runview, stack
 from drill.analysis import analyse
 from drill.backends import Unavailable
 from drill.config import ConfigError, RunConfig, field_choices, field_help, field_range
@@ -20,6 +20,7 @@ from drill.store import RunStore, StoreInUse, default_max_runs, default_path
 
 DEFAULT_PRESET = "quick"
 OWNER_PARAM = "me"  # the student's id rides in the URL, so a reload (or a restart) finds their runs again
+NOT_CONFIG = (OWNER_PARAM, classroom.CLASS_PARAM)  # the link's keys that are not settings
 log = logging.getLogger(__name__)
 
 
@@ -51,10 +52,37 @@ def owner() -> str:
 
 
 def share_link() -> str:
-    """This page's link with the current config and without the student's id: what a teacher hands out."""
+    """This page's link with the current config (and class) and without the student's id: what a teacher hands
+    out."""
     base = (st.context.url or "").split("?")[0]
-    query = config().to_query()
+    query = urlencode(config().to_query_params() | _class_params())
     return f"{base}?{query}" if query else base
+
+
+def class_code() -> str | None:
+    """The class this tab is in: the link's `class=`, read once a session so it survives page switches as the
+    config does (or the code typed on the Class page); None outside a class. A code that can't be used is said
+    once, on the page."""
+    if "class_code" not in st.session_state:
+        given = st.query_params.get(classroom.CLASS_PARAM, "")
+        st.session_state.class_code = None
+        if given:
+            try:
+                st.session_state.class_code = classroom.check_code(given)
+            except classroom.ClassError as error:
+                st.session_state.class_error = f"{error} You are in no class."
+    return st.session_state.class_code
+
+
+def set_class(code: str) -> None:
+    """Put this tab in a class (a checked code) and its code in the URL."""
+    st.session_state.class_code = code
+    _sync_url(config())
+
+
+def _class_params() -> dict[str, str]:
+    code = class_code()
+    return {classroom.CLASS_PARAM: code} if code else {}
 
 
 def init_config() -> None:
@@ -66,7 +94,7 @@ def init_config() -> None:
         _sync_url(st.session_state.config)
         return
     # Every value of every key, so a setting given twice is refused as it is on every other path, not taken once.
-    pairs = [(key, value) for key in st.query_params if key != OWNER_PARAM for value in st.query_params.get_all(key)]
+    pairs = [(key, value) for key in st.query_params if key not in NOT_CONFIG for value in st.query_params.get_all(key)]
     cfg = get_preset(DEFAULT_PRESET).config
     if pairs:
         try:
@@ -108,7 +136,7 @@ def load_preset(name: str) -> None:
 
 
 def _sync_url(cfg: RunConfig) -> None:
-    params = cfg.to_query_params() | {OWNER_PARAM: owner()}
+    params = cfg.to_query_params() | _class_params() | {OWNER_PARAM: owner()}
     if params != st.query_params.to_dict():
         st.query_params.clear()
         st.query_params.update(params)

@@ -5,9 +5,10 @@ import logging
 import pandas as pd
 import streamlit as st
 
-from drill import records
+from drill import classroom, records
 from drill.analysis import LAST_K
 from drill.charts import compare_chart
+from drill.presets import preset_of
 from views import common
 
 log = logging.getLogger(__name__)
@@ -105,12 +106,24 @@ def draw(manager, me: str) -> None:
     )
 
 
+def draw_pinned(manager) -> None:
+    """The runs the class's teacher pinned, on every class member's Compare page."""
+    code = common.class_code()
+    pins = classroom.pinned(manager.store, code, classroom.entries(manager, code)) if code else []
+    if pins:
+        st.subheader("Pinned by your teacher")
+        rows = [records.table_row(pin.run, preset_of(pin.run)) for pin in pins]
+        table = pd.DataFrame(rows).assign(Run=[f"{pin.student}: {pin.name}" for pin in pins]).set_index("Run")
+        st.dataframe(table, column_order=("Step", "Status", "Params", "Best test", f"Last {LAST_K}", "Analysis"))
+
+
 st.title("Compare runs")
 st.caption("Every run of this session, written up as Target / Result / Analysis, with its curves side by side.")
 try:
     manager, me = common.manager(), common.owner()
     import_pending(manager, me)
     draw(manager, me)
+    draw_pinned(manager)
 except Exception as error:  # the page must explain, never show a traceback
     log.exception("compare page failed")
     st.error(f"Something went wrong showing your runs ({type(error).__name__}: {error}). Reload the page to retry.")
