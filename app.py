@@ -34,7 +34,8 @@ with st.sidebar:
         key=picker,
         on_change=lambda: common.load_preset(st.session_state[picker]),
     )
-    st.caption(BY_NAME[base].title)
+    if BY_NAME[base].title != BY_NAME[base].menu_name:
+        st.caption(BY_NAME[base].title.replace(".", "\\.", 1))  # "3. + Batch norm" is no Markdown list item
     # Filled after the page has run, so "edited" and the share link reflect the change the student just made on it.
     preset_status = st.container()
     st.caption("Share this model: the link opens the same settings (your runs stay yours).")

@@ -115,7 +115,7 @@ def test_the_sidebar_picks_a_preset_and_reset_undoes_an_edit():
     assert at.sidebar.selectbox[0].value == "batchnorm"
     # The menu names fit the sidebar ("3. Batch norm"); the whole title is shown under it.
     assert at.sidebar.selectbox[0].options == [preset.menu_name for preset in PRESETS]
-    assert "3. + Batch norm" in [c.value for c in at.sidebar.caption]
+    assert "3\\. + Batch norm" in [c.value for c in at.sidebar.caption]  # escaped: not a Markdown list
     reset = next(b for b in at.sidebar.button if b.label == "Reset to preset")
     assert reset.disabled  # nothing edited yet
     # An edit, as the Build page makes it (AppTest drops the sidebar after a page switch, so it is made here).
