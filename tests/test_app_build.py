@@ -97,6 +97,11 @@ def test_an_invalid_stack_shows_the_error_beside_the_last_valid_model():
     assert shown_params(at) == summarize(QUICK.model).total_params
     assert list(layer_tables(at)[0].value["layer"]) == [row.name for row in summarize(QUICK.model).rows]
     assert at.query_params["layers"] == QUICK.model.layers
+    assert list(at.data_editor[0].value["kind"]) == ["conv 3x3"] + ["max-pool 2x2"] * 5  # the rows show the text
+    # The rows can't show a stack that does not parse: they keep the last one, locked, and say so.
+    widget(at.text_input, "Compact stack").set_value("8,M,x").run()
+    assert at.data_editor[0].proto.disabled and len(at.data_editor[0].value) == 6
+    assert any("The rows show the last stack that could be built" in c.value for c in at.caption)
     # Fixing the text makes the new stack current.
     widget(at.text_input, "Compact stack").set_value("8, 16p, M, T8, 16").run()
     assert not at.error
