@@ -112,3 +112,16 @@ def test_every_presets_old_link_opens_the_same_model():
         "features.conv1.bn.running_mean",
     ]
     assert len(PRESETS) == len(OLD_LINKS)
+
+
+def test_a_heavy_network_is_built_and_tabled_and_one_past_the_cap_is_refused_with_its_count():
+    from drill.config import ConfigError, ModelConfig
+    from drill.stack import MAX_PARAMS
+
+    heavy = ModelConfig(layers="64p,M,256p,M,1024p,1024", head="gap_linear", hidden="512")
+    summary = summarize(heavy)
+    assert 10_000_000 < summary.total_params < MAX_PARAMS
+    assert [row.output_shape for row in summary.rows if row.name.endswith(".conv")][-1] == (1024, 5, 5)
+    assert summary.head_rf == 26 and summary.mult_adds > 0  # 3, pool 4, 8, pool 10, 18, 26
+    with pytest.raises(ConfigError, match=r"this network has 2\d,\d{3},\d{3} parameters; at most 16,000,000"):
+        ModelConfig(layers="64p,M,256p,M,1024p,1024,1024")
