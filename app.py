@@ -8,6 +8,7 @@ from views import common
 
 st.set_page_config(page_title="Drill-Down Lab", page_icon="🔬", layout="wide")
 common.init_config()
+common.keep_owner()
 
 pages = [
     st.Page("views/drilldown.py", title="Drill-down", icon="🪜", default=True),

@@ -353,6 +353,14 @@ class RunStore:
             ).fetchall()
         return [MemberRow(*row) for row in rows]
 
+    def classes_of(self, owner: str) -> list[str]:
+        """The classes a student is in, the one joined last first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT class FROM members WHERE owner = ? ORDER BY joined DESC", (owner,)
+            ).fetchall()
+        return [row[0] for row in rows]
+
     def pin(self, class_code: str, ticket_id: str, pinned: bool = True) -> None:
         """Pin a run for a class (or take the pin off)."""
         if pinned:

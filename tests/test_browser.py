@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import need, need_module, trained_here
+from conftest import need, need_module, trained_here, wait_until
 from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
 from streamlit_server import CHROMIUM, CHROMIUM_ARGS, ROOT, serve
 
@@ -182,8 +182,8 @@ def test_a_run_started_in_the_students_other_tab_appears_without_a_click(server,
     settle(page)
     assert button(page, "Start").is_enabled()
     link = page.url
-    assert "me=" in link
-    other = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+    assert "me=" not in link
+    other = page.context.new_page()  # the student's second tab: the same browser, so the same id in its cookie
     other.set_default_timeout(60_000)
     try:
         other.goto(link)
@@ -198,7 +198,7 @@ def test_a_run_started_in_the_students_other_tab_appears_without_a_click(server,
         settle(page)
         assert button(page, "Start").is_enabled()
     finally:
-        other.context.close()
+        other.close()
 
 
 def test_a_live_view_the_browser_never_got_comes_back_while_the_run_trains(server, page):
@@ -325,12 +325,13 @@ def test_a_server_killed_mid_run_resumes_it_on_restart_and_the_page_shows_nothin
         button(page, "Start").click()
         wait_for_run_text(page, EPOCH_LINE.format(epoch=6, epochs=15))
         link = page.url.replace(url, "")
-        assert "me=" in link
         process.kill()  # SIGKILL: no shutdown hook, nothing written on the way out
         process.wait(timeout=30)
-        context.close()
+        page.close()
+    # The same browser comes back (its cookie holds the student's id); the restarted server has another port.
     with serve(store, log_path=ROOT / "artifacts" / "streamlit-restart.log") as (url, process):
-        context, page = new_page(browser)
+        page = context.new_page()
+        page.set_default_timeout(60_000)
         page.goto(url + link)
         page.get_by_text(re.compile(r"Resumed after epoch (6|7): the server restarted, and nothing trained")).wait_for()
         wait_for_run_text(page, EPOCH_LINE.format(epoch=15, epochs=15))
@@ -365,3 +366,116 @@ def test_a_ray_backed_server_streams_a_run_to_the_browser(browser, ray_cluster, 
         wait_for_run_text(page, EPOCH_LINE.format(epoch=2, epochs=2))
         page.get_by_text(re.compile("Quick demo.*: finished")).first.wait_for()
         context.close()
+
+
+TEACHER_KEY = "browser-teacher-key"
+
+
+def class_members(page) -> list[str]:
+    """The Class page's runs as its run picker lists them: "Student: run (status)"."""
+    picker = page.get_by_test_id("stMainBlockContainer").get_by_role("combobox", name="A run of the class")
+    picker.click()
+    options = page.get_by_role("option").all_inner_texts()
+    page.keyboard.press("Escape")
+    return options
+
+
+def owner_cookie(page) -> str:
+    """The student's id as the browser keeps it, once the page has set it."""
+    found = {}
+
+    def kept() -> bool:
+        found.update({c["name"]: c["value"] for c in page.context.cookies()})
+        return "drill_owner" in found
+
+    wait_until(kept, timeout=60, what="the page to keep the student's id in a cookie")
+    return found["drill_owner"]
+
+
+def join_class(page, url: str, code: str, name: str) -> None:
+    page.goto(f"{url}/class_page?{'class=' + code if code else ''}")
+    page.get_by_role("heading", name="Class").first.wait_for()
+    settle(page)
+    page.get_by_role("textbox", name="Display name").fill(name)
+    button(page, "Join the class").click()
+    page.get_by_text(f"You are in class {code} as").first.wait_for()
+    settle(page)
+
+
+def test_a_class_live_on_the_class_page_the_teacher_stops_a_run_and_a_copied_address_bar_gives_nothing(
+    browser, tmp_path_factory
+):
+    env = {**own_store(tmp_path_factory), "DRILL_TEACHER_KEY": TEACHER_KEY}
+    short = BY_NAME["quick"].config.replace(train={"subset": 1000, "epochs": 1, "seed": 31})
+    long = BY_NAME["quick"].config.replace(train={**LONG_RUN, "seed": 32})
+    outside = BY_NAME["quick"].config.replace(train={"subset": 1000, "epochs": 1, "seed": 33})
+    with serve(env, log_path=ROOT / "artifacts" / "streamlit-class.log") as (url, _):
+        contexts = {}
+        try:
+            for who in ("ana", "bo", "cy", "teacher", "dan"):
+                contexts[who] = new_page(browser)
+            ana, bo, cy, teacher, dan = (page for _, page in contexts.values())
+            # The teacher's page is open before any run exists: what follows reaches it without a click.
+            teacher.goto(f"{url}/class_page?class=lab-1")
+            teacher.get_by_text("No runs in this class yet").wait_for()
+            join_class(ana, url, "lab-1", "Ana")
+            join_class(bo, url, "lab-1", "Bo")
+            # A name as HTML is refused with a message, shown as text: no element of it reaches the page.
+            bo.get_by_role("textbox", name="Display name").fill("<img src=x onerror=alert(1)>")  # 28 characters
+            button(bo, "Change my name").click()
+            bo.get_by_text("can't hold '<'").first.wait_for()
+            assert bo.locator("img[src='x']").count() == 0
+            for page, config in ((bo, long), (cy, outside), (ana, short)):
+                page.goto(f"{url}/train?{config.to_query()}")
+                settle(page)
+                button(page, "Start").click()
+                page.get_by_text(re.compile(r": running|is queued|: finished")).first.wait_for()
+
+            # Live: the class's two runs appear, and Ana's short one finishes, on the page with nobody clicking.
+            teacher.get_by_text("2 run(s) in class lab-1, 1 going").wait_for(timeout=LIMIT_S * 1000)
+            open_page(ana, "Class")
+            ana.get_by_text("2 run(s) in class lab-1").wait_for()
+            for page in (teacher, ana):  # without the key, no teacher's button
+                listed = class_members(page)
+                assert len(listed) == 2 and all(item.startswith(("Ana: ", "Bo: ")) for item in listed), listed
+                assert any(item.startswith("Bo: ") and re.search(r"running epoch|queued", item) for item in listed)
+                for hidden in ("Stop this run", "Clear the class", "Unpin"):
+                    assert button(page, hidden).count() == 0
+                assert page.get_by_test_id("stDownloadButton").count() == 0
+            ana.screenshot(path=SHOTS / "class.png", full_page=True)
+
+            teacher.get_by_text("Teacher", exact=True).click()
+            key_box = teacher.get_by_label("Teacher key")
+            key_box.fill(TEACHER_KEY)
+            key_box.press("Enter")
+            teacher.get_by_text("Teacher: you can stop and pin").wait_for()
+            assert TEACHER_KEY not in teacher.url
+            picker = teacher.get_by_test_id("stMainBlockContainer").get_by_role("combobox", name="A run of the class")
+            picker.click()
+            teacher.get_by_role("option", name=re.compile("^Bo: ")).click()
+            settle(teacher)
+            button(teacher, "Stop this run").click()
+            bo.get_by_text(re.compile("stopped by the teacher")).first.wait_for()
+
+            # Ana's address bar, copied to Dan: the same page and settings, none of Ana's runs, no power over them.
+            sender = owner_cookie(ana)
+            open_page(ana, "Compare")
+            link = ana.url
+            assert "me=" not in link and sender not in link
+            dan.goto(link)
+            dan.get_by_role("heading", name=re.compile("Compare")).first.wait_for()
+            settle(dan)
+            dan.get_by_text("No runs yet").wait_for()
+            assert owner_cookie(dan) != sender
+            dan.goto(link.replace("/compare", "/class_page"))
+            settle(dan)
+            assert button(dan, "Stop this run").count() == 0
+            # Ana's reload keeps her runs: the id came back with her cookie.
+            ana.reload()
+            ana.get_by_role("heading", name=re.compile("Compare")).first.wait_for()
+            settle(ana)
+            assert ana.get_by_text("No runs yet").count() == 0
+            assert owner_cookie(ana) == sender
+        finally:
+            for context, _ in contexts.values():
+                context.close()

@@ -410,3 +410,12 @@ def test_the_scatter_draws_the_target_box_and_names_student_and_config_on_hover(
     [point] = spec["datasets"][dots["data"]["name"]]
     assert (point["Student"], point["accuracy"]) == ("Ana", 99.5) and "seed=2" in point["Config"]
     assert {"Student", "Config"} <= {t["field"] for t in dots["encoding"]["tooltip"]}
+
+
+def test_a_student_who_joined_finds_the_class_from_a_link_without_it(lesson):
+    code, (ana, bo, cy), runs = lesson
+    again = AppTest.from_file(str(REPO_ROOT / "app.py"), default_timeout=PAGE_TIMEOUT)
+    again.session_state["owner"] = ana.session_state["owner"]  # Ana's browser, back on a plain link
+    switch(again.run(), "class_page")
+    assert again.query_params[classroom.CLASS_PARAM] == code
+    assert sorted(class_table(again)["Student"]) == ["Ana", "Bo"]

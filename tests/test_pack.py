@@ -216,7 +216,7 @@ def test_the_train_page_labels_a_recorded_run_replays_it_and_trains_it_afresh(
     wait_until(common.manager().shelf.checked.is_set, 300, what="the pack's runs to be checked")
     at = AppTest.from_file(str(REPO_ROOT / "app.py"), default_timeout=60)
     at.query_params.update(TINY.to_query_params())
-    at.query_params["me"] = uuid.uuid4().hex
+    at.session_state["owner"] = uuid.uuid4().hex
     at.run()
     at.switch_page("views/train.py").run()
     next(b for b in at.button if b.label == "Start").click().run()

@@ -200,7 +200,7 @@ def test_the_train_page_shows_the_resumed_run_and_that_nothing_was_lost(tmp_path
     interrupted_run(path, epochs_done=1, owner=owner)
     monkeypatch.setenv("DRILL_RUNS_DB", str(path))  # the app's next manager: a server started on this store
     at = AppTest.from_file(str(REPO_ROOT / "app.py"), default_timeout=60)
-    at.query_params["me"] = owner
+    at.session_state["owner"] = owner  # the student's browser brings their id in its cookie
     at.run()
     at.switch_page("views/train.py").run()
     assert not at.exception, at.exception

@@ -19,8 +19,14 @@ from drill.presets import get_preset
 from drill.store import RunStore, StoreInUse, default_max_runs, default_path
 
 DEFAULT_PRESET = "quick"
-OWNER_PARAM = "me"  # the student's id rides in the URL, so a reload (or a restart) finds their runs again
-NOT_CONFIG = (OWNER_PARAM, classroom.CLASS_PARAM)  # the link's keys that are not settings
+# The student's id lives in a cookie of their browser, so a reload (or a restart) finds their runs again, while the
+# address bar, which a student may copy for a classmate, holds nothing that owns them.
+OWNER_COOKIE = "drill_owner"
+COOKIE_DAYS = 365
+# Links made when the id rode in the URL carry it as me=: not a setting, and never taken as an id, since a copied
+# address bar would hand over the sender's runs.
+OLD_OWNER_PARAM = "me"
+NOT_CONFIG = (OLD_OWNER_PARAM, classroom.CLASS_PARAM)  # the link's keys that are not settings
 log = logging.getLogger(__name__)
 
 
@@ -44,11 +50,25 @@ def manager() -> JobManager:
 
 
 def owner() -> str:
-    """This student's id, which owns their runs: the link's, when it carries one, else a new one."""
+    """This student's id, which owns their runs: the browser's cookie's, when it sent one, else a new one."""
     if "owner" not in st.session_state:
-        given = st.query_params.get(OWNER_PARAM, "")
-        st.session_state.owner = given if presence.is_owner_id(given) else uuid.uuid4().hex
+        given = st.context.cookies.get(OWNER_COOKIE, "")
+        # Only a browser sends cookies (AppTest's stand-in client gives placeholders), and only ids we hand out count.
+        mine = isinstance(given, str) and presence.is_owner_id(given)
+        st.session_state.owner = given if mine else uuid.uuid4().hex
     return st.session_state.owner
+
+
+def keep_owner() -> None:
+    """Have the browser keep the student's id in its cookie, when it did not send that id with this session.
+
+    Streamlit reads cookies but can't set them, so a line of script in the page does; the id is 32 hex digits
+    (presence.is_owner_id), nothing that could break out of the script."""
+    if st.context.cookies.get(OWNER_COOKIE) == owner():
+        return
+    secure = "; Secure" if (st.context.url or "").startswith("https:") else ""
+    cookie = f"{OWNER_COOKIE}={owner()}; Path=/; Max-Age={COOKIE_DAYS * 86400}; SameSite=Strict{secure}"
+    st.html(f"<script>document.cookie = {cookie!r};</script>", unsafe_allow_javascript=True)
 
 
 def share_link() -> str:
@@ -61,16 +81,17 @@ def share_link() -> str:
 
 def class_code() -> str | None:
     """The class this tab is in: the link's `class=`, read once a session so it survives page switches as the
-    config does (or the code typed on the Class page); None outside a class. A code that can't be used is said
-    once, on the page."""
+    config does (or the code typed on the Class page); without one, the class the student joined last (their
+    runs are its); None outside a class. A code that can't be used is said once, on the page."""
     if "class_code" not in st.session_state:
         given = st.query_params.get(classroom.CLASS_PARAM, "")
-        st.session_state.class_code = None
+        code = next(iter(manager().store.classes_of(owner())), None)
         if given:
             try:
-                st.session_state.class_code = classroom.check_code(given)
+                code = classroom.check_code(given)
             except classroom.ClassError as error:
-                st.session_state.class_error = f"{error} You are in no class."
+                code, st.session_state.class_error = None, f"{error} You are in no class."
+        st.session_state.class_code = code
     return st.session_state.class_code
 
 
@@ -136,7 +157,7 @@ def load_preset(name: str) -> None:
 
 
 def _sync_url(cfg: RunConfig) -> None:
-    params = cfg.to_query_params() | _class_params() | {OWNER_PARAM: owner()}
+    params = cfg.to_query_params() | _class_params()
     if params != st.query_params.to_dict():
         st.query_params.clear()
         st.query_params.update(params)
