@@ -293,6 +293,74 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_calibrate(args) -> int:
+    """Time every preset (and variations on them) for a slice of an epoch on one thread, fit the epoch-cost model
+    the pages estimate with, and write the coefficients with the estimate's error per config."""
+    import torch
+
+    from drill import cost, pack
+    from drill.data import load_mnist
+
+    data = load_mnist()
+    load, started, before = os.getloadavg()[0], time.perf_counter(), _cpu_times()
+    print(f"calibrating on {pack.machine_name()}, 1 thread, cores {sorted(os.sched_getaffinity(0))}", flush=True)
+    measured = cost.calibrate(data, lambda line: print(line, flush=True), args.slice_s, args.repeats, args.whole)
+    others = {cpu: times for cpu, times in _cpu_times().items() if cpu not in os.sched_getaffinity(0)}
+    busy = {cpu: round((b - before[cpu][0]) / max(t - before[cpu][1], 1), 2) for cpu, (b, t) in others.items()}
+    presets = {row["name"]: row for row in measured["configs"] if row["name"] in BY_NAME}
+    errors = [row["error"] for row in presets.values()]
+    figures = {
+        "command": "python -m drill calibrate --out results/epoch-cost.json",
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": pack.machine_name(),
+        "torch": torch.__version__,
+        "threads": 1,
+        "load_average_before": round(load, 2),
+        # What else ran meanwhile: a class's server trains a run on every core, and runs side by side slow each other.
+        "other_cores_busy": busy,
+        "largest_train_spread": max(row["train_spread"] for row in measured["configs"]),
+        "what": (
+            "CPU seconds of an epoch (its training images, then the 10,000-image test pass) on one thread: measured, "
+            f"a slice of the epoch (median of {args.repeats}) scaled to the whole; estimated, drill.cost's fitted "
+            "model. The wall clock also counts other processes' turns on the core (wall_over_cpu, per config)"
+        ),
+        "tolerance": args.tolerance,
+        "presets": {name: {**row["epoch_s"], "error": row["error"]} for name, row in presets.items()},
+        "largest_preset_error": max(errors, key=abs),
+        "minutes": round((time.perf_counter() - started) / 60, 1),
+        **measured,
+    }
+    print("\n| config | measured s/epoch | estimated | error |\n|---|---:|---:|---:|")
+    for row in measured["configs"]:
+        print(
+            f"| {row['name']} | {row['epoch_s']['measured']:.1f} | {row['epoch_s']['estimated']:.1f} | "
+            f"{row['error']:+.0%} |"
+        )
+    outside = [name for name, error in zip(presets, errors, strict=True) if abs(error) > args.tolerance]
+    print(
+        f"\npresets: errors {min(errors):+.0%} to {max(errors):+.0%}; "
+        + (f"outside +-{args.tolerance:.0%}: {', '.join(outside)}" if outside else f"all within +-{args.tolerance:.0%}")
+    )
+    if args.out:
+        Path(args.out).write_text(json.dumps(figures, indent=1) + "\n")
+    return 0
+
+
+def _cpu_times() -> dict[int, tuple[int, int]]:
+    """Per CPU, (busy, total) clock ticks since boot, from /proc/stat (empty where there is none)."""
+    try:
+        lines = Path("/proc/stat").read_text().splitlines()
+    except OSError:
+        return {}
+    times = {}
+    for line in lines:
+        name, *fields = line.split()
+        if name.startswith("cpu") and name[3:].isdigit():
+            ticks = [int(field) for field in fields]
+            times[int(name[3:])] = (sum(ticks) - ticks[3] - ticks[4], sum(ticks))  # idle and iowait are not busy
+    return times
+
+
 def cmd_contention(args) -> int:
     """A run's epoch beside busy Python threads in the serving process: trained in a thread there, and in a worker
     process, each measured alone and beside them, all in one process pinned to the same cores."""
@@ -487,6 +555,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subset", type=int, help="time an epoch of N images instead of the preset's (a smoke test)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where drill's runs train")
     p.set_defaults(func=cmd_bench, config=None)
+    p = sub.add_parser("calibrate", help="time the presets on one thread and fit the epoch estimate the pages show")
+    p.add_argument("--slice-s", type=float, default=3.0, help="seconds of training timed per repeat")
+    p.add_argument("--repeats", type=int, default=5, help="timed slices to take the median of")
+    p.add_argument(
+        "--whole", nargs="*", choices=list(BY_NAME), default=["lean", "final"], help="presets also timed a whole epoch"
+    )
+    p.add_argument("--tolerance", type=float, default=0.3, help="the error on the presets aimed for (0.3: +-30%%)")
+    p.add_argument("--out", metavar="FILE.json", help="write the coefficients and the errors here")
+    p.set_defaults(func=cmd_calibrate)
     p = sub.add_parser("contention", help="a run's epoch beside busy Python threads: in a thread vs a worker process")
     p.add_argument("--preset", choices=list(BY_NAME), default="quick")
     p.add_argument("--subset", type=int, default=6000, help="training images in the timed epoch")

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from torch import nn
 
+from drill import cost
 from drill.backends import BACKENDS, Handle, Job, Outcome, ProcessBackend, ThreadBackend, Unavailable
 from drill.checkpoint import Checkpoint
 from drill.config import RunConfig
@@ -249,6 +250,11 @@ def make_backend(name: str | None = None):
         return Unavailable(str(error))
 
 
+class Refused(ValueError):
+    """A run this server will not train (its estimated epoch passes the server's limit); the message says so and what
+    to change."""
+
+
 def _is_active(ticket: Ticket) -> bool:
     """Whether a ticket's run is queued or running for its owner (who has not left it)."""
     return ticket.cut is None and ticket.run.status in ACTIVE
@@ -263,6 +269,9 @@ class JobManager:
     Identical requests share one run: a run already going gains a watcher, and a finished one is served from the
     store at once, since training is deterministic for a config and its seed. Everything is written to the store as
     it happens, so a student's runs survive a page reload and a server restart.
+
+    A new run whose estimated epoch (drill.cost) passes the server's limit is refused; one that would be followed or
+    served from the store is not, since nothing trains for it.
     """
 
     def __init__(
@@ -276,8 +285,11 @@ class JobManager:
         store: RunStore | None = None,
         backend=None,
         pack: Path | None = None,
+        # None reads $DRILL_MAX_EPOCH_S at every submission, so a server's setting (or a test's) needs no restart.
+        max_epoch_s: float | None = None,
     ):
         self.backend = backend or ThreadBackend(max_running, data, runner)
+        self.max_epoch_s = max_epoch_s
         self.grace_s = grace_s
         self.store = store or RunStore()
         # The recorded-runs pack (drill.pack), when given: its checked runs are served like runs trained here.
@@ -316,12 +328,17 @@ class JobManager:
         With one_at_a_time, an owner who already has a run going gets its ticket back instead, checked under the
         same lock: Streamlit can run one click's callback twice at once (it replays a click whose rerun was cut
         short), and a check made before submitting let one student of 30 start twice in a load test.
+
+        Refused when the run would have to train and its estimated epoch passes the server's limit.
         """
+        too_long = cost.refusal(config, self.max_epoch_s)  # outside the lock: a model's first summary takes a while
         with self._lock:
             self._load(owner)
             self._presence.beat(owner)
             if one_at_a_time and (going := self._going(owner)):
                 return going[-1]
+            if too_long and self._must_train([config], fresh):
+                raise Refused(too_long)
             # A student already following this very run keeps the one ticket: a replayed click, or Start pressed
             # again on a run that finished, must not list the same run twice.
             ticket = self._new_ticket(owner, config, label, fresh, reuse=True)
@@ -335,14 +352,19 @@ class JobManager:
         It counts as the student's one run at a time: one who has runs going gets those tickets back. For the class's
         fairness it weighs as one new run: its first seed waits with the new runs, the others with the runs that
         already had a turn, so a proof never pushes a classmate's first epoch further back than one run does.
+
+        Refused, as a whole, when a seed would have to train and the estimated epoch passes the server's limit.
         """
         wanted = proof_seeds(seeds)
+        too_long = cost.refusal(config, self.max_epoch_s)
         with self._lock:
             self._load(owner)
             self._presence.beat(owner)
             if going := self._going(owner):
                 proof = going[-1].proof
                 return [t for t in going if t.proof == proof] if proof else going[-1:]
+            if too_long and self._must_train([config.replace(train={"seed": seed}) for seed in wanted], False):
+                raise Refused(too_long)
             proof = new_id("proof")
             tickets = [
                 self._new_ticket(owner, config.replace(train={"seed": seed}), label, proof=proof, behind=place > 0)
@@ -350,6 +372,16 @@ class JobManager:
             ]
             self._dispatch()
         return tickets
+
+    def refusal(self, config: RunConfig, fresh: bool = False, seeds: int = 0) -> str | None:
+        """What submit (with seeds, prove over that many) would refuse config with now, for a page to say beside a
+        Start it disables; None when it would be accepted."""
+        too_long = cost.refusal(config, self.max_epoch_s)
+        if too_long is None:
+            return None
+        configs = [config.replace(train={"seed": seed}) for seed in proof_seeds(seeds)] if seeds else [config]
+        with self._lock:
+            return too_long if self._must_train(configs, fresh and not seeds) else None
 
     def add_finished(self, owner: str, record: dict, label: str = "") -> Ticket:
         """Register a run finished elsewhere (an imported record), so it shows beside this session's runs."""
@@ -592,6 +624,12 @@ class JobManager:
         self._tickets[ticket.id] = ticket
         self.store.save_ticket(ticket.row())
         return ticket
+
+    def _must_train(self, configs: list[RunConfig], fresh: bool) -> bool:
+        """Whether any of these runs would train here: none going or finished to follow, nor (unless fresh) recorded."""
+        return any(
+            self._shared_run(key) is None and self._stored_row(key, fresh) is None for key in map(self._key, configs)
+        )
 
     def _key(self, config: RunConfig) -> str:
         return config_key(config, self.backend.device_type(config))

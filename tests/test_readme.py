@@ -10,8 +10,9 @@ import re
 import pytest
 from conftest import REPO_ROOT
 
-from drill import pack
+from drill import cost, pack
 from drill.__main__ import main
+from drill.presets import BY_NAME
 
 README = (REPO_ROOT / "README.md").read_text()
 FLAT = " ".join(README.split())  # prose as one line: a figure may wrap anywhere
@@ -67,6 +68,24 @@ def test_the_stretch_presets_table_is_the_report_of_its_runs(capsys):
     assert len(quoted) == 1 + 3 and [line for line in quoted if line not in made] == []
 
 
+def epoch_cost_figures(f: dict) -> list[str]:
+    """What the README says of the epoch estimate: the final step's note, how it was measured, its error on the
+    presets and the variations, the whole epochs timed, the machine's noise, and the server's default limit."""
+    variations = [row["error"] for row in f["configs"] if row["name"] not in f["presets"]]
+    lean, final = f["whole_epochs"]["lean"], f["whole_epochs"]["final"]
+    (other_core,) = f["other_cores_busy"].values()
+    return [
+        f'"{cost.epoch_note(BY_NAME["final"].config).removesuffix(".")}"',
+        f"CPU seconds of one thread, the other core {other_core:.0%} busy",
+        f"spread by up to {f['largest_train_spread']:.0%}",
+        f"within {abs(f['largest_preset_error']):.0%} of the measured epoch on every preset",
+        f"{max(map(abs, variations)):.0%} on {len(variations)} variations of them",
+        f"a whole epoch of lean took {lean['measured']:.1f} s against {lean['estimated']:.1f} s estimated, of final "
+        f"{final['measured']:.1f} s against {final['estimated']:.1f} s",
+        f"(`DRILL_MAX_EPOCH_S`, default {cost.DEFAULT_MAX_EPOCH_S:.0f} s",
+    ]
+
+
 @pytest.mark.parametrize(
     "file, quoted",
     [
@@ -82,6 +101,7 @@ def test_the_stretch_presets_table_is_the_report_of_its_runs(capsys):
             ],
         ),
         ("cache-load.json", lambda f: [f"loading it takes {f['median_ms'] / 1000:.2f} s (median of {f['repeats']}"]),
+        ("epoch-cost.json", epoch_cost_figures),
     ],
 )
 def test_the_figures_quoted_are_the_files_own(file, quoted):

@@ -8,6 +8,7 @@ import streamlit as st
 from drill import editor, layer_table
 from drill.charts import budget_chart
 from drill.config import ConfigError, ModelConfig, field_help
+from drill.cost import epoch_note
 from drill.stack import MAX_CHANNELS
 from drill.summary import summarize
 from views import common
@@ -130,6 +131,7 @@ with results:
     params_col, rf_col = st.columns(2)
     params_col.metric("Parameters", f"{total:,}", delta=layer_table.budget_delta(total), delta_color="inverse")
     rf_col.metric("Receptive field at the head", f"{summary.head_rf}x{summary.head_rf}")
+    st.caption(epoch_note(common.config()))
     st.altair_chart(budget_chart(total), width="stretch")
     st.caption(layer_table.rf_note(summary.head_rf))
     table = pd.DataFrame(layer_table.layer_table(summary))

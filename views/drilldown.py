@@ -58,13 +58,15 @@ for preset in LESSON:
         if run is not None:
             common.show_result(list(run.epochs), run.params)
         proof = manager.proof_of(preset.config)
+        refused = manager.refusal(preset.config, seeds=DEFAULT_SEEDS)  # over the server's limit (drill.cost)
         if proof is not None:
             (st.success if proof.proven else st.caption)(f"Over seeds 1-{len(proof.seeds)}: {proof.verdict()}")
         elif run is not None and st.button(
             f"Prove it over {DEFAULT_SEEDS} seeds",
             key=f"prove_{preset.name}",
-            disabled=manager.active_count(me) > 0,
-            help="Your run of this step is one seed: train seeds 1-3 of it (seeds trained before are served at once).",
+            disabled=manager.active_count(me) > 0 or bool(refused),
+            help=refused
+            or "Your run of this step is one seed: train seeds 1-3 of it (seeds trained before are served at once).",
         ):
             common.load_preset(preset.name)
             st.session_state.train_job = manager.prove(me, preset.config, preset.title)[0].id

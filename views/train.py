@@ -5,12 +5,12 @@ from collections.abc import Callable
 
 import streamlit as st
 
-from drill import controls, liveness, runview
+from drill import controls, cost, liveness, runview
 from drill.augment import PREVIEW_CAPTION, augment_preview
 from drill.charts import compare_chart, lr_chart
 from drill.config import AugmentConfig, TrainConfig, field_help
 from drill.data import DataUnavailable, load_mnist
-from drill.jobs import ACTIVE
+from drill.jobs import ACTIVE, Refused
 from drill.proof import DEFAULT_SEEDS, MAX_SEEDS, MIN_SEEDS, Proof
 from drill.records import ENDED
 from drill.train import lr_points
@@ -24,14 +24,24 @@ def start_run(fresh: bool = False) -> None:
     click is never lost to a rerun that does not reach the button (a fragment's timer, another click); the page
     then draws the new run. Fresh passes over a recorded run of the config: the student trains it on this server."""
     cfg = common.config()
-    # A run already going (started in the student's other tab, or by this very click run twice) is shown instead.
-    st.session_state.train_job = common.manager().submit(common.owner(), cfg, common.run_label(), True, fresh).id
+    try:
+        # A run already going (started in the student's other tab, or by this very click run twice) is shown instead.
+        st.session_state.train_job = common.manager().submit(common.owner(), cfg, common.run_label(), True, fresh).id
+    except Refused as error:  # the server's limit changed since the page was drawn
+        st.session_state.refused = str(error)
+        return
     st.session_state.pop("live_patience", None)  # a new run's view gets the heartbeat's first, short patience
 
 
 def prove_runs() -> None:
     """Prove it over seeds' callback: the page's settings over seeds 1 to Seeds, as one proof."""
-    tickets = common.manager().prove(common.owner(), common.config(), common.run_label(), st.session_state.proof_seeds)
+    try:
+        tickets = common.manager().prove(
+            common.owner(), common.config(), common.run_label(), st.session_state.proof_seeds
+        )
+    except Refused as error:
+        st.session_state.refused = str(error)
+        return
     st.session_state.train_job = tickets[0].id
     st.session_state.pop("live_patience", None)
 
@@ -108,8 +118,16 @@ with train_col:
     st.altair_chart(lr_chart(rates, per_epoch), width="stretch")
 
 
+# A run the server would refuse (too long an epoch for its limit) is said here, and its buttons are off.
+refused = st.session_state.pop("refused", None) or (manager.refusal(new) if new is not None else None)
+proof_refused = new is not None and manager.refusal(new, seeds=st.session_state.get("proof_seeds", DEFAULT_SEEDS))
+st.caption(cost.epoch_note(new or cfg))
+if refused or proof_refused:
+    st.warning(refused or proof_refused)
 start_col, stop_col, note_col = st.columns([1, 1, 4], vertical_alignment="center")
-start_col.button("Start", type="primary", disabled=bool(active) or new is None, width="stretch", on_click=start_run)
+start_col.button(
+    "Start", type="primary", disabled=bool(active) or new is None or bool(refused), width="stretch", on_click=start_run
+)
 stop_col.button("Stop", disabled=not active, width="stretch", on_click=stop_runs)
 note_col.caption(
     "One run at a time per student: the class shares this server's few CPU cores, and every extra run "
@@ -119,7 +137,7 @@ prove_col, seeds_col, prove_note_col = st.columns([1, 1, 4], vertical_alignment=
 seeds_col.number_input("Seeds", MIN_SEEDS, MAX_SEEDS, DEFAULT_SEEDS, 1, key="proof_seeds")
 prove_col.button(
     "Prove it over seeds",
-    disabled=bool(active) or new is None,
+    disabled=bool(active) or new is None or bool(proof_refused),
     width="stretch",
     on_click=prove_runs,
     help="Train these settings with seeds 1 to Seeds: 99.4% must hold in the last epochs for every seed, not once.",
@@ -135,7 +153,13 @@ recorded = shown_run is not None and shown_run.recorded and not shown_run.proof
 if recorded and shown_run.status == "finished" and shown_run.config == new:
     replay_col, myself_col, _ = st.columns([1, 1, 4])
     replay_col.button("▶️ Replay", width="stretch", on_click=replay, args=(shown_run.id,))
-    myself_col.button("Train it myself", disabled=bool(active), width="stretch", on_click=start_run, args=(True,))
+    myself_col.button(
+        "Train it myself",
+        disabled=bool(active) or bool(manager.refusal(new, fresh=True)),
+        width="stretch",
+        on_click=start_run,
+        args=(True,),
+    )
 replaying = shown_run is not None and st.session_state.get("replay", ("",))[0] == shown_run.id
 live = any(run.status in ACTIVE for run in proof_seeds or [shown_run] if run is not None)
 tick = runview.REPLAY_EPOCH_S / 4 if replaying else liveness.poll_seconds(manager.online_count()) if live else None
