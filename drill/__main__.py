@@ -52,12 +52,7 @@ def cmd_presets(args) -> None:
         {"name": p.name, "title": p.title, "params": summarize(p.config.model).total_params, "target": p.target}
         for p in PRESETS
     ]
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return
-    print(f"{'name':<12} {'params':>8}  title")
-    for row in rows:
-        print(f"{row['name']:<12} {row['params']:>8,}  {row['title']}")
+    listing(rows, args.json, {"name": 12, "params": 8})
 
 
 def cmd_gallery(args) -> None:
@@ -78,12 +73,19 @@ def cmd_gallery(args) -> None:
         }
         for n in NETWORKS
     ]
-    if args.json:
+    listing(rows, args.json, {"name": 16, "params": 10, "reported_params": 10})
+
+
+def listing(rows: list[dict], as_json: bool, widths: dict[str, int]) -> None:
+    """Rows as JSON, or as a table: these columns (the name left-aligned, counts right-aligned), then the title."""
+    if as_json:
         print(json.dumps(rows, indent=2))
         return
-    print(f"{'name':<16} {'params':>10} {'reported':>10}  title")
+    align = {column: "<" if column == "name" else ">" for column in widths}
+    print(" ".join(f"{column.split('_')[0]:{align[column]}{w}}" for column, w in widths.items()) + "  title")
     for row in rows:
-        print(f"{row['name']:<16} {row['params']:>10,} {row['reported_params']:>10,}  {row['title']}")
+        cells = (f"{row[c]:{align[c]}{w}{',' if isinstance(row[c], int) else ''}}" for c, w in widths.items())
+        print(" ".join(cells) + f"  {row['title']}")
 
 
 def cmd_summary(args) -> None:

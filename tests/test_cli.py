@@ -52,6 +52,19 @@ def test_presets_json():
     assert {row["name"]: row["params"] for row in rows}["final"] == 7_570
 
 
+def test_gallery_lists_the_write_ups_networks_with_the_parameters_they_report(capsys):
+    assert main(["gallery", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(row["name"], row["params"], row["reported_params"]) for row in rows] == [
+        ("wu004-skeleton", 6_379_786, 6_379_786),
+        ("wu003-gap", 25_290, 25_290),
+    ]
+    assert all(RunConfig.from_query(row["query"]) for row in rows)  # each link loads into the builder
+    assert main(["gallery"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["name", "params", "reported", "title"] and "6,379,786  6,379,786" in table[1]
+
+
 def layer_dicts(cfg: RunConfig) -> list[dict]:
     return [row.as_dict() for row in summarize(cfg.model).rows]
 
