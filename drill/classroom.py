@@ -21,7 +21,7 @@ from typing import Any
 from drill.analysis import LAST_K, TARGET_ACC, analyse
 from drill.config import shorten
 from drill.presets import preset_of
-from drill.records import run_names, short_name
+from drill.records import md_cell, run_names, short_name
 from drill.store import MemberRow, NameTaken, RunStore
 
 CLASS_PARAM = "class"  # the link's key for the class code
@@ -172,7 +172,7 @@ def markdown(rows: list[dict]) -> str:
     """The leaderboard as a Markdown table; cells are plain text (pipes and line breaks made harmless)."""
     lines = ["| " + " | ".join(COLUMNS) + " |", "|---|---|---|---:|---:|---|---|"]
     for r in rows:
-        lines.append("| " + " | ".join(_md(r[c]) for c in COLUMNS) + " |")
+        lines.append("| " + " | ".join(md_cell(r[c]) for c in COLUMNS) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -184,18 +184,6 @@ def csv_text(rows: list[dict]) -> str:
     for r in rows:
         writer.writerow([_csv(r[c]) for c in COLUMNS])
     return out.getvalue()
-
-
-def _md(value: Any) -> str:
-    if value is None or value == "":
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, float):
-        return f"{value:.2f}%"
-    return " ".join(str(value).split()).replace("|", "\\|")
 
 
 def _csv(value: Any) -> str:

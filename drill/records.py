@@ -151,12 +151,12 @@ def markdown_table(rows: list[dict], k: int = LAST_K) -> str:
     columns = [c.format(k=k) for c in MARKDOWN_COLUMNS]
     lines = ["| " + " | ".join(columns) + " |", "|---|---|---:|---:|---:|---|---|"]
     for row in rows:
-        cells = [_md_cell(row[c]) for c in columns]
+        cells = [md_cell(row[c]) for c in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def _md_cell(value: Any) -> str:
+def md_cell(value: Any) -> str:
     """A table cell as Markdown text: numbers formatted, pipes and line breaks made harmless."""
     if value is None or value == "":
         return "-"

@@ -162,7 +162,7 @@ def test_the_lesson_end_to_end(server, page):
 
     open_page(page, "Inspect")
     main = page.get_by_test_id("stMainBlockContainer")
-    assert main.get_by_role("combobox", name="Run").input_value().endswith(": Quick demo (finished)")
+    assert main.get_by_role("combobox", name="Run").input_value() == "Quick demo, seed 1 (finished)"
     wrong = int(re.search(r"(\d+) of 10,000 test digits are misclassified", main.inner_text()).group(1))
     assert 0 < wrong < 5000
     page.get_by_role("tab", name="Confusion matrix").click()
