@@ -371,13 +371,39 @@ def test_a_ray_backed_server_streams_a_run_to_the_browser(browser, ray_cluster, 
 TEACHER_KEY = "browser-teacher-key"
 
 
+def class_picker(page):
+    return page.get_by_test_id("stMainBlockContainer").get_by_role("combobox", name="A run of the class")
+
+
 def class_members(page) -> list[str]:
-    """The Class page's runs as its run picker lists them: "Student: run (status)"."""
-    picker = page.get_by_test_id("stMainBlockContainer").get_by_role("combobox", name="A run of the class")
-    picker.click()
-    options = page.get_by_role("option").all_inner_texts()
-    page.keyboard.press("Escape")
-    return options
+    """The Class page's runs as its run picker lists them: "Student: run (status)". The live part redraws every few
+    seconds, which closes an open list, so the list is opened again until it is read whole."""
+    found = []
+
+    def read() -> bool:
+        class_picker(page).click()
+        found[:] = page.get_by_role("option").all_inner_texts()
+        page.keyboard.press("Escape")
+        return bool(found)
+
+    wait_until(read, timeout=120, interval=1.0, what="the class's run picker to open")
+    return found
+
+
+def pick_class_run(page, student: str) -> None:
+    """Pick a run of this student in the Class page's run picker (reopened if a redraw closed it)."""
+
+    def pick() -> bool:
+        class_picker(page).click()
+        option = page.get_by_role("option", name=re.compile(f"^{student}: "))
+        try:
+            option.click(timeout=5000)
+        except Exception:  # the list closed under the click: a redraw came first
+            page.keyboard.press("Escape")
+            return False
+        return True
+
+    wait_until(pick, timeout=120, interval=1.0, what=f"a run of {student} to be picked")
 
 
 def owner_cookie(page) -> str:
@@ -450,9 +476,7 @@ def test_a_class_live_on_the_class_page_the_teacher_stops_a_run_and_a_copied_add
             key_box.press("Enter")
             teacher.get_by_text("Teacher: you can stop and pin").wait_for()
             assert TEACHER_KEY not in teacher.url
-            picker = teacher.get_by_test_id("stMainBlockContainer").get_by_role("combobox", name="A run of the class")
-            picker.click()
-            teacher.get_by_role("option", name=re.compile("^Bo: ")).click()
+            pick_class_run(teacher, "Bo")
             settle(teacher)
             button(teacher, "Stop this run").click()
             bo.get_by_text(re.compile("stopped by the teacher")).first.wait_for()
