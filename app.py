@@ -3,7 +3,8 @@
 import streamlit as st
 
 from drill import gallery, liveness
-from drill.presets import BY_NAME, PRESETS, matching_preset
+from drill.lesson import FIRST_STEP, LAST_STEP, Lesson
+from drill.presets import BY_NAME, LESSON, PRESETS, matching_preset
 from views import common
 
 st.set_page_config(page_title="Drill-Down Lab", page_icon="🔬", layout="wide")
@@ -23,8 +24,10 @@ page = st.navigation(pages)
 
 with st.sidebar:
     st.markdown("### Current model")
-    names = [p.name for p in PRESETS]
+    taught = common.lesson()
     base = st.session_state.setdefault("preset_name", matching_preset(common.config()) or common.DEFAULT_PRESET)
+    # A lesson link offers the steps it has reached (and the presets outside the lesson), not the ones to come.
+    names = [p.name for p in PRESETS if taught is None or p.step <= taught.step or p.name == base]
     picker = f"preset_{common.version()}"
     # Callbacks (here and on Reset) load the preset before the script runs, so the page is drawn once, with it.
     st.selectbox(
@@ -39,6 +42,8 @@ with st.sidebar:
         st.caption(BY_NAME[base].title.replace(".", "\\.", 1))  # "3. + Batch norm" is no Markdown list item
     # Filled after the page has run, so "edited" and the share link reflect the change the student just made on it.
     preset_status = st.container()
+    if taught is not None:
+        st.caption(f"📚 A lesson link: taught up to *{LESSON[taught.step - 1].title}*.")
     st.caption("Share this model: the link opens the same settings (your runs stay yours).")
     share = st.empty()
 
@@ -88,6 +93,8 @@ elif warning := common.manager().warning():
 
 if "class_error" in st.session_state:
     st.warning(st.session_state.pop("class_error"))
+for note in st.session_state.pop("lesson_notes", []):
+    st.info(note, icon="📚")
 if "link_error" in st.session_state:
     error = st.session_state.pop("link_error")
     st.warning(f"The link's settings could not be loaded, so the default model is shown. {error}")
@@ -103,3 +110,17 @@ with preset_status:
     elif edited:
         st.caption(f"Edited since *{BY_NAME[base].title}* was loaded.")
 share.code(common.share_link(), language=None, wrap_lines=True)
+
+if common.is_teacher():
+    with st.sidebar.expander("Lesson link (teacher)"):
+        step = st.selectbox(
+            "Taught so far",
+            range(FIRST_STEP, LAST_STEP + 1),
+            index=LAST_STEP - FIRST_STEP,
+            format_func=lambda n: LESSON[n - 1].title,
+            key="lesson_step",
+            help="Students on the link see only the controls taught up to this step; the others stay hidden, at "
+            "the values this model has now.",
+        )
+        st.code(common.lesson_link(step), language=None, wrap_lines=True)
+        st.caption(Lesson.of(step, common.config()).hidden_note())

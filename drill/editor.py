@@ -27,6 +27,8 @@ LAYER_KINDS = tuple(KINDS)
 BN_CHOICES = {"off": "off", "before_relu": "before ReLU", "after_relu": "after ReLU"}
 # The columns, in the order the editor shows them; a pool uses only kind, dropout and dropout kind.
 COLUMNS = ("kind", "channels", "padding", "batch norm", "BN learnable", "ReLU", "dropout", "dropout kind", "bias")
+# The columns that set a layer's own batch norm or dropout, by the drill.stack.Layer field they write.
+LAYER_FIELD_OF = {"batch norm": "bn", "BN learnable": "affine", "dropout": "dropout", "dropout kind": "dropout_kind"}
 
 
 def stack_rows(spec: str, model: Any) -> list[dict]:

@@ -503,3 +503,69 @@ def test_a_class_live_on_the_class_page_the_teacher_stops_a_run_and_a_copied_add
         finally:
             for context, _ in contexts.values():
                 context.close()
+
+
+def pick(page, label: str, option: str) -> None:
+    """Choose an option of a select box by its label (reopened if a redraw closed the list under the click)."""
+
+    def chosen() -> bool:
+        page.get_by_role("combobox", name=label).click()
+        try:
+            page.get_by_role("option", name=option, exact=True).click(timeout=5000)
+        except Exception:  # the list closed under the click: a redraw came first
+            page.keyboard.press("Escape")
+            return False
+        return True
+
+    wait_until(chosen, timeout=120, interval=1.0, what=f"{option!r} to be chosen in {label!r}")
+    settle(page)
+
+
+def test_a_lesson_link_hides_the_controls_not_taught_and_an_edited_address_keeps_them_locked(browser, tmp_path_factory):
+    env = {**own_store(tmp_path_factory), "DRILL_TEACHER_KEY": TEACHER_KEY}
+    with serve(env, log_path=ROOT / "artifacts" / "streamlit-lesson.log") as (url, _):
+        contexts = [new_page(browser) for _ in range(2)]
+        try:
+            teacher, student = (page for _, page in contexts)
+            teacher.goto(f"{url}/class_page?class=lab-3")
+            teacher.get_by_role("heading", name="Class").first.wait_for()
+            settle(teacher)
+            teacher.get_by_text("Teacher", exact=True).click()
+            key_box = teacher.get_by_label("Teacher key")
+            key_box.fill(TEACHER_KEY)
+            key_box.press("Enter")
+            teacher.get_by_text("Teacher: you can stop and pin").wait_for()
+            sidebar = teacher.get_by_test_id("stSidebar")
+            pick(teacher, "Preset", BY_NAME["final"].menu_name)
+            sidebar.get_by_text("Lesson link (teacher)").click()
+            pick(teacher, "Taught so far", BY_NAME["batchnorm"].title)
+            code = sidebar.get_by_test_id("stCode").filter(has_text="lesson=")
+            wait_until(lambda: "lesson=" in code.inner_text(), timeout=60, what="the lesson link to be made")
+            link = re.sub(r"\s+", "", code.inner_text())
+            assert TEACHER_KEY not in link and "drop=" not in link and "class=lab-3" in link
+
+            student.goto(link)
+            settle(student)
+            open_page(student, "Build")
+            main = student.get_by_test_id("stMainBlockContainer")
+            main.get_by_text("Not taught yet, so hidden").wait_for()
+            assert "Dropout rate 0.02" in main.inner_text()
+            main.get_by_test_id("stButtonGroup").get_by_text("Before ReLU", exact=True).wait_for()  # taught by step 3
+            assert main.get_by_role("slider", name="Dropout rate").count() == 0
+            student.screenshot(path=SHOTS / "lesson-build.png", full_page=True)
+            open_page(student, "Train")
+            main.get_by_text("Comes later in the lesson").wait_for()
+            assert main.get_by_role("slider", name="Rotation (± degrees)").count() == 0
+            assert main.get_by_role("combobox", name="LR schedule").count() == 0
+            assert main.get_by_role("spinbutton", name="Learning rate").count() == 1
+            assert "lesson=" in student.url and "drop=" not in student.url
+
+            # The student retypes a hidden setting into another page's address: the lesson's value stays.
+            student.goto(student.url.replace("/train?", "/compare?") + "&drop=0.4&rot=30")
+            student.get_by_text("Set by the lesson, so left as the link has them").first.wait_for()
+            settle(student)
+            open_page(student, "Build")
+            assert "Dropout rate 0.02" in main.inner_text() and "drop=" not in student.url
+        finally:
+            for context, _ in contexts:
+                context.close()

@@ -40,6 +40,12 @@ def stack_editor(draft: editor.StackDraft, toggles: SimpleNamespace) -> ConfigEr
     if not draft.in_step:
         st.caption("The rows show the last stack that could be built; they follow the text again once it is fixed.")
     column = st.column_config
+    # A column the lesson has not reached is hidden (None); its values ride along unseen, and the lesson drops them.
+    unseen = {
+        name: None
+        for name, layer_field in editor.LAYER_FIELD_OF.items()
+        if (taught := common.lesson()) is not None and not taught.shows_layer(layer_field)
+    }
     edited = st.data_editor(
         pd.DataFrame(editor.stack_rows(draft.base, toggles), columns=editor.COLUMNS),
         key=editor_key,
@@ -71,7 +77,8 @@ def stack_editor(draft: editor.StackDraft, toggles: SimpleNamespace) -> ConfigEr
             ),
             "dropout kind": column.SelectboxColumn("dropout kind", options=["element", "channel"]),
             "bias": column.CheckboxColumn("bias", help="this conv's bias (Bias in convolutions sets every row)"),
-        },
+        }
+        | unseen,
     )
     row_error = draft.take_rows(st.session_state.get(editor_key), edited.to_dict("records"), toggles)
     st.session_state[text_key] = draft.text
@@ -87,21 +94,29 @@ draft = stack_draft()
 
 st.title("🧱 Build")
 st.caption("Every change rebuilds the model at once: watch the parameters and the receptive field move.")
+common.lesson_note()
 controls, results = st.columns([2, 3], gap="large")
 with controls:
     m = cfg.model
-    bn = common.field_choice(ModelConfig, "batch_norm", m.batch_norm, key="bn")
-    dropout = common.field_slider(ModelConfig, "dropout", m.dropout, 0.01, key="drop")
-    kind = common.field_choice(ModelConfig, "dropout_kind", m.dropout_kind, key="dk", disabled=dropout == 0)
-    kind = kind if dropout > 0 else m.dropout_kind  # without dropout the kind is moot, and its control is disabled
-    head = common.field_choice(ModelConfig, "head", m.head, key="head", dropdown=True)
+    # A control the lesson has not reached is not drawn, and its value stays the one the lesson link locked.
+    bn, dropout, kind, head = m.batch_norm, m.dropout, m.dropout_kind, m.head
     hidden, hidden_dropout = m.hidden, m.hidden_dropout
+    if common.shows("model.batch_norm"):
+        bn = common.field_choice(ModelConfig, "batch_norm", m.batch_norm, key="bn")
+    if common.shows("model.dropout"):
+        dropout = common.field_slider(ModelConfig, "dropout", m.dropout, 0.01, key="drop")
+        kind = common.field_choice(ModelConfig, "dropout_kind", m.dropout_kind, key="dk", disabled=dropout == 0)
+        kind = kind if dropout > 0 else m.dropout_kind  # without dropout the kind is moot, and its control is off
+    if common.shows("model.head"):
+        head = common.field_choice(ModelConfig, "head", m.head, key="head", dropdown=True)
     if head in ("fc", "gap_linear"):  # only a linear head has hidden layers; the others keep the values unseen
         left, right = st.columns(2)
-        with left:
-            hidden = common.field_text(ModelConfig, "hidden", m.hidden, key="hid")
-        with right:
-            hidden_dropout = common.field_slider(ModelConfig, "hidden_dropout", m.hidden_dropout, 0.01, key="hdrop")
+        if common.shows("model.hidden"):
+            with left:
+                hidden = common.field_text(ModelConfig, "hidden", m.hidden, key="hid")
+        if common.shows("model.hidden_dropout"):
+            with right:
+                hidden_dropout = common.field_slider(ModelConfig, "hidden_dropout", m.hidden_dropout, 0.01, key="hdrop")
     bias = common.field_toggle(ModelConfig, "bias", m.bias, key="bias")
     lsm = common.field_toggle(ModelConfig, "log_softmax", m.log_softmax, key="lsm")
     toggles = SimpleNamespace(batch_norm=bn, dropout=dropout, dropout_kind=kind, bias=bias)

@@ -2,11 +2,9 @@
 classmate's config loaded into one's own builder; the teacher's powers behind the teacher key."""
 
 import logging
-import os
 
 import pandas as pd
 import streamlit as st
-from streamlit.errors import StreamlitSecretNotFoundError
 
 from drill import classroom
 from drill.charts import class_chart
@@ -19,24 +17,10 @@ log = logging.getLogger(__name__)
 TEACHER_REASON = "stopped by the teacher"
 
 
-def teacher_key() -> str | None:
-    """The server's teacher key: $DRILL_TEACHER_KEY, else teacher_key in Streamlit's secrets; None when unset."""
-    if key := os.environ.get(classroom.TEACHER_KEY_ENV):
-        return key
-    try:
-        return st.secrets.get("teacher_key") or None
-    except StreamlitSecretNotFoundError:  # no secrets file at all
-        return None
-
-
-def is_teacher() -> bool:
-    return bool(st.session_state.get("teacher"))
-
-
 def check_key() -> None:
     """The Teacher key box's callback: the key is compared once and only the outcome kept, in this session."""
     given = st.session_state.pop("teacher_key_box", "")
-    if classroom.key_matches(given, teacher_key()):
+    if classroom.key_matches(given, common.teacher_key()):
         st.session_state.teacher = True
     else:
         st.session_state.class_msg = ("error", "That **Teacher key** is not this server's: nothing was unlocked.")
@@ -167,16 +151,16 @@ def draw_live(manager, code: str) -> None:
     if st.button("Load into my builder", icon="🧱", disabled=chosen is None):
         load_into_builder(chosen)
         st.rerun()
-    if is_teacher():
+    if common.is_teacher():
         teacher_tools(manager, code, rows, chosen)
 
 
 def draw_teacher_login() -> None:
-    if is_teacher():
+    if common.is_teacher():
         st.success("Teacher: you can stop and pin any run of the class, export its table and clear it.")
         return
     with st.expander("Teacher"):
-        if teacher_key() is None:
+        if common.teacher_key() is None:
             st.caption(
                 f"No teacher key is set on this server: set ${classroom.TEACHER_KEY_ENV} (or teacher_key in "
                 "Streamlit's secrets) and restart it."
@@ -203,7 +187,7 @@ try:
         pick_name(manager, code)
         draw_teacher_login()
         st.fragment(draw_live, run_every=poll_seconds(manager.online_count()))(manager, code)
-        if is_teacher():
+        if common.is_teacher():
             clear_class(manager, code)
 except Exception as error:  # the page must explain, never show a traceback
     log.exception("class page failed")

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import uuid
 from contextlib import contextmanager
 from urllib.parse import urlencode
 
 import streamlit as st
+from streamlit.errors import StreamlitSecretNotFoundError
 
 from drill import classroom, controls, pack, presence, presets, runview, stack
 from drill.analysis import analyse
 from drill.backends import Unavailable
 from drill.config import ConfigError, RunConfig, field_choices, field_help, field_range
 from drill.jobs import JobManager, make_backend
+from drill.lesson import LESSON_PARAM, Lesson, LessonError, secret_of
 from drill.presets import get_preset
 from drill.store import RunStore, StoreInUse, default_max_runs, default_path
 
@@ -26,7 +29,7 @@ COOKIE_DAYS = 365
 # Links made when the id rode in the URL carry it as me=: not a setting, and never taken as an id, since a copied
 # address bar would hand over the sender's runs.
 OLD_OWNER_PARAM = "me"
-NOT_CONFIG = (OLD_OWNER_PARAM, classroom.CLASS_PARAM)  # the link's keys that are not settings
+NOT_CONFIG = (OLD_OWNER_PARAM, classroom.CLASS_PARAM, LESSON_PARAM)  # the link's keys that are not settings
 log = logging.getLogger(__name__)
 
 
@@ -72,11 +75,85 @@ def keep_owner() -> None:
 
 
 def share_link() -> str:
-    """This page's link with the current config (and class) and without the student's id: what a teacher hands
-    out."""
+    """This page's link with the current config (and class and lesson) and without the student's id: what a teacher
+    hands out."""
+    return _link(_params(config()))
+
+
+def lesson_link(step: int) -> str:
+    """The link to the current config and class as a lesson taught up to this step: the teacher's."""
+    taught = Lesson.of(step, config())
+    return _link(taught.visible_params(config()) | _class_params() | {LESSON_PARAM: taught.token(_secret())})
+
+
+def _link(params: dict[str, str]) -> str:
     base = (st.context.url or "").split("?")[0]
-    query = urlencode(config().to_query_params() | _class_params())
-    return f"{base}?{query}" if query else base
+    return f"{base}?{urlencode(params)}" if params else base
+
+
+def teacher_key() -> str | None:
+    """The server's teacher key: $DRILL_TEACHER_KEY, else teacher_key in Streamlit's secrets; None when unset."""
+    if key := os.environ.get(classroom.TEACHER_KEY_ENV):
+        return key
+    try:
+        return st.secrets.get("teacher_key") or None
+    except StreamlitSecretNotFoundError:  # no secrets file at all
+        return None
+
+
+def is_teacher() -> bool:
+    """Whether this tab's teacher key was checked (on the Class page)."""
+    return bool(st.session_state.get("teacher"))
+
+
+def _secret() -> bytes | None:
+    return secret_of(teacher_key())
+
+
+def lesson() -> Lesson | None:
+    """The lesson this tab is on: the link's `lesson=`, read once a session so it survives page switches as the
+    config does; None shows every control. A lesson= that can't be used is said once, on the page."""
+    if "lesson" not in st.session_state:
+        given = st.query_params.get(LESSON_PARAM, "")
+        st.session_state.lesson, st.session_state.lesson_token = None, given
+        if given:
+            try:
+                st.session_state.lesson = Lesson.from_token(given, _secret())
+            except LessonError as error:
+                st.session_state.lesson_notes = [str(error)]
+    return st.session_state.lesson
+
+
+def shows(field: str) -> bool:
+    """Whether the page draws this field's control (a dotted name): all but those a lesson has not reached."""
+    taught = lesson()
+    return taught is None or taught.shows(field)
+
+
+def lesson_note() -> None:
+    """On a page with controls, what the lesson hides and the values it keeps them at."""
+    if (taught := lesson()) is not None and taught.hidden_topics:
+        st.info(taught.hidden_note(), icon="📚")
+
+
+def _in_lesson(cfg: RunConfig) -> RunConfig:
+    """cfg as the lesson allows it (its hidden controls at their locked values), saying what that changed; raises
+    ConfigError when the locked values can't go with cfg."""
+    taught = lesson()
+    if taught is None:
+        return cfg
+    cfg, notes = taught.apply(cfg)
+    if notes:
+        st.session_state.lesson_notes = notes
+    return cfg
+
+
+def _params(cfg: RunConfig) -> dict[str, str]:
+    """The link's query for cfg: its settings (in a lesson, the visible ones), the class and the lesson."""
+    taught = lesson()
+    if taught is None:
+        return cfg.to_query_params() | _class_params()
+    return taught.visible_params(cfg) | _class_params() | {LESSON_PARAM: st.session_state.lesson_token}
 
 
 def class_code() -> str | None:
@@ -114,17 +191,29 @@ def init_config() -> None:
     if "config" in st.session_state:
         _sync_url(st.session_state.config)
         return
+    lesson()  # read before the URL is rewritten below
     # Every value of every key, so a setting given twice is refused as it is on every other path, not taken once.
     pairs = [(key, value) for key in st.query_params if key not in NOT_CONFIG for value in st.query_params.get_all(key)]
     cfg = get_preset(DEFAULT_PRESET).config
-    if pairs:
-        try:
-            cfg = RunConfig.from_query(urlencode(pairs))
-        except ConfigError as error:
-            st.session_state.link_error = controls.config_message(error, {})
+    try:
+        cfg = _in_lesson(RunConfig.from_query(urlencode(pairs)) if pairs else cfg)
+    except ConfigError as error:
+        st.session_state.link_error = controls.config_message(error, {})
+        cfg = _default_in_lesson()
     st.session_state.config = cfg
     st.session_state.config_version = 0
     _sync_url(cfg)
+
+
+def _default_in_lesson() -> RunConfig:
+    """The default model, under the lesson if it allows it; a lesson that allows not even that is left."""
+    cfg = get_preset(DEFAULT_PRESET).config
+    try:
+        return _in_lesson(cfg)
+    except ConfigError as error:
+        st.session_state.lesson = None
+        st.session_state.lesson_notes = [f"The lesson link can't be used ({error}), so every control is shown."]
+        return cfg
 
 
 def config() -> RunConfig:
@@ -138,7 +227,14 @@ def version() -> int:
 
 
 def set_config(cfg: RunConfig, from_widgets: bool = True) -> None:
-    """Make cfg current and put it in the URL; from_widgets=False also resets the widgets to it."""
+    """Make cfg current (as the lesson allows it) and put it in the URL; from_widgets=False also resets the widgets
+    to it. A config the lesson can't take leaves the current one, and says why."""
+    try:
+        cfg = _in_lesson(cfg)
+    except ConfigError as error:
+        message = controls.config_message(error, {})
+        st.session_state.lesson_notes = [f"That model can't be loaded in this lesson: {message} The model stays."]
+        return
     st.session_state.config = cfg
     if not from_widgets:
         st.session_state.config_version = version() + 1
@@ -157,7 +253,7 @@ def load_preset(name: str) -> None:
 
 
 def _sync_url(cfg: RunConfig) -> None:
-    params = cfg.to_query_params() | _class_params()
+    params = _params(cfg)
     if params != st.query_params.to_dict():
         st.query_params.clear()
         st.query_params.update(params)
@@ -173,7 +269,7 @@ def apply_config(**sections) -> tuple[RunConfig | None, ConfigError | None]:
     if "model" in sections:
         sections["model"] = stack.follow_toggles(cfg.model, sections["model"])
     try:
-        new = cfg.replace(**sections)
+        new = _in_lesson(cfg.replace(**sections))
     except ConfigError as error:
         return None, error
     if new != cfg:

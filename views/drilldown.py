@@ -38,6 +38,9 @@ for run in manager.snapshots(me):
     if run.status == "finished" and step:
         finished[step] = run  # oldest first, so the latest run of a step wins
 
+taught = common.lesson()
+later = {preset.name for preset in LESSON if taught is not None and preset.step > taught.step}
+
 # -- draw ---------------------------------------------------------------------------------------------------------
 for preset in LESSON:
     with st.container(border=True):
@@ -51,7 +54,9 @@ for preset in LESSON:
                 st.caption(f"Measured in this lab (15 epochs): {preset.measured}")
         with side:
             st.metric("Parameters", f"{summarize(preset.config.model).total_params:,}")
-            if st.button("Load into the builder", key=f"load_{preset.name}", type="primary", width="stretch"):
+            if preset.name in later:
+                st.caption("Later in the lesson: your teacher's link has not reached this step.")
+            elif st.button("Load into the builder", key=f"load_{preset.name}", type="primary", width="stretch"):
                 common.load_preset(preset.name)
                 st.switch_page("views/build.py", query_params=preset.config.to_query_params())
         run = finished.get(preset.name)
@@ -61,16 +66,18 @@ for preset in LESSON:
         refused = manager.refusal(preset.config, seeds=DEFAULT_SEEDS)  # over the server's limit (drill.cost)
         if proof is not None:
             (st.success if proof.proven else st.caption)(f"Over seeds 1-{len(proof.seeds)}: {proof.verdict()}")
-        elif run is not None and st.button(
-            f"Prove it over {DEFAULT_SEEDS} seeds",
-            key=f"prove_{preset.name}",
-            disabled=manager.active_count(me) > 0 or bool(refused),
-            help=refused
-            or "Your run of this step is one seed: train seeds 1-3 of it (seeds trained before are served at once).",
-        ):
-            common.load_preset(preset.name)
-            st.session_state.train_job = manager.prove(me, preset.config, preset.title)[0].id
-            st.switch_page("views/train.py", query_params=preset.config.to_query_params())
+        elif run is not None and preset.name not in later:
+            if st.button(
+                f"Prove it over {DEFAULT_SEEDS} seeds",
+                key=f"prove_{preset.name}",
+                disabled=manager.active_count(me) > 0 or bool(refused),
+                help=refused
+                or "Your run of this step is one seed: train seeds 1-3 of it (seeds trained before are served at "
+                "once).",
+            ):
+                common.load_preset(preset.name)
+                st.session_state.train_job = manager.prove(me, preset.config, preset.title)[0].id
+                st.switch_page("views/train.py", query_params=preset.config.to_query_params())
 
 # -- the write-ups' networks, rebuilt exactly: not steps of the lesson, but networks to load, read and compare ------
 st.header("From the write-ups")

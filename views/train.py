@@ -62,17 +62,22 @@ def stop_runs() -> None:
 # -- title --------------------------------------------------------------------------------------------------------
 st.title("📈 Train")
 st.caption("Augmentation and training settings for the model built on the Build page; then start a run.")
+common.lesson_note()
 
 # -- inputs -------------------------------------------------------------------------------------------------------
 cfg, v = common.config(), common.version()
 augment_col, train_col = st.columns(2, gap="large")
+augment = {}  # a lesson that has not reached augmentation keeps its locked values: no field changes
 with augment_col:
     st.subheader("Augmentation")
-    left, right = st.columns(2)
-    with left:
-        augment = common.field_widgets(AugmentConfig, cfg.augment, controls.AUGMENT_CONTROLS[:5])
-    with right:
-        augment |= common.field_widgets(AugmentConfig, cfg.augment, controls.AUGMENT_CONTROLS[5:])
+    if not common.shows("augment.rotation"):
+        st.caption("Comes later in the lesson: the lesson link keeps it as its note above says.")
+    else:
+        left, right = st.columns(2)
+        with left:
+            augment = common.field_widgets(AugmentConfig, cfg.augment, controls.AUGMENT_CONTROLS[:5])
+        with right:
+            augment |= common.field_widgets(AugmentConfig, cfg.augment, controls.AUGMENT_CONTROLS[5:])
 with train_col:
     st.subheader("Training")
     t, left, right = cfg.train, *st.columns(2)
@@ -91,8 +96,9 @@ with train_col:
         # Only the knobs the optimizer (and, on the right, the schedule) reads are shown; hidden ones keep their values.
         train |= common.field_widgets(TrainConfig, t, controls.train_controls("optimizer", train["optimizer"]))
     with right:
-        train["schedule"] = common.field_choice(TrainConfig, "schedule", t.schedule, dropdown=True)
-        train |= common.field_widgets(TrainConfig, t, controls.train_controls("schedule", train["schedule"]))
+        if common.shows("train.schedule"):
+            train["schedule"] = common.field_choice(TrainConfig, "schedule", t.schedule, dropdown=True)
+            train |= common.field_widgets(TrainConfig, t, controls.train_controls("schedule", train["schedule"]))
         train["subset"] = common.field_number(TrainConfig, "subset", t.subset, 1000)
         train["seed"] = common.field_number(TrainConfig, "seed", t.seed, 1)
         train["device"] = common.field_choice(TrainConfig, "device", t.device, dropdown=True)
@@ -110,7 +116,8 @@ if config_error:
     common.config_error(config_error, {"augment": augment, "train": train}, "The last valid settings stay current.")
 with augment_col:
     try:
-        st.image(augment_preview(load_mnist(), (new or cfg).augment), caption=PREVIEW_CAPTION)
+        if common.shows("augment.rotation"):
+            st.image(augment_preview(load_mnist(), (new or cfg).augment), caption=PREVIEW_CAPTION)
     except DataUnavailable as error:
         st.warning(f"MNIST is not available, so there is no preview (and no training): {error}")
 with train_col:
