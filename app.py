@@ -6,6 +6,7 @@ from drill import gallery, liveness
 from drill.lesson import FIRST_STEP, LAST_STEP, Lesson
 from drill.presets import BY_NAME, LESSON, PRESETS, matching_preset
 from views import common
+from views.live import LiveViewWatch
 
 st.set_page_config(page_title="Drill-Down Lab", page_icon="🔬", layout="wide")
 common.init_config()
@@ -50,8 +51,7 @@ with st.sidebar:
 
 # The page below is drawn for this many active runs of the student's; the heartbeat redraws it when that changes.
 st.session_state.active_drawn = common.manager().active_count(common.owner())
-# Heartbeats since the Train page's live view of a run last redrew; it stays None on a page without one.
-st.session_state.live_missed = None
+LiveViewWatch.page_started()
 
 
 @st.fragment(run_every=liveness.HEARTBEAT_S)
@@ -70,11 +70,7 @@ def heartbeat() -> None:
     manager = common.manager()
     manager.touch(common.owner())
     active = manager.active_count(common.owner())
-    patience = st.session_state.get("live_patience", liveness.LIVE_VIEW_MISSES)
-    st.session_state.live_missed, st.session_state.live_patience, lost = liveness.live_view_check(
-        st.session_state.live_missed, patience
-    )
-    if lost:
+    if LiveViewWatch.lost():
         common.log.warning(liveness.LIVE_VIEW_REDRAWN)
         st.rerun()
     if active != st.session_state.active_drawn:

@@ -15,6 +15,7 @@ from drill.proof import DEFAULT_SEEDS, MAX_SEEDS, MIN_SEEDS, Proof
 from drill.records import ENDED
 from drill.train import lr_points
 from views import common
+from views.live import LiveViewWatch
 
 # -- the buttons' callbacks ---------------------------------------------------------------------------------------
 
@@ -30,7 +31,7 @@ def start_run(fresh: bool = False) -> None:
     except Refused as error:  # the server's limit changed since the page was drawn
         st.session_state.refused = str(error)
         return
-    st.session_state.pop("live_patience", None)  # a new run's view gets the heartbeat's first, short patience
+    LiveViewWatch.run_started()
 
 
 def prove_runs() -> None:
@@ -43,7 +44,7 @@ def prove_runs() -> None:
         st.session_state.refused = str(error)
         return
     st.session_state.train_job = tickets[0].id
-    st.session_state.pop("live_patience", None)
+    LiveViewWatch.run_started()
 
 
 def replay(ticket_id: str) -> None:
@@ -178,7 +179,7 @@ def polled(was_active: bool, fresh: Callable[[], list], ids: list[str]) -> list:
     redraws the buttons and stops the timer."""
     common.manager().touch(common.owner())  # this page polling the run is the surest sign the tab is open
     if was_active:
-        st.session_state.live_missed = 0  # the heartbeat counts from here (app.py)
+        LiveViewWatch.view_drawn()
     runs = st.session_state.pop("train_shown", None)
     if runs is None or [run.id for run in runs] != ids:
         runs = fresh()
