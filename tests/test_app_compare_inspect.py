@@ -15,8 +15,8 @@ from PIL import Image, ImageDraw
 from streamlit.testing.v1 import AppTest
 
 from drill import records
-from drill.jobs import ACTIVE
 from drill.presets import BY_NAME
+from drill.run_record import ACTIVE
 from views import common
 
 TINY = BY_NAME["quick"].config.replace(train={"subset": 1000, "epochs": 1, "batch_size": 64})

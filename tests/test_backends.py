@@ -14,8 +14,9 @@ import torch
 from conftest import loopback_only, need, need_module, trained_here, wait_until
 
 from drill.backends import ProcessBackend, ThreadBackend
-from drill.jobs import ACTIVE, MAX_LOSSES, JobManager, Ticket
+from drill.jobs import MAX_LOSSES, JobManager, Ticket
 from drill.presets import get_preset
+from drill.run_record import ACTIVE
 from drill.store import RunStore
 
 SMALL = get_preset("quick").config.replace(train={"subset": 512, "epochs": 2, "seed": 5})

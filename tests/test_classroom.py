@@ -17,9 +17,8 @@ from test_jobs import FakeRunner, cfg
 from drill import classroom
 from drill.classroom import ClassError
 from drill.jobs import JobManager
-from drill.records import check_record
+from drill.run_record import Epoch, RunRecord, Status
 from drill.store import RunStore
-from drill.train import EPOCH_KEYS
 
 MESSAGE_CAP = 300  # a message quotes at most a short piece of what it refuses
 
@@ -38,10 +37,11 @@ def finished(manager: JobManager, owner: str, tests: list[float], seed: int = 1,
     """A finished run of owner's with these test accuracies, one per epoch (registered as an imported record)."""
     config = cfg(seed).replace(train={"epochs": len(tests)})
     epochs = [
-        dict(zip(EPOCH_KEYS, (i, 0.1, 99.9, 0.05, acc, 0.01, 1.0), strict=True)) for i, acc in enumerate(tests, 1)
+        Epoch(epoch=i, train_loss=0.1, train_acc=99.9, test_loss=0.05, test_acc=acc, lr=0.01, seconds=1.0)
+        for i, acc in enumerate(tests, 1)
     ]
-    record = check_record({"label": label, "config": config.to_dict(), "epochs": epochs})
-    return manager.add_finished(owner, record, label=label)
+    record = RunRecord(config=config, status=Status.FINISHED, params=6_520, epochs=tuple(epochs), label=label)
+    return manager.add_finished(owner, record)
 
 
 # -- class codes -------------------------------------------------------------------------------------------------

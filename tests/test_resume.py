@@ -22,8 +22,9 @@ from conftest import REPO_ROOT, trained_here, wait_until
 from drill.backends import ThreadBackend, usable_cpus
 from drill.checkpoint import Checkpoint
 from drill.data import load_mnist
-from drill.jobs import ACTIVE, JobManager
+from drill.jobs import JobManager
 from drill.presets import get_preset
+from drill.run_record import ACTIVE
 from drill.store import RunStore
 from drill.train import train
 
