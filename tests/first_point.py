@@ -42,7 +42,7 @@ def first_point(manager: JobManager, config) -> tuple[float, float]:
     while True:
         snapshot = manager.snapshot(ticket.id)
         if snapshot.epochs:
-            return time.perf_counter() - started, snapshot.epochs[0]["seconds"]
+            return time.perf_counter() - started, snapshot.epochs[0].seconds
         if snapshot.status not in ACTIVE:
             raise RuntimeError(f"a bench run {snapshot.status}: {snapshot.reason}")
         if time.perf_counter() - started > TIMEOUT_S:

@@ -175,9 +175,9 @@ def test_the_leaderboard_holds_the_class_runs_since_joining_and_nobody_elses(man
 
     found = classroom.entries(manager, "ml-101")
     rows = classroom.leaderboard(found)
-    assert {r["id"] for r in rows} == {holds.id, wobbles.id, running.id, queued.id}
-    by_id = {r["id"]: r for r in rows}
-    assert rows[0]["id"] == holds.id  # holds 99.4% in each of its last 4 and is under the budget
+    assert {r["ticket_id"] for r in rows} == {holds.id, wobbles.id, running.id, queued.id}
+    by_id = {r["ticket_id"]: r for r in rows}
+    assert rows[0]["ticket_id"] == holds.id  # holds 99.4% in each of its last 4 and is under the budget
     assert by_id[holds.id][classroom.HOLDS] and by_id[holds.id]["Best test"] == 99.6
     assert by_id[holds.id]["accuracy"] == 99.41 and by_id[holds.id]["accuracy_kind"].startswith("held")
     assert not by_id[wobbles.id][classroom.HOLDS] and by_id[wobbles.id]["accuracy"] == 99.6

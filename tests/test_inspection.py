@@ -67,7 +67,7 @@ def test_confusion_matrix_covers_the_test_set_and_matches_accuracy(mnist, traine
     assert report.confusion.sum(axis=1).tolist() == TEST_CLASS_COUNTS
     _, accuracy = evaluate(trained.model, mnist.test_images, mnist.test_labels)
     assert report.accuracy == pytest.approx(accuracy)
-    assert report.accuracy == pytest.approx(trained.epochs[-1]["test_acc"])
+    assert report.accuracy == pytest.approx(trained.epochs[-1].test_acc)
     assert report.per_class == pytest.approx(100 * np.diag(report.confusion) / np.array(TEST_CLASS_COUNTS))
     wrong = inspection.mistakes(report, limit=10_000)
     assert len(wrong) == 10_000 - np.trace(report.confusion)

@@ -355,16 +355,16 @@ def test_snapshots_are_copies_that_do_not_write_back(make_manager):
     with pytest.raises(dataclasses.FrozenInstanceError):
         snap.status = "running"
     assert isinstance(snap.epochs, tuple) and isinstance(snap.batch_losses, tuple)
-    expected_epoch = dict(snap.epochs[0])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        snap.epochs[0].test_acc = -1.0
+    expected_epoch = snap.epochs[0]
     expected_progress = dict(snap.progress)
-    snap.epochs[0]["test_acc"] = -1.0
-    snap.epochs[0]["extra"] = True
     snap.progress["batch"] = -5
     snap.progress.clear()
     again = manager.snapshot(job.id)
     assert again.epochs[0] == expected_epoch
     assert again.progress == expected_progress
-    assert job.run.epochs[0]["test_acc"] == 91.0
+    assert job.run.epochs[0].test_acc == 91.0
 
 
 def test_job_records_progress_eta_and_thins_batch_losses():
@@ -466,7 +466,7 @@ def test_real_tiny_runs_finish_and_stop_through_the_manager(make_manager, small_
     assert done.params == 6_520 and len(done.epochs) == 1 and set(done.epochs[0].to_dict()) == set(EPOCH_KEYS)
     assert [round(p, 2) for p, _ in done.batch_losses] == [0.25, 0.5, 0.75, 1.0]
     assert done.progress["batches"] == 4 and done.progress["batch"] == 4
-    assert 0 <= done.epochs[0]["test_acc"] <= 100 and done.seconds > 0
+    assert 0 <= done.epochs[0].test_acc <= 100 and done.seconds > 0
     assert short.run.result is not None and short.run.result.status == "finished"
     wait_until(lambda: not drill_threads(), what="the real jobs' threads to end")
 
@@ -502,7 +502,7 @@ def test_ended_runs_of_owners_gone_for_an_hour_leave_memory_but_come_back_from_t
     assert manager.get(old.id) is None and old.run.id not in manager._runs
     # The student comes back (a reload, the next day): the run is read back from the store, history and all.
     [back] = manager.snapshots("left")
-    assert (back.id, back.status, back.params, back.epochs[0]["test_acc"]) == (old.id, "finished", FAKE_PARAMS, 91.0)
+    assert (back.ticket_id, back.status, back.params, back.epochs[0].test_acc) == (old.id, "finished", FAKE_PARAMS, 91.0)
 
 
 @pytest.mark.parametrize("text", ["0", "-1", "two", "1.5"])

@@ -97,7 +97,7 @@ def test_runs_are_reproducible_for_a_seed_and_differ_between_seeds(small_mnist):
     sa, sb = a.model.state_dict(), b.model.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert without_seconds(a.epochs) != without_seconds(c.epochs)
-    assert a.epochs[0]["train_loss"] != c.epochs[0]["train_loss"]
+    assert a.epochs[0].train_loss != c.epochs[0].train_loss
 
 
 def test_the_callback_sees_start_batches_epochs_and_end(small_mnist):
