@@ -502,7 +502,12 @@ def test_ended_runs_of_owners_gone_for_an_hour_leave_memory_but_come_back_from_t
     assert manager.get(old.id) is None and old.run.id not in manager._runs
     # The student comes back (a reload, the next day): the run is read back from the store, history and all.
     [back] = manager.snapshots("left")
-    assert (back.ticket_id, back.status, back.params, back.epochs[0].test_acc) == (old.id, "finished", FAKE_PARAMS, 91.0)
+    assert (back.ticket_id, back.status, back.params, back.epochs[0].test_acc) == (
+        old.id,
+        "finished",
+        FAKE_PARAMS,
+        91.0,
+    )
 
 
 @pytest.mark.parametrize("text", ["0", "-1", "two", "1.5"])
