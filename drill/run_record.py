@@ -139,9 +139,13 @@ class RunRecord:
         }
 
     @classmethod
-    def from_dict(cls, data: Any, index: int = 1, statuses: tuple[Status, ...] = ENDED) -> RunRecord:
+    def from_dict(
+        cls, data: Any, index: int = 1, statuses: tuple[Status, ...] = ENDED, count_params: bool = True
+    ) -> RunRecord:
         """A record read from outside, checked field by field; `statuses` are those it may have (a file holds
-        ended runs, the store also going ones). Raises RecordError naming the run (1-based index) and the field."""
+        ended runs, the store also going ones). With count_params its parameters are counted from its config and
+        must match what it claims: a student's file is not taken at its word, while the store's runs say what the
+        network that trained them had. Raises RecordError naming the run (1-based index) and the field."""
 
         def fail(field: str, problem: str) -> RecordError:
             label = data.get("label") if isinstance(data, dict) else None
@@ -174,9 +178,13 @@ class RunRecord:
         seconds = data.get("seconds", 0.0)
         if not _number_in(seconds, 0.0, MAX_SECONDS):
             raise fail("seconds", f"{shown(seconds)} is not a number from 0 to {MAX_SECONDS:.0f}")
-        params = model_params(config)
-        if data.get("params") is not None and data["params"] != params:
-            raise fail("params", f"{shown(data['params'])} does not match its config, whose network has {params:,}")
+        claimed = params = data.get("params")
+        if count_params:
+            params = model_params(config)
+            if claimed is not None and claimed != params:
+                raise fail("params", f"{shown(claimed)} does not match its config, whose network has {params:,}")
+        elif claimed is not None and (isinstance(claimed, float) or not _number_in(claimed, 0, math.inf)):
+            raise fail("params", f"{shown(claimed)} is not a whole number of parameters")
         epochs = check_epochs(data["epochs"], config, fail)
         if status == Status.FINISHED and len(epochs) != config.train.epochs:
             raise fail(
@@ -188,7 +196,7 @@ class RunRecord:
             reason=reason,
             # A run that ended before its network was built has none to report; a record that leaves them out (a
             # file written by hand) gets its config's count.
-            params=None if "params" in data and data["params"] is None and not epochs else params,
+            params=None if "params" in data and claimed is None and not epochs else params,
             seconds=float(seconds),
             epochs=epochs,
             label=label,

@@ -412,6 +412,7 @@ class RunStore:
                     "epochs": json.loads(epochs),
                 },
                 statuses=STORED,
+                count_params=False,
             )
         except ValueError as error:  # a RecordError, or JSON that does not parse
             log.warning("run %s in the store is left out: %s", run_id, error)
