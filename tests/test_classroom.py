@@ -224,7 +224,9 @@ def test_pins_show_the_class_runs_the_teacher_chose_and_clearing_forgets_the_cla
     outsider = finished(manager, "owner-z", [99.9] * 4, seed=4)
     store.pin("ml-101", first.id)
     store.pin("ml-101", outsider.id)  # not the class's: never shown as its pin
-    assert [e.run.id for e in classroom.pinned(store, "ml-101", classroom.entries(manager, "ml-101"))] == [first.id]
+    assert [e.run.ticket_id for e in classroom.pinned(store, "ml-101", classroom.entries(manager, "ml-101"))] == [
+        first.id
+    ]
     store.pin("ml-101", first.id, pinned=False)
     assert classroom.pinned(store, "ml-101", classroom.entries(manager, "ml-101")) == []
     store.clear_class("ml-101")

@@ -467,7 +467,7 @@ def test_real_tiny_runs_finish_and_stop_through_the_manager(make_manager, small_
     assert [round(p, 2) for p, _ in done.batch_losses] == [0.25, 0.5, 0.75, 1.0]
     assert done.progress["batches"] == 4 and done.progress["batch"] == 4
     assert 0 <= done.epochs[0].test_acc <= 100 and done.seconds > 0
-    assert short.run.result is not None and short.run.result.status == "finished"
+    assert short.run.model is not None and short.run.status == "finished"
     wait_until(lambda: not drill_threads(), what="the real jobs' threads to end")
 
 
@@ -593,7 +593,7 @@ def test_a_run_gives_its_slot_up_after_an_epoch_while_a_new_run_waits(make_manag
     runner.held[1].set()
     for ticket in tickets:
         snap = wait_status(manager, ticket, "finished")
-        assert [e["epoch"] for e in snap.epochs] == [1, 2, 3]
+        assert [e.epoch for e in snap.epochs] == [1, 2, 3]
     # Every student's first epoch before anyone's second; the last new run goes on, then the paused ones in turn.
     assert runner.log == [(1, 1), (2, 1), (3, 1), (3, 2), (3, 3), (1, 2), (1, 3), (2, 2), (2, 3)]
 
@@ -616,7 +616,7 @@ def test_a_paused_run_shows_its_epochs_and_place_and_can_be_stopped(make_manager
     manager = make_manager(runner, max_running=1)
     first, second = paused_pair(manager, runner)
     paused = manager.snapshot(first.id)
-    assert (paused.queue_position, [e["epoch"] for e in paused.epochs]) == (1, [1])
+    assert (paused.queue_position, [e.epoch for e in paused.epochs]) == (1, [1])
     manager.stop(first.id)
     stopped = wait_status(manager, first, "stopped")
     assert (stopped.reason, len(stopped.epochs)) == ("stopped by the student", 1)  # what it trained is kept
@@ -667,7 +667,7 @@ def test_taking_turns_changes_nothing_a_run_computes(small_mnist):
         alone = train(one, data, threads=manager.threads_per_job)  # the thread count the job had: the same sums
     finally:
         torch.set_num_threads(before)
-    assert [e["test_acc"] for e in taken.epochs] == [e["test_acc"] for e in alone.epochs]
+    assert [e.test_acc for e in taken.epochs] == [e.test_acc for e in alone.epochs]
     assert [e["train_loss"] for e in taken.epochs] == pytest.approx([e["train_loss"] for e in alone.epochs], rel=1e-6)
 
 
@@ -744,7 +744,7 @@ def test_a_proof_shares_seeds_trained_before_and_stop_stops_every_seed(make_mana
     wait_batches(manager, seeds[1])
     for run in manager.snapshots("ann"):  # the Train page's Stop
         if run.status in ("queued", "running"):
-            manager.stop(run.id)
+            manager.stop(run.ticket_id)
     assert wait_status(manager, seeds[1], "stopped").reason == "stopped by the student"
     assert runner.started == [1, 2], "the seed trained before was not trained again"
 

@@ -260,7 +260,7 @@ def test_damaged_stored_weights_give_no_model_and_no_crash(managers, tmp_path):
     manager.shutdown()
     restarted = managers(FakeRunner(), max_running=1)
     [view] = restarted.snapshots("ann")
-    assert view.status == "finished" and restarted.model(view.id) is None
+    assert view.status == "finished" and restarted.model(view.ticket_id) is None
     with pytest.raises(ValueError, match="cut short"):
         unpack_weights(pack_weights({"w": torch.ones(10)})[:-4])
 
@@ -273,7 +273,7 @@ def test_a_restart_gives_each_student_the_very_runs_it_resumes_whatever_their_or
     shared = first.submit("bob", cfg(1))
     first.submit("ann", cfg(1))
     wait_batches(first, shared)
-    first.stop(first.snapshots("ann")[0].id)
+    first.stop(first.snapshots("ann")[0].ticket_id)
     own = first.submit("ann", cfg(2))
     first.shutdown(timeout=60)
     fresh = FakeRunner()

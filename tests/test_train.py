@@ -15,7 +15,7 @@ from drill.checkpoint import Checkpoint
 from drill.config import RunConfig, TrainConfig
 from drill.data import Mnist
 from drill.presets import get_preset
-from drill.run_record import EPOCH_KEYS, RunRecord
+from drill.run_record import EPOCH_KEYS, Epoch, RunRecord
 from drill.train import (
     Schedule,
     batches_per_epoch,
@@ -56,8 +56,8 @@ class Recorder:
         return [payload for event, payload in self.events if event == kind]
 
 
-def without_seconds(epochs: list[dict]) -> list[dict]:
-    return [{k: v for k, v in e.items() if k != "seconds"} for e in epochs]
+def without_seconds(epochs: list[Epoch]) -> list[Epoch]:
+    return [dataclasses.replace(e, seconds=0.0) for e in epochs]
 
 
 # ---------------------------------------------------------------------------------------------------------------
