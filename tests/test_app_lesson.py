@@ -105,7 +105,7 @@ def test_a_trained_step_shows_its_result_and_analysis():
     assert len(results) == 1, results  # only the trained step's card
     assert f"{params:,} parameters" in results[0] and "best test 98.25%" in results[0]
     assert "98.10, 98.15, 98.20, 98.25" in results[0]  # the last four epochs' test accuracy
-    verdict = analyse(epochs, params)
+    verdict = analyse(RunRecord.from_dict(record).epochs, params)
     assert any(verdict.text in box.value for box in [*at.info, *at.success])
 
 

@@ -384,8 +384,9 @@ def test_job_records_progress_eta_and_thins_batch_losses():
         )
     assert len(job.batch_losses) <= MAX_BATCH_POINTS
     assert job.batch_losses[-1][1] >= MAX_BATCH_POINTS  # the newest points survive the thinning
-    job.on_event("epoch", {"epoch": 1})
-    assert job.epochs == [{"epoch": 1}]
+    epoch = Epoch(epoch=1, train_loss=0.5, train_acc=90.0, test_loss=0.4, test_acc=91.0, lr=0.05, seconds=2.0)
+    job.on_event("epoch", epoch.to_dict())
+    assert job.epochs == [epoch]
 
 
 def test_add_finished_registers_an_imported_record(make_manager):
@@ -621,7 +622,7 @@ def test_a_paused_run_shows_its_epochs_and_place_and_can_be_stopped(make_manager
     stopped = wait_status(manager, first, "stopped")
     assert (stopped.reason, len(stopped.epochs)) == ("stopped by the student", 1)  # what it trained is kept
     runner.held[2].set()
-    assert [e["epoch"] for e in wait_status(manager, second, "finished").epochs] == [1, 2, 3]
+    assert [e.epoch for e in wait_status(manager, second, "finished").epochs] == [1, 2, 3]
 
 
 def test_the_server_stopping_keeps_a_paused_run_with_its_epochs(make_manager):
@@ -668,7 +669,7 @@ def test_taking_turns_changes_nothing_a_run_computes(small_mnist):
     finally:
         torch.set_num_threads(before)
     assert [e.test_acc for e in taken.epochs] == [e.test_acc for e in alone.epochs]
-    assert [e["train_loss"] for e in taken.epochs] == pytest.approx([e["train_loss"] for e in alone.epochs], rel=1e-6)
+    assert [e.train_loss for e in taken.epochs] == pytest.approx([e.train_loss for e in alone.epochs], rel=1e-6)
 
 
 def test_the_sharing_key_holds_the_device_type_a_run_trains_on(make_manager):

@@ -25,7 +25,7 @@ from drill.checkpoint import Checkpoint
 from drill.data import load_mnist
 from drill.jobs import JobManager
 from drill.presets import get_preset
-from drill.run_record import ACTIVE, Epoch
+from drill.run_record import ACTIVE, Epoch, RunRecord
 from drill.store import RunStore
 from drill.train import train
 
@@ -229,8 +229,10 @@ def test_a_cli_run_cut_short_by_ctrl_c_goes_on_from_its_checkpoint(tmp_path):
     assert not checkpoint.exists()  # freed when the run finished
     whole = subprocess.run([*base, "--out", str(tmp_path / "whole.json")], env=env, capture_output=True, timeout=600)
     assert whole.returncode == 0
-    resumed, straight = (json.loads((tmp_path / name).read_text()) for name in ("resumed.json", "whole.json"))
-    assert untimed(resumed["epochs"]) == untimed(straight["epochs"]) and len(straight["epochs"]) == 4
+    resumed, straight = (
+        RunRecord.from_dict(json.loads((tmp_path / name).read_text())) for name in ("resumed.json", "whole.json")
+    )
+    assert untimed(resumed.epochs) == untimed(straight.epochs) and len(straight.epochs) == 4
 
 
 def test_a_checkpoint_of_another_config_is_refused_by_the_cli(tmp_path, capsys):
