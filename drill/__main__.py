@@ -17,6 +17,7 @@ from drill.data import DataUnavailable
 from drill.pack import PACK_DIR
 from drill.presets import BY_NAME, LESSON, PRESETS, get_preset, matching_preset
 from drill.proof import Proof
+from drill.run_record import RunRecord, Status
 from drill.summary import summarize
 
 
@@ -155,14 +156,12 @@ def run_one(
     result = train(cfg, data, report, threads=threads, resume=resume, checkpoints=checkpoint is not None)
     if bar is not None:
         bar.close()
-    if checkpoint is not None and result.status == "finished":
+    if checkpoint is not None and result.status == Status.FINISHED:
         checkpoint.unlink(missing_ok=True)
     return result
 
 
 def cmd_train(args) -> int:
-    from drill.train import run_summary
-
     cfg = load_config(args)
     try:
         result = run_one(cfg, checkpoint=Path(args.checkpoint) if args.checkpoint else None)
@@ -176,21 +175,19 @@ def cmd_train(args) -> int:
         return 130
     verdict = analyse(result.epochs, result.params, k=args.last_k)
     if args.out:
-        Path(args.out).write_text(json.dumps(run_summary(result), indent=2))
+        Path(args.out).write_text(json.dumps(result.record().to_dict(), indent=2))
     print(f"{result.status}{': ' + result.reason if result.reason else ''} in {result.seconds:.0f}s")
     if result.epochs:
         print(
             f"params {result.params:,}; best test {verdict.best_test:.2f}%; last test {verdict.last_test:.2f}%; "
             f">= {TARGET_ACC}% in each of the last {args.last_k}: {'yes' if verdict.consistent else 'no'}"
         )
-    return 0 if result.status == "finished" else 1
+    return 0 if result.status == Status.FINISHED else 1
 
 
 def cmd_consistency(args) -> int:
     """Train one config over several seeds (`--jobs` of them side by side) and tabulate the last K epochs of each."""
     from concurrent.futures import ThreadPoolExecutor
-
-    from drill.train import run_summary
 
     base = load_config(args)
     if args.jobs < 1:
@@ -212,7 +209,11 @@ def cmd_consistency(args) -> int:
     if args.out:
         Path(args.out).write_text(
             json.dumps(
-                {"runs": [run_summary(r) for r in runs], "last_k": args.last_k, "minutes": round(elapsed / 60, 1)},
+                {
+                    "runs": [r.record().to_dict() for r in runs],
+                    "last_k": args.last_k,
+                    "minutes": round(elapsed / 60, 1),
+                },
                 indent=2,
             )
         )
@@ -244,9 +245,9 @@ def cmd_record(args) -> int:
             return f"{name}: kept ({old.provenance})"
         run = pack.record(config, data, name, preset.title)
         pack.write(run, directory)
-        verdict = analyse(run.record["epochs"], run.record["params"])
+        verdict = analyse(run.record.epochs, run.record.params)
         return (
-            f"{name}: {run.record['params']:,} params, best test {verdict.best_test:.2f}%, last "
+            f"{name}: {run.record.params:,} params, best test {verdict.best_test:.2f}%, last "
             f"{verdict.last_test:.2f}%, {run.recorded['seconds'] / 60:.1f} min"
         )
 
@@ -452,7 +453,7 @@ def cmd_profile(args) -> int:
 
 def cmd_report(args) -> int:
     """The write-up table (Markdown) of runs saved by `train --out` or `consistency --out`."""
-    from types import SimpleNamespace
+    import dataclasses
 
     from drill.records import markdown_table, table_row
 
@@ -460,19 +461,18 @@ def cmd_report(args) -> int:
     for path in args.files:
         try:
             data = json.loads(Path(path).read_text())
-            runs = data["runs"] if isinstance(data, dict) and "runs" in data else [data]
-            for run in runs:
-                config = RunConfig.from_dict(run["config"])
-                minutes = run["seconds"] / 60
-                label = f"seed {config.train.seed}, {len(run['epochs'])} epochs in {minutes:.0f} min"
-                fields = {k: run[k] for k in ("status", "reason", "params", "epochs", "seconds")}
-                snapshot = SimpleNamespace(label=label, config=config, id=Path(path).stem, **fields)
+            found = data["runs"] if isinstance(data, dict) and "runs" in data else [data]
+            for index, raw in enumerate(found, start=1):
+                run = RunRecord.from_dict(raw, index)
+                config, minutes = run.config, run.seconds / 60
+                label = f"seed {config.train.seed}, {len(run.epochs)} epochs in {minutes:.0f} min"
+                run = dataclasses.replace(run, label=label)
                 name = matching_preset(config)
-                rows.append(table_row(snapshot, BY_NAME[name] if name else None, k=args.last_k))
+                rows.append(table_row(run, BY_NAME[name] if name else None, k=args.last_k))
                 # One consistency table per config: the runs of a step over its seeds.
                 same = config.replace(train={"seed": 1, "threads": 0}).to_query() or "(the defaults)"
                 title = BY_NAME[name].title if name else f"config ?{same}"
-                groups.setdefault(same, (title, []))[1].append(snapshot)
+                groups.setdefault(same, (title, []))[1].append(run)
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise UsageError(f"{path} is not a run saved by train/consistency --out ({error})") from None
     print(markdown_table(rows, k=args.last_k), end="")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+from drill.run_record import Epoch
 
 TARGET_ACC = 99.4  # % test accuracy the drill-down asks for
 PARAM_BUDGET = 8000  # the exercise's limit: fewer than this many parameters
@@ -39,10 +42,10 @@ class Verdict:
         return self.consistent and self.within_params and self.within_epochs
 
 
-def analyse(epochs: list[dict], params: int, k: int = LAST_K, target: float = TARGET_ACC) -> Verdict:
-    """The verdict on a run's epoch records (dicts with train_acc and test_acc)."""
-    train = [e["train_acc"] for e in epochs]
-    test = [e["test_acc"] for e in epochs]
+def analyse(epochs: Sequence[Epoch], params: int, k: int = LAST_K, target: float = TARGET_ACC) -> Verdict:
+    """The verdict on a run's epochs."""
+    train = [e.train_acc for e in epochs]
+    test = [e.test_acc for e in epochs]
     last_k = tuple(test[-k:]) if len(test) >= k else ()
     consistent = bool(last_k) and all(acc >= target for acc in last_k)
     gap = train[-1] - test[-1] if epochs else None
@@ -70,8 +73,8 @@ def _words(epochs, params, k, target, last_k, consistent, gap, within_params, wi
     if not epochs:
         return "No epoch finished, so there is nothing to analyse yet."
     sentences = []
-    train, test = epochs[-1]["train_acc"], epochs[-1]["test_acc"]
-    if max(e["test_acc"] for e in epochs) < LEARNED:
+    train, test = epochs[-1].train_acc, epochs[-1].test_acc
+    if max(e.test_acc for e in epochs) < LEARNED:
         sentences.append(
             f"It did not learn: {test:.2f}% test is about chance ({CHANCE:.0f}% for ten digits). Lower the Learning "
             "rate, turn on Batch norm, or train on more images."
@@ -93,7 +96,7 @@ def _words(epochs, params, k, target, last_k, consistent, gap, within_params, wi
         )
     else:
         sentences.append(f"Train and test accuracy are within {OVERFIT_GAP} points: no overfitting.")
-    best = max(e["test_acc"] for e in epochs)
+    best = max(e.test_acc for e in epochs)
     if consistent:
         sentences.append(f"It holds >= {target}% in each of the last {plural(k, 'epoch')} ({_accs(last_k)}).")
     elif last_k:

@@ -27,6 +27,7 @@ from drill.checkpoint import Checkpoint
 from drill.config import RunConfig
 from drill.data import Mnist, load_mnist
 from drill.model import build_model
+from drill.run_record import Status
 from drill.store import pack_weights, unpack_weights
 from drill.train import RunResult, device_type, train
 
@@ -52,7 +53,7 @@ class Job:
 class Outcome:
     """How a job ended on its backend."""
 
-    status: str  # finished, stopped, failed, or paused (checkpoint set)
+    status: Status  # finished, stopped, failed, or paused (checkpoint set)
     reason: str = ""
     seconds: float = 0.0
     model: nn.Module | None = None
@@ -62,18 +63,29 @@ class Outcome:
     @classmethod
     def of_lost_run(cls, what: str) -> Outcome:
         """A run whose worker or machine went away (what: how, in the student's words)."""
-        return cls("failed", f"{what}; start it again", lost=what)
+        return cls(status=Status.FAILED, reason=f"{what}; start it again", lost=what)
+
+    @classmethod
+    def of_error(cls, error: Exception) -> Outcome:
+        """A job that raised before training could report its end (a worker that could not start, say)."""
+        return cls(status=Status.FAILED, reason=f"{type(error).__name__}: {error}")
 
     @classmethod
     def from_result(cls, result: RunResult) -> Outcome:
         """A training result as an outcome (its model only if it trained at least an epoch)."""
         model = result.model if result.epochs else None
-        return cls(result.status, result.reason, result.seconds, model, result.checkpoint)
+        return cls(
+            status=result.status,
+            reason=result.reason,
+            seconds=result.seconds,
+            model=model,
+            checkpoint=result.checkpoint,
+        )
 
     def to_wire(self) -> dict:
         """Plain data for another process or machine: numbers, strings and raw bytes."""
         return {
-            "status": self.status,
+            "status": str(self.status),
             "reason": self.reason,
             "seconds": self.seconds,
             "weights": pack_weights(self.model.state_dict()) if self.model is not None else None,
@@ -89,7 +101,13 @@ class Outcome:
             model.load_state_dict(unpack_weights(wire["weights"]))
             model.eval()
         checkpoint = Checkpoint.from_bytes(wire["checkpoint"]) if wire["checkpoint"] is not None else None
-        return cls(wire["status"], wire["reason"], wire["seconds"], model, checkpoint)
+        return cls(
+            status=Status(wire["status"]),
+            reason=wire["reason"],
+            seconds=wire["seconds"],
+            model=model,
+            checkpoint=checkpoint,
+        )
 
 
 def job_to_wire(job: Job) -> dict:
@@ -272,7 +290,7 @@ class ThreadBackend:
             outcome = Outcome.from_result(result)
         except Exception as error:  # data missing or a bug: the student still sees the run, failed, with why
             log.exception("run %s failed", job.run_id)
-            outcome = Outcome("failed", f"{type(error).__name__}: {error}")
+            outcome = Outcome.of_error(error)
         on_end(outcome)
 
     def shutdown(self, timeout: float) -> None:
@@ -382,7 +400,7 @@ class ProcessBackend:
             outcome = Outcome.of_lost_run(f"the worker process training it died (exit code {code})")
         except Exception as error:
             log.exception("run %s failed", job.run_id)
-            outcome = Outcome("failed", f"{type(error).__name__}: {error}")
+            outcome = Outcome.of_error(error)
         finally:
             handle.worker = None
             with self._lock:
@@ -463,5 +481,5 @@ def _worker_main(conn) -> None:
                 data = data or load_mnist()
                 outcome = train_wire_job(job, data, lambda e, p: send(("event", e, p)), stop, pause)
             except Exception as error:
-                outcome = Outcome("failed", f"{type(error).__name__}: {error}").to_wire()
+                outcome = Outcome.of_error(error).to_wire()
             send(("end", outcome))

@@ -14,8 +14,9 @@ import torch
 
 from drill.config import RunConfig
 from drill.data import MNIST_MEAN, MNIST_STD, Mnist
-from drill.jobs import ACTIVE, JobManager
+from drill.jobs import JobManager
 from drill.model import build_model, set_generator
+from drill.run_record import ACTIVE, Status
 from drill.train import evaluate, loss_fn, make_optimizer, stratified_subset, train
 
 
@@ -73,9 +74,9 @@ def seeds_epoch(cfg: RunConfig, data: Mnist, root: Path, workers: int = 2) -> fl
 def drill_epoch(cfg: RunConfig, data: Mnist) -> float:
     """Seconds for one training epoch through drill's own loop (the test pass excluded)."""
     result = train(cfg.replace(train={"epochs": 1}), data)
-    if result.status != "finished":
+    if result.status != Status.FINISHED:
         raise RuntimeError(f"the drill run {result.status}: {result.reason}")
-    return result.epochs[0]["seconds"]
+    return result.epochs[0].seconds
 
 
 def eval_seconds(cfg: RunConfig, data: Mnist, repeats: int = 5) -> float:
@@ -121,7 +122,7 @@ def throughput(cfg: RunConfig, data: Mnist, jobs: int) -> float:
             manager.touch("bench")
             time.sleep(0.05)
     elapsed = time.perf_counter() - started
-    failed = [job.snapshot() for job in submitted if job.snapshot().status != "finished"]
+    failed = [job.snapshot() for job in submitted if job.snapshot().status != Status.FINISHED]
     if failed:
         raise RuntimeError(f"a bench run {failed[0].status}: {failed[0].reason}")
     return jobs * (cfg.train.subset or len(data.train_labels)) / elapsed
@@ -210,6 +211,6 @@ def epoch_on_backend(cfg: RunConfig, backend) -> float:
                 time.sleep(0.05)
     finally:
         manager.shutdown(timeout=60)
-    if snap.status != "finished":
+    if snap.status != Status.FINISHED:
         raise RuntimeError(f"a bench run {snap.status}: {snap.reason}")
-    return snap.epochs[0]["seconds"]
+    return snap.epochs[0].seconds

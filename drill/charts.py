@@ -11,16 +11,17 @@ import pandas as pd
 import pyarrow as pa
 
 from drill.analysis import PARAM_BUDGET, TARGET_ACC
+from drill.run_record import Epoch
 
 SPLIT_COLORS = alt.Scale(domain=["train", "test", "batch"], range=["#1f77b4", "#d62728", "#9ecae1"])
 EPOCH_COLORS = alt.Scale(domain=["train", "test"], range=["#1f77b4", "#d62728"])  # no batch line, no batch legend
 LOOSE_BUDGET = 20_000  # the drill-down's first, looser budget (99.4% under 20k parameters)
 
 
-def epochs_long(epochs: list[dict], metric: str) -> pd.DataFrame:
-    """Epoch records -> rows of (epoch, split, value) for train_<metric> and test_<metric>."""
+def epochs_long(epochs: list[Epoch], metric: str) -> pd.DataFrame:
+    """Epochs -> rows of (epoch, split, value) for train_<metric> and test_<metric>."""
     rows = [
-        {"epoch": e["epoch"], "split": split, "value": e[f"{split}_{metric}"]}
+        {"epoch": e.epoch, "split": split, "value": getattr(e, f"{split}_{metric}")}
         for e in epochs
         for split in ("train", "test")
     ]
@@ -32,7 +33,7 @@ def _x_epoch(epochs_total: int | None) -> alt.X:
     return alt.X("epoch:Q", title="epoch", scale=scale, axis=alt.Axis(tickMinStep=1))
 
 
-def accuracy_chart(epochs: list[dict], epochs_total: int | None = None, target: float = TARGET_ACC) -> alt.Chart:
+def accuracy_chart(epochs: list[Epoch], epochs_total: int | None = None, target: float = TARGET_ACC) -> alt.Chart:
     """Train and test accuracy per epoch, with the target line."""
     data = epochs_long(epochs, "acc")
     low = min([97.0, *data["value"].tolist()]) if len(data) else 97.0
@@ -53,7 +54,7 @@ def accuracy_chart(epochs: list[dict], epochs_total: int | None = None, target: 
     return (lines + rule).properties(height=280, title=f"Accuracy (target {target}%)")
 
 
-def loss_chart(epochs: list[dict], batch_losses=(), epochs_total: int | None = None) -> alt.Chart:
+def loss_chart(epochs: list[Epoch], batch_losses=(), epochs_total: int | None = None) -> alt.Chart:
     """Train/test loss per epoch over the batch-level training loss."""
     data = epochs_long(epochs, "loss")
     batches = pd.DataFrame(list(batch_losses), columns=["epoch", "value"]).assign(split="batch")
@@ -82,10 +83,10 @@ def lr_chart(rates: list[float], batches_per_epoch: int) -> alt.Chart:
 
 
 def compare_chart(
-    runs: list[tuple[str, list[dict]]], metric: str = "test_acc", target: float = TARGET_ACC
+    runs: list[tuple[str, list[Epoch]]], metric: str = "test_acc", target: float = TARGET_ACC
 ) -> alt.Chart:
     """One metric per epoch for several runs, overlaid."""
-    rows = [{"run": label, "epoch": e["epoch"], "value": e[metric]} for label, epochs in runs for e in epochs]
+    rows = [{"run": label, "epoch": e.epoch, "value": getattr(e, metric)} for label, epochs in runs for e in epochs]
     data = pd.DataFrame(rows, columns=["run", "epoch", "value"])
     title = metric.replace("_", " ").replace("acc", "accuracy (%)")
     lines = (

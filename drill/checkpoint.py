@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from drill.run_record import Epoch
+
 FORMAT = 1  # bumped whenever what a checkpoint holds changes; an older one is refused, never misread
 _DTYPES = {
     name: getattr(torch, name) for name in ("float32", "float64", "float16", "bfloat16", "int64", "int32", "uint8")
@@ -28,7 +30,7 @@ class CheckpointError(ValueError):
 class Checkpoint:
     """Everything a run needs to go on after its last finished epoch."""
 
-    epochs: list[dict]  # the finished epochs' metrics, as the run reported them
+    epochs: tuple[Epoch, ...]  # the finished epochs' metrics, as the run reported them
     seconds: float  # training time so far
     state: dict = field(default_factory=dict)  # model, optimizer, schedule and random generator states
     config: dict = field(default_factory=dict)  # the run's config: a checkpoint goes on only the run it came from
@@ -36,7 +38,8 @@ class Checkpoint:
     def to_bytes(self) -> bytes:
         """This checkpoint as bytes."""
         tensors: list[torch.Tensor] = []
-        whole = {"format": FORMAT, "epochs": self.epochs, "seconds": self.seconds, "state": self.state}
+        epochs = [epoch.to_dict() for epoch in self.epochs]
+        whole = {"format": FORMAT, "epochs": epochs, "seconds": self.seconds, "state": self.state}
         tree = _encode(whole | {"config": self.config}, tensors)
         header = {"tree": tree, "tensors": []}
         chunks = []
@@ -69,12 +72,19 @@ class Checkpoint:
                 raise CheckpointError(
                     f"a checkpoint of format {tree.get('format')!r}; this version reads format {FORMAT}"
                 )
-            return cls(tree["epochs"], tree["seconds"], tree["state"], tree["config"])
+            epochs = tuple(
+                Epoch.from_dict(epoch, f"epochs[{position}]", _refuse) for position, epoch in enumerate(tree["epochs"])
+            )
+            return cls(epochs=epochs, seconds=tree["seconds"], state=tree["state"], config=tree["config"])
         except CheckpointError:
             raise
         # json's decoding errors are ValueErrors; the others come from a header of the wrong shape or sizes.
         except (struct.error, KeyError, TypeError, IndexError, AttributeError, RuntimeError, ValueError) as error:
             raise CheckpointError(f"not a checkpoint ({type(error).__name__}: {error})") from error
+
+
+def _refuse(field: str, problem: str) -> CheckpointError:
+    return CheckpointError(f"the checkpoint's {field}: {problem}")
 
 
 # JSON has no tuples, no non-string keys and no tensors, and optimizer states need all three (parameter indices as

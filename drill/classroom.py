@@ -20,8 +20,10 @@ from typing import Any
 
 from drill.analysis import LAST_K, TARGET_ACC, analyse
 from drill.config import shorten
+from drill.jobs import Snapshot
 from drill.presets import preset_of
 from drill.records import md_cell, run_names, short_name
+from drill.run_record import Status
 from drill.store import MemberRow, NameTaken, RunStore
 
 CLASS_PARAM = "class"  # the link's key for the class code
@@ -44,7 +46,7 @@ class Entry:
     """One run of the class: whose (by display name) and the run's snapshot."""
 
     student: str
-    run: Any  # a jobs.Snapshot
+    run: Snapshot
     name: str  # the run's name among its student's runs, e.g. "Final #2, seed 1"
 
 
@@ -108,30 +110,30 @@ def entries(manager, code: str) -> list[Entry]:
     for student in manager.store.members(code):
         runs = [run for run in manager.snapshots(student.owner) if run.created >= student.joined]
         names = run_names(runs)
-        found += [Entry(student.name, run, names[run.id]) for run in runs]
+        found += [Entry(student=student.name, run=run, name=names[run.ticket_id]) for run in runs]
     return sorted(found, key=lambda e: e.run.created)
 
 
-def status_text(run: Any) -> str:
+def status_text(run: Snapshot) -> str:
     """A run's status as the leaderboard says it: queued with its place, running epoch N, finished, or why not."""
-    if run.status == "queued":
+    if run.status == Status.QUEUED:
         return f"queued, #{run.queue_position} in line" if run.queue_position else "queued"
-    if run.status == "running":
+    if run.status == Status.RUNNING:
         epoch = (run.progress or {}).get("epoch") or len(run.epochs) + 1
         return f"running epoch {epoch} of {run.config.train.epochs}"
-    if run.status in ("failed", "stopped") and run.reason:
+    if run.status in (Status.FAILED, Status.STOPPED) and run.reason:
         return f"{run.status}: {run.reason}"
     return run.status
 
 
 def row(entry: Entry) -> dict:
-    """One leaderboard row (the ticket id, to act on it, rides in "id"; no owner id). "accuracy" is what the scatter
-    plots: the lowest of the last epochs for a run that holds the target there, else its best test."""
+    """One leaderboard row (the ticket id, to act on it, rides in "ticket_id"; no owner id). "accuracy" is what the
+    scatter plots: the lowest of the last epochs for a run that holds the target there, else its best test."""
     run = entry.run
     verdict = analyse(list(run.epochs), run.params or 0, LAST_K)
     held = min(verdict.last_k) if verdict.consistent else None
     return {
-        "id": run.id,
+        "ticket_id": run.ticket_id,
         "Student": entry.student,
         "Run": entry.name,
         "Step": short_name(run, preset_of(run)),
@@ -165,7 +167,7 @@ def steps(store: RunStore, code: str, found: list[Entry]) -> Counter:
 def pinned(store: RunStore, code: str, found: list[Entry]) -> list[Entry]:
     """The class's runs its teacher pinned, oldest first."""
     pins = set(store.pins(code))
-    return [entry for entry in found if entry.run.id in pins]
+    return [entry for entry in found if entry.run.ticket_id in pins]
 
 
 def markdown(rows: list[dict]) -> str:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from drill.config import TRAIN_SIZE as TRAIN_IMAGES
 from drill.config import AugmentConfig, ModelConfig, RunConfig, TrainConfig
+from drill.run_record import Status
 from drill.summary import summarize
 
 COST_FILE = Path(__file__).resolve().parent.parent / "results" / "epoch-cost.json"
@@ -190,7 +191,7 @@ def _train_seconds(cfg: RunConfig, data, images: int) -> tuple[float, float]:
             marks.append(_clocks())
 
     result = train(cfg.replace(train={"epochs": 1, "subset": images}), data, on_event, threads=1)
-    if result.status != "finished":
+    if result.status != Status.FINISHED:
         raise RuntimeError(f"a calibration run {result.status}: {result.reason}")
     (cpu0, wall0), (cpu1, wall1) = marks
     return cpu1 - cpu0, wall1 - wall0

@@ -21,6 +21,7 @@ from torch import nn
 from drill.jobs import JobManager, Snapshot
 from drill.model import Net
 from drill.records import run_names
+from drill.run_record import Status
 from drill.stack import IMAGE_SIZE, NUM_CLASSES
 from drill.train import normalize, predict, to_input
 
@@ -70,13 +71,15 @@ class Candidate:
 
 
 def candidates(manager: JobManager, owner: str) -> dict[str, Candidate]:
-    """An owner's finished and stopped runs, oldest first, by id, named as Compare names them."""
+    """An owner's finished and stopped runs, oldest first, by ticket id, named as Compare names them."""
     runs = manager.snapshots(owner)
     names = run_names(runs)
     return {
-        run.id: Candidate(run, manager.model(run.id) if run.epochs else None, names[run.id])
+        run.ticket_id: Candidate(
+            run=run, model=manager.model(run.ticket_id) if run.epochs else None, name=names[run.ticket_id]
+        )
         for run in runs
-        if run.status in ("finished", "stopped")
+        if run.status in (Status.FINISHED, Status.STOPPED)
     }
 
 
@@ -84,7 +87,7 @@ def default_pick(runs: dict[str, Candidate]) -> int:
     """Where the picker starts: the latest finished run with a model to look into, else the latest run with one
     (stopped), else the latest run."""
     with_model = [
-        (c.run.status == "finished", position) for position, c in enumerate(runs.values()) if c.model is not None
+        (c.run.status == Status.FINISHED, position) for position, c in enumerate(runs.values()) if c.model is not None
     ]
     return max(with_model)[1] if with_model else len(runs) - 1
 

@@ -33,13 +33,13 @@ from drill.pack import Shelf
 from drill.presence import Presence
 from drill.proof import DEFAULT_SEEDS, Proof
 from drill.proof import seeds as proof_seeds
+from drill.run_record import ACTIVE, Epoch, RunRecord, Status
 from drill.store import RunRow, RunStore, TicketRow
 from drill.train import RunResult, train
 from drill.turns import FairQueue
 
 log = logging.getLogger(__name__)
 
-ACTIVE = ("queued", "running")
 FORGET_AFTER_S = 3600.0  # an owner silent this long has left: their ended runs are freed
 MAX_BATCH_POINTS = 2000  # batch-loss points kept per job; older ones are thinned so long runs stay light
 # A run whose worker or machine is lost goes on from its checkpoint elsewhere, but only so often: a config that
@@ -51,14 +51,14 @@ MAX_LOSSES = 2
 class Snapshot:
     """A consistent copy of what one student sees of a run, safe to read from any thread."""
 
-    id: str  # the student's ticket
+    ticket_id: str  # the student's ticket (run_id is the training's)
     owner: str
     label: str
     config: RunConfig
-    status: str  # queued, running, finished, stopped, failed
+    status: Status
     reason: str
     params: int | None
-    epochs: tuple[dict, ...]
+    epochs: tuple[Epoch, ...]
     batch_losses: tuple[tuple[float, float], ...]  # (epoch as a fraction, e.g. 2.5, loss)
     progress: dict  # epoch, batch, batches, images_per_s, eta_s, lr
     queue_position: int | None  # 1-based place in the queue while queued
@@ -71,6 +71,18 @@ class Snapshot:
     recorded: str = ""  # for a run of the recorded-runs pack: where and when it was recorded (drill.pack)
     proof: str = ""  # the proof over seeds (drill.proof) this run is one seed of, for this student
 
+    def record(self) -> RunRecord:
+        """The run as this student saw it, under their label (what Compare exports)."""
+        return RunRecord(
+            config=self.config,
+            status=self.status,
+            reason=self.reason,
+            params=self.params,
+            seconds=self.seconds,
+            epochs=self.epochs,
+            label=self.label,
+        )
+
 
 @dataclass
 class Run:
@@ -82,14 +94,14 @@ class Run:
     # "trained" here; "imported" from a student's file, never served to anyone else; or "recorded": the pack's
     source: str = "trained"
     created: float = field(default_factory=time.time)
-    status: str = "queued"
+    status: Status = Status.QUEUED
     reason: str = ""
     params: int | None = None
-    epochs: list[dict] = field(default_factory=list)
+    epochs: list[Epoch] = field(default_factory=list)
     batch_losses: list[tuple[float, float]] = field(default_factory=list)
     progress: dict = field(default_factory=dict)
     seconds: float = 0.0
-    result: RunResult | None = None
+    model: nn.Module | None = None  # the trained network, once it ended (or rebuilt from the store's weights)
     lock: threading.Lock = field(default_factory=threading.Lock)
     handle: Handle | None = None  # while its backend trains it
     checkpoint: Checkpoint | None = None  # while it waits for its next turn, paused between epochs
@@ -111,7 +123,7 @@ class Run:
             elif event == "batch":
                 self._record_batch(payload)
             elif event == "epoch":
-                self.epochs.append(payload)
+                self.epochs.append(Epoch(**payload))
 
     def _record_batch(self, payload: dict) -> None:
         position = payload["epoch"] - 1 + payload["batch"] / payload["batches"]
@@ -132,35 +144,46 @@ class Run:
     def row(self) -> RunRow:
         """This run as the store keeps it."""
         with self.lock:
-            return RunRow(
-                self.id,
-                self.key,
-                self.source,
-                self.config.to_dict(),
-                self.status,
-                self.reason,
-                self.params,
-                [dict(e) for e in self.epochs],
-                list(self.batch_losses),
-                self.seconds,
-                self.created,
+            record = RunRecord(
+                config=self.config,
+                status=self.status,
+                reason=self.reason,
+                params=self.params,
+                seconds=self.seconds,
+                epochs=tuple(self.epochs),
             )
+            return RunRow(
+                id=self.id,
+                key=self.key,
+                source=self.source,
+                record=record,
+                batch_losses=list(self.batch_losses),
+                created=self.created,
+            )
+
+    @classmethod
+    def from_record(cls, record: RunRecord, **fields) -> Run:
+        """A run of a record, in memory; `fields` are those the record does not hold (id, key, source, ...)."""
+        return cls(
+            config=record.config,
+            status=record.status,
+            reason=record.reason,
+            params=record.params,
+            epochs=list(record.epochs),
+            seconds=record.seconds,
+            **fields,
+        )
 
     @classmethod
     def from_row(cls, row: RunRow, recorded: str = "") -> Run:
         """A stored run, back in memory (its model is rebuilt from the stored weights when asked for)."""
-        return cls(
-            row.id,
-            RunConfig.from_dict(row.config),
+        return cls.from_record(
+            row.record,
+            id=row.id,
             key=row.key,
             source=row.source,
             created=row.created,
-            status=row.status,
-            reason=row.reason,
-            params=row.params,
-            epochs=row.epochs,
-            batch_losses=row.batch_losses,
-            seconds=row.seconds,
+            batch_losses=list(row.batch_losses),
             recorded=recorded,
         )
 
@@ -186,34 +209,42 @@ class Ticket:
             progress, seconds = dict(run.progress), run.seconds
             if self.cut is not None:
                 seen, position, reason = self.cut
-                status, epochs, progress = "stopped", epochs[:seen], {}
+                status, epochs, progress = Status.STOPPED, epochs[:seen], {}
                 losses = [point for point in losses if point[0] <= position]
                 queue_position = None
             return Snapshot(
-                self.id,
-                self.owner,
-                self.label,
-                run.config,
-                status,
-                reason,
-                run.params,
-                tuple(dict(e) for e in epochs),
-                tuple(losses),
-                progress,
-                queue_position,
-                self.created,
-                seconds,
-                watchers,
-                self.reused,
-                run.id,
-                run.note,
-                run.recorded,
-                self.proof,
+                ticket_id=self.id,
+                owner=self.owner,
+                label=self.label,
+                config=run.config,
+                status=status,
+                reason=reason,
+                params=run.params,
+                epochs=tuple(epochs),
+                batch_losses=tuple(losses),
+                progress=progress,
+                queue_position=queue_position,
+                created=self.created,
+                seconds=seconds,
+                watchers=watchers,
+                reused=self.reused,
+                run_id=run.id,
+                note=run.note,
+                recorded=run.recorded,
+                proof=self.proof,
             )
 
     def row(self) -> TicketRow:
         """This ticket as the store keeps it."""
-        return TicketRow(self.id, self.owner, self.run.id, self.label, self.created, self.cut, self.proof)
+        return TicketRow(
+            id=self.id,
+            owner=self.owner,
+            run_id=self.run.id,
+            label=self.label,
+            created=self.created,
+            cut=self.cut,
+            proof=self.proof,
+        )
 
 
 def config_key(config: RunConfig, device: str = "cpu") -> str:
@@ -383,23 +414,15 @@ class JobManager:
         with self._lock:
             return too_long if self._must_train(configs, fresh and not seeds) else None
 
-    def add_finished(self, owner: str, record: dict, label: str = "") -> Ticket:
-        """Register a run finished elsewhere (an imported record), so it shows beside this session's runs."""
-        run = Run(
-            new_id("run"),
-            RunConfig.from_dict(record["config"]),
-            source="imported",
-            status=record.get("status", "finished"),
-            reason=record.get("reason", ""),
-            params=record.get("params"),
-            epochs=[dict(e) for e in record["epochs"]],
-            seconds=record.get("seconds", 0.0),
-        )
+    def add_finished(self, owner: str, record: RunRecord) -> Ticket:
+        """Register a run ended elsewhere (an imported record), under its label, so it shows beside this session's
+        runs."""
+        run = Run.from_record(record, id=new_id("run"), source="imported")
         self.store.save_run(run.row())
         with self._lock:
             self._load(owner)
             self._runs[run.id] = run
-            ticket = Ticket(new_id("ticket"), owner, label, run)
+            ticket = Ticket(id=new_id("ticket"), owner=owner, label=record.label, run=run)
             self._tickets[ticket.id] = ticket
             self.store.save_ticket(ticket.row())
         return ticket
@@ -451,8 +474,8 @@ class JobManager:
         if ticket is None or ticket.cut is not None or ticket.run.status in ACTIVE:
             return None
         run = ticket.run
-        if run.result is not None and run.result.model is not None:
-            return run.result.model
+        if run.model is not None:
+            return run.model
         try:
             state = self.store.weights(run.id)
             if state is None:
@@ -464,7 +487,7 @@ class JobManager:
             return None
         model.eval()
         with run.lock:
-            run.result = RunResult(run.config, run.status, run.reason, run.params or 0, run.epochs, run.seconds, model)
+            run.model = model
         return model
 
     def snapshots(self, owner: str) -> list[Snapshot]:
@@ -495,7 +518,7 @@ class JobManager:
             for seed in proof_seeds(count):
                 key = self._key(config.replace(train={"seed": seed}))
                 run = self._shared_run(key)
-                if run is None or run.status != "finished":
+                if run is None or run.status != Status.FINISHED:
                     row = self._stored_row(key)
                     run = None if row is None else self._runs.get(row.id) or Run.from_row(row)
                 if run is None:
@@ -526,7 +549,7 @@ class JobManager:
                 return
             self._closing = True
             for run in self._runs.values():
-                if run.status == "running" and run.handle is not None:
+                if run.status == Status.RUNNING and run.handle is not None:
                     run.handle.stop()
         self.backend.shutdown(timeout)
         if self.shelf is not None:
@@ -557,31 +580,30 @@ class JobManager:
                 run.handle = None
                 # A server stopping leaves its runs to resume, unless a student (or the reaper) had stopped one.
                 suspended = (
-                    self._closing and not run.reason and (outcome.lost or outcome.status in ("paused", "stopped"))
+                    self._closing
+                    and not run.reason
+                    and (outcome.lost or outcome.status in (Status.PAUSED, Status.STOPPED))
                 )
                 run.losses += bool(outcome.lost)
                 if outcome.lost and not stopping and not self._closing and run.losses <= MAX_LOSSES:
-                    run.status, run.note = "queued", self._restore(run, outcome.lost)
+                    run.status, run.note = Status.QUEUED, self._restore(run, outcome.lost)
                     self._queue.add(run.id, started=run.started)
                     log.warning("run %s: %s", run.id, run.note)
-                elif suspended or (outcome.status == "paused" and not stopping):
-                    run.status, run.checkpoint = "queued", outcome.checkpoint
+                elif suspended or (outcome.status == Status.PAUSED and not stopping):
+                    run.status, run.checkpoint = Status.QUEUED, outcome.checkpoint
                     run.reason = ""
                     if not suspended:
                         self._queue.add(run.id, started=True)
                 else:
-                    status = "stopped" if outcome.status == "paused" else outcome.status
+                    status = Status.STOPPED if outcome.status == Status.PAUSED else outcome.status
                     run.status = status
-                    run.reason = run.reason if status == "stopped" and run.reason else outcome.reason
+                    run.reason = run.reason if status == Status.STOPPED and run.reason else outcome.reason
                     if outcome.lost:  # lost more than MAX_LOSSES times: starting it again is no help
                         run.reason = (
                             f"{outcome.lost}, {run.losses} times in all: this run may need more memory than a worker "
                             "has; try a smaller network or fewer training images"
                         )
-                    run.seconds = outcome.seconds
-                    run.result = RunResult(
-                        run.config, status, run.reason, run.params or 0, run.epochs, run.seconds, outcome.model
-                    )
+                    run.seconds, run.model = outcome.seconds, outcome.model
                     if outcome.model is not None:
                         weights = outcome.model.state_dict()
             self.store.save_run(run.row(), weights)
@@ -614,13 +636,13 @@ class JobManager:
         held = [t for t in self._tickets.values() if t.owner == owner and t.run is run and t.cut is None]
         if reuse and run is not None and held:
             return held[0]
-        reused = run is not None and run.status == "finished"
+        reused = run is not None and run.status == Status.FINISHED
         if run is None:
-            run = Run(new_id("run"), config, key=key)
+            run = Run(id=new_id("run"), config=config, key=key)
             self._runs[run.id] = run
             self._queue.add(run.id, started=behind)
             self.store.save_run(run.row())
-        ticket = Ticket(new_id("ticket"), owner, label, run, reused=reused, proof=proof)
+        ticket = Ticket(id=new_id("ticket"), owner=owner, label=label, run=run, reused=reused, proof=proof)
         self._tickets[ticket.id] = ticket
         self.store.save_ticket(ticket.row())
         return ticket
@@ -641,8 +663,8 @@ class JobManager:
         resumed = []
         for row in self.store.active_runs():
             run = Run.from_row(row)
-            run.started = row.status == "running" or bool(row.epochs or row.batch_losses)  # it trained before
-            run.status, run.reason, run.note = "queued", "", self._restore(run, "the server restarted")
+            run.started = row.record.status == Status.RUNNING or bool(row.record.epochs or row.batch_losses)
+            run.status, run.reason, run.note = Status.QUEUED, "", self._restore(run, "the server restarted")
             self._runs[run.id] = run
             self._queue.add(run.id, started=run.started)
             resumed.append(run.id)
@@ -672,7 +694,7 @@ class JobManager:
             else:
                 done = len(checkpoint.epochs)
                 run.checkpoint, run.started, run.progress = checkpoint, True, {}
-                run.epochs = [dict(e) for e in checkpoint.epochs]
+                run.epochs = list(checkpoint.epochs)
                 run.batch_losses = [point for point in run.batch_losses if point[0] <= done]
                 return f"Resumed after epoch {done}: {cause}, and nothing trained before is lost."
         if not run.started:
@@ -681,12 +703,12 @@ class JobManager:
         return f"Started over from epoch 1: {why}."
 
     def _running(self) -> int:
-        return sum(run.status == "running" for run in self._runs.values())
+        return sum(run.status == Status.RUNNING for run in self._runs.values())
 
     def _stop_running(self, run: Run, reason: str) -> None:
         """Stop a run its backend is training, within a batch, saying why."""
         with run.lock:
-            if run.status == "running" and not run.reason:
+            if run.status == Status.RUNNING and not run.reason:
                 run.reason = reason
             handle = run.handle
         if handle is not None:
@@ -706,7 +728,9 @@ class JobManager:
                 if stored is None:
                     continue
                 run = self._runs.setdefault(stored.id, self._from_row(stored))
-            self._tickets[row.id] = Ticket(row.id, row.owner, row.label, run, row.created, cut=row.cut, proof=row.proof)
+            self._tickets[row.id] = Ticket(
+                id=row.id, owner=row.owner, label=row.label, run=run, created=row.created, cut=row.cut, proof=row.proof
+            )
 
     def _stored_run(self, key: str, fresh: bool) -> Run | None:
         """A finished run for this key that only the store holds: one trained here, else (unless fresh) the pack's."""
@@ -729,7 +753,7 @@ class JobManager:
     def _shared_run(self, key: str) -> Run | None:
         """A run in memory that a new request for this key may follow: one going, or one trained to the end."""
         for run in self._runs.values():
-            if run.key == key and run.source == "trained" and (run.status in ACTIVE or run.status == "finished"):
+            if run.key == key and run.source == "trained" and (run.status in ACTIVE or run.status == Status.FINISHED):
                 return run
         return None
 
@@ -747,15 +771,13 @@ class JobManager:
         self._queue.remove(run.id)
         weights = None
         with run.lock:
-            run.status = "stopped"
+            run.status = Status.STOPPED
             run.reason = reason if run.started else reason + " before it started"
             weights = run.checkpoint.state.get("model") if run.checkpoint is not None else None
             if weights is not None:
-                model = build_model(run.config.model)
-                model.load_state_dict(weights)
-                run.result = RunResult(
-                    run.config, "stopped", run.reason, run.params or 0, run.epochs, run.seconds, model.eval()
-                )
+                run.model = build_model(run.config.model)
+                run.model.load_state_dict(weights)
+                run.model.eval()
             run.checkpoint = None
         self.store.save_run(run.row(), weights)
         self.store.drop_checkpoint(run.id)
@@ -790,19 +812,19 @@ class JobManager:
                 run = self._runs[run_id]
                 self._queue.remove(run_id)
                 with run.lock:
-                    run.status, run.reason = "failed", problem
+                    run.status, run.reason = Status.FAILED, problem
                 self.store.save_run(run.row())
             return
         while len(self._queue) and self._running() < self.backend.slots():
             run = self._runs[self._queue.pop_next()]
             with run.lock:
-                run.status, run.started = "running", True
+                run.status, run.started = Status.RUNNING, True
                 job = Job(
-                    run.id,
-                    run.config,
-                    self.threads_per_job,
-                    run.checkpoint,
-                    self._queue.wants_turns(),
+                    run_id=run.id,
+                    config=run.config,
+                    threads=self.threads_per_job,
+                    resume=run.checkpoint,
+                    pause_now=self._queue.wants_turns(),
                     checkpoints=True,
                 )
                 run.checkpoint = None
@@ -811,13 +833,13 @@ class JobManager:
             except Exception as error:  # a worker that could not start: the run ends failed, saying why
                 log.exception("run %s could not start", run.id)
                 with run.lock:
-                    run.status, run.reason = "failed", f"it could not start ({type(error).__name__}: {error})"
+                    run.status, run.reason = Status.FAILED, f"it could not start ({type(error).__name__}: {error})"
                 self.store.save_run(run.row())
                 self.store.drop_checkpoint(run.id)
         # The training loop never pauses after a run's last epoch, so the flag is the queue's alone.
         turns = self._queue.wants_turns()
         for run in self._runs.values():
-            if run.handle is not None and run.status == "running":
+            if run.handle is not None and run.status == Status.RUNNING:
                 run.handle.want_pause(turns)
 
 

@@ -20,6 +20,7 @@ the schedule or the network) is what the pack's own test is for: it replays a re
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import fcntl
 import hashlib
@@ -39,9 +40,9 @@ import torch
 from drill.config import RunConfig
 from drill.data import Mnist
 from drill.model import build_model
-from drill.records import RecordError, check_record
+from drill.run_record import RecordError, RunRecord, Status
 from drill.store import RunRow, RunStore, pack_weights, unpack_weights
-from drill.train import Schedule, batches_per_epoch, make_optimizer, predict, run_summary, train
+from drill.train import Schedule, batches_per_epoch, make_optimizer, predict, train
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ class RecordedRun:
     """One run of the pack, read and checked."""
 
     name: str  # e.g. "final-seed2": the file names' stem
-    record: dict  # config, status, reason, params, seconds, epochs (drill.records), label = the step's title
+    record: RunRecord  # a finished run, labelled with its step's title
     batch_losses: list[tuple[float, float]]
     recorded: dict  # date, machine, torch, threads, seconds
     probe: dict  # first_losses, correct
@@ -82,7 +83,7 @@ class RecordedRun:
 
     @property
     def config(self) -> RunConfig:
-        return RunConfig.from_dict(self.record["config"])
+        return self.record.config
 
     @property
     def provenance(self) -> str:
@@ -112,9 +113,8 @@ def record(config: RunConfig, data: Mnist, name: str, label: str, threads: int =
             losses.append((payload["epoch"] - 1 + payload["batch"] / payload["batches"], payload["loss"]))
 
     result = train(config, data, on_event, threads=threads)
-    if result.status != "finished":
+    if result.status != Status.FINISHED:
         raise PackError(f"{name} did not finish, so it is not recorded: {result.status}, {result.reason}")
-    record_ = {"label": label, **run_summary(result)}
     recorded = {
         "date": datetime.date.today().isoformat(),
         "machine": machine_name(),
@@ -125,7 +125,15 @@ def record(config: RunConfig, data: Mnist, name: str, label: str, threads: int =
     probe = {"first_losses": [loss for _, loss in losses[:PROBE_BATCHES]], "correct": _correct(result.model, data)}
     kept = losses[:: math.ceil(len(losses) / MAX_BATCH_POINTS)]
     weights = {name_: tensor.detach().clone() for name_, tensor in result.model.state_dict().items()}
-    return RecordedRun(name, record_, kept, recorded, probe, weights, "")
+    return RecordedRun(
+        name=name,
+        record=result.record(label),
+        batch_losses=kept,
+        recorded=recorded,
+        probe=probe,
+        weights=weights,
+        digest="",
+    )
 
 
 def write(run: RecordedRun, directory: Path = PACK_DIR) -> None:
@@ -133,7 +141,7 @@ def write(run: RecordedRun, directory: Path = PACK_DIR) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     body = {
         "format": FORMAT,
-        "record": run.record,
+        "record": run.record.to_dict(),
         "batch_losses": run.batch_losses,
         "recorded": run.recorded,
         "probe": run.probe,
@@ -194,7 +202,7 @@ def _read_run(directory: Path, name: str, digests: dict) -> RecordedRun:
         body = json.loads(files["json"].read_text())
         if body.get("format") != FORMAT:
             raise PackError(f"{name}.json is not a format-{FORMAT} recorded run")
-        record_ = check_record(body["record"])
+        record_ = RunRecord.from_dict(body["record"])
         losses = [(float(position), float(loss)) for position, loss in body["batch_losses"]]
         recorded, probe = body["recorded"], body["probe"]
         first = [float(loss) for loss in probe["first_losses"]]
@@ -208,9 +216,17 @@ def _read_run(directory: Path, name: str, digests: dict) -> RecordedRun:
         raise PackError(f"{name}.json: {error}") from None
     except Exception as error:  # noqa: BLE001 - whatever is wrong with a run's files, that run is skipped, never the app
         raise PackError(f"{name}: not a recorded run ({type(error).__name__}: {error})") from None
-    if record_["status"] != "finished":
-        raise PackError(f"{name}.json: only finished runs are recorded, this one is {record_['status']}")
-    return RecordedRun(name, record_, losses, recorded, probe, weights, digests["json"])
+    if record_.status != Status.FINISHED:
+        raise PackError(f"{name}.json: only finished runs are recorded, this one is {record_.status}")
+    return RecordedRun(
+        name=name,
+        record=record_,
+        batch_losses=losses,
+        recorded=recorded,
+        probe=probe,
+        weights=weights,
+        digest=digests["json"],
+    )
 
 
 def verify(run: RecordedRun, data: Mnist, threads: int = 1) -> str | None:
@@ -223,7 +239,7 @@ def verify(run: RecordedRun, data: Mnist, threads: int = 1) -> str | None:
         return "its weights do not fit today's network of its config"
     if abs(_correct(model, data) - run.probe["correct"]) > PROBE_FLIPS:
         return f"today's network classifies the first {PROBE_IMAGES} test images differently with its weights"
-    expected = [epoch["lr"] for epoch in run.record["epochs"]]
+    expected = [epoch.lr for epoch in run.record.epochs]
     if not all(math.isclose(a, b, rel_tol=1e-9) for a, b in zip(_epoch_rates(run, data), expected, strict=True)):
         return "today's LR schedule gives other learning rates for its epochs"
     first = _first_losses(config, data, threads)
@@ -247,12 +263,12 @@ def _epoch_rates(run: RecordedRun, data: Mnist) -> list[float]:
     optimizer = make_optimizer([parameter], tc)
     schedule = Schedule(optimizer, tc, steps)
     rates = []
-    for epoch in run.record["epochs"]:
+    for epoch in run.record.epochs:
         rates.append(schedule.lr)
         for _ in range(steps):
             optimizer.step()
             schedule.after_batch()
-        schedule.after_epoch(epoch["test_loss"])
+        schedule.after_epoch(epoch.test_loss)
     return rates
 
 
@@ -362,17 +378,11 @@ def _run_id(run: RecordedRun) -> str:
 
 
 def _row(run: RecordedRun, key: str) -> RunRow:
-    r = run.record
     return RunRow(
-        _run_id(run),
-        key,
-        "recorded",
-        r["config"],
-        "finished",
-        "",
-        r["params"],
-        r["epochs"],
-        run.batch_losses,
-        r["seconds"],
-        time.time(),
+        id=_run_id(run),
+        key=key,
+        source="recorded",
+        record=dataclasses.replace(run.record, label=""),  # a label is a ticket's, never the store's
+        batch_losses=run.batch_losses,
+        created=time.time(),
     )

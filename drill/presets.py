@@ -13,6 +13,7 @@ from pathlib import Path
 from drill import gallery
 from drill.analysis import LAST_K, OVERFIT_GAP, TARGET_ACC, Verdict, analyse
 from drill.config import AugmentConfig, ModelConfig, RunConfig, TrainConfig
+from drill.run_record import RunRecord
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 
@@ -189,13 +190,13 @@ class _Run:
     test_accs: tuple[float, ...]
 
     @classmethod
-    def of(cls, record: dict) -> _Run:
-        """A run from its record (config, params, epochs), as `train --out` and the pack keep it."""
+    def of(cls, record: RunRecord) -> _Run:
+        """A run from its record, as `train --out` and the pack keep it."""
         return cls(
-            RunConfig.from_dict(record["config"]),
-            record["params"],
-            analyse(record["epochs"], record["params"]),
-            tuple(epoch["test_acc"] for epoch in record["epochs"]),
+            config=record.config,
+            params=record.params,
+            verdict=analyse(record.epochs, record.params),
+            test_accs=tuple(epoch.test_acc for epoch in record.epochs),
         )
 
 
@@ -204,7 +205,7 @@ def _runs_in(results: Path, file: str) -> list[_Run]:
     try:
         data = json.loads((results / file).read_text())
         records = data["runs"] if isinstance(data, dict) and "runs" in data else [data]
-        return [_Run.of(record) for record in records]
+        return [_Run.of(RunRecord.from_dict(record, index)) for index, record in enumerate(records, start=1)]
     except FileNotFoundError:
         raise _Unreadable(f"results/{file} is missing") from None
     except (OSError, ValueError, KeyError, TypeError) as error:

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from drill.analysis import LAST_K, TARGET_ACC, analyse, plural
+from drill.run_record import ACTIVE, Epoch, Status
 
 MIN_SEEDS, MAX_SEEDS = 2, 5
 DEFAULT_SEEDS = 3
-GOING = ("queued", "running")
 
 
 def seeds(count: int) -> list[int]:
@@ -28,27 +28,27 @@ class Seed:
     """One seed's run of a proof, as far as it got."""
 
     seed: int
-    status: str  # queued, running, finished, stopped, failed
+    status: Status
     reason: str
     params: int | None
-    epochs: tuple[dict, ...]
+    epochs: tuple[Epoch, ...]
     queue_position: int | None = None
 
     @classmethod
     def of(cls, run: Any) -> Seed:
-        """A seed from anything with a run's fields (a job manager Snapshot, a stored run)."""
+        """A seed from anything with a run's fields (a RunRecord, a job manager Snapshot or Run)."""
         return cls(
-            run.config.train.seed,
-            run.status,
-            run.reason,
-            run.params,
-            tuple(run.epochs),
-            getattr(run, "queue_position", None),
+            seed=run.config.train.seed,
+            status=run.status,
+            reason=run.reason,
+            params=run.params,
+            epochs=tuple(run.epochs),
+            queue_position=getattr(run, "queue_position", None),
         )
 
     def held(self, k: int) -> bool:
         """Whether this seed trained to the end at >= the target in each of its last k epochs."""
-        return self.status == "finished" and analyse(list(self.epochs), self.params or 0, k).consistent
+        return self.status == Status.FINISHED and analyse(list(self.epochs), self.params or 0, k).consistent
 
 
 @dataclass(frozen=True)
@@ -60,12 +60,12 @@ class Proof:
 
     @classmethod
     def of(cls, runs: list[Any], k: int = LAST_K) -> Proof:
-        return cls(tuple(sorted((Seed.of(run) for run in runs), key=lambda s: s.seed)), k)
+        return cls(seeds=tuple(sorted((Seed.of(run) for run in runs), key=lambda s: s.seed)), k=k)
 
     @property
     def going(self) -> bool:
         """Whether a seed is still queued or training."""
-        return any(s.status in GOING for s in self.seeds)
+        return any(s.status in ACTIVE for s in self.seeds)
 
     @property
     def held_by(self) -> int:
@@ -79,7 +79,7 @@ class Proof:
 
     def last_tests(self) -> list[float]:
         """Each ended seed's last-epoch test accuracy."""
-        return [s.epochs[-1]["test_acc"] for s in self.seeds if s.epochs and s.status not in GOING]
+        return [s.epochs[-1].test_acc for s in self.seeds if s.epochs and s.status not in ACTIVE]
 
     def table(self) -> str:
         """Markdown: seed, parameters, the test accuracy of each of the last k epochs (fewer when the runs are
@@ -91,9 +91,9 @@ class Proof:
             "|---:|---:|" + "---:|" * len(numbers) + ":---:|",
         ]
         for s in self.seeds:
-            tests = {e["epoch"]: e["test_acc"] for e in s.epochs}
+            tests = {e.epoch: e.test_acc for e in s.epochs}
             cells = "".join(f"{tests[n]:.2f} | " if n in tests else "- | " for n in numbers)
-            passed = "yes" if s.held(self.k) else s.status if s.status != "finished" else "no"
+            passed = "yes" if s.held(self.k) else s.status if s.status != Status.FINISHED else "no"
             lines.append(f"| {s.seed} | {s.params or 0:,} | {cells}{passed} |")
         return "\n".join(lines)
 
@@ -110,7 +110,7 @@ class Proof:
         """The proof's verdict in words, for the page and the write-up: while seeds train, how far it is; then how
         many held, the mean and spread of their last epochs, and what happened to any seed that did not finish."""
         count = len(self.seeds)
-        done = [s for s in self.seeds if s.status not in GOING]
+        done = [s for s in self.seeds if s.status not in ACTIVE]
         if self.going:
             return (
                 f"{len(done)} of {count} seeds done, {self.held_by} holding >= {TARGET_ACC}% in each of the last "
@@ -128,7 +128,7 @@ class Proof:
             f"{count} seeds; {spread}."
         )
         for s in self.seeds:
-            if s.status in ("failed", "stopped"):
+            if s.status in (Status.FAILED, Status.STOPPED):
                 text += f" Seed {s.seed} {s.status}: {s.reason}."
         if not self.proven and self.held_by:
             text += " One run that passes can be luck: this config does not pass consistently yet."

@@ -64,7 +64,7 @@ class Trainer:
             self.warm()
             return train_wire_job(job, self._data, self._record, stop, pause)
         except Exception as error:  # MNIST missing on this node, say: a reason, not a remote traceback
-            return Outcome("failed", f"{type(error).__name__}: {error}").to_wire()
+            return Outcome.of_error(error).to_wire()
         finally:
             with self._lock:
                 self._stops.pop(job["run_id"], None)
@@ -331,7 +331,7 @@ class RayBackend:
             outcome = Outcome.of_lost_run(f"the machine training it was lost ({type(error).__name__})")
         except Exception as error:
             log.exception("run %s failed on the cluster", job.run_id)
-            outcome = Outcome("failed", f"{type(error).__name__}: {error}")
+            outcome = Outcome.of_error(error)
         finally:
             handle.actor = None  # a Stop or pause from here on must not reach the actor's next run
             if actor is not None:

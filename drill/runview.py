@@ -10,7 +10,8 @@ from drill.analysis import LAST_K, Verdict, plural
 from drill.charts import SpecCache, accuracy_chart, loss_chart
 from drill.config import TRAIN_SIZE
 from drill.jobs import Snapshot
-from drill.proof import GOING, Proof
+from drill.proof import Proof
+from drill.run_record import ACTIVE, Epoch, Status
 from drill.train import batches_per_epoch
 
 
@@ -45,20 +46,21 @@ def progress_text(progress: dict) -> str:
     return " · ".join(parts)
 
 
-def epoch_line(epoch: dict, epochs_total: int) -> str:
+def epoch_line(epoch: Epoch, epochs_total: int) -> str:
     """The latest epoch's accuracies, in one line."""
     return (
-        f"Epoch {epoch['epoch']} of {epochs_total}: train {epoch['train_acc']:.2f}% · "
-        f"test **{epoch['test_acc']:.2f}%** · {epoch['seconds']:.1f} s"
+        f"Epoch {epoch.epoch} of {epochs_total}: train {epoch.train_acc:.2f}% · "
+        f"test **{epoch.test_acc:.2f}%** · {epoch.seconds:.1f} s"
     )
 
 
-def shown_run(remembered_id: str, runs: list[Snapshot]) -> Snapshot | None:
-    """The run the Train page shows, out of this student's runs: the one it started, else (a new tab) the latest.
+def shown_run(ticket_id: str, runs: list[Snapshot]) -> Snapshot | None:
+    """The run the Train page shows, out of this student's runs: the one it started (by its ticket), else (a new
+    tab) the latest.
 
     Taken from the one list the page also draws its buttons from, so a run that ends while the page draws is
     never shown as ended beside a Start that is still disabled."""
-    return next((run for run in runs if run.id == remembered_id), runs[-1] if runs else None)
+    return next((run for run in runs if run.ticket_id == ticket_id), runs[-1] if runs else None)
 
 
 # A recorded run's replay brings its epochs onto the chart at this pace: slow enough to watch the curves form, and
@@ -78,7 +80,7 @@ def replayed(run: Snapshot, elapsed_s: float) -> Snapshot | None:
     batches = batches_per_epoch(run.config.train, TRAIN_SIZE)
     return dataclasses.replace(
         run,
-        status="replaying",
+        status=Status.REPLAYING,
         epochs=run.epochs[:done],
         batch_losses=tuple(point for point in run.batch_losses if point[0] <= position),
         progress={"epoch": epoch, "epochs": total, "batch": max(1, round(fraction * batches)), "batches": batches},
@@ -94,7 +96,7 @@ def proof_headline(label: str, proof: Proof) -> str:
     """The proof's status as a headline."""
     count = len(proof.seeds)
     if proof.going:
-        done = sum(s.status not in GOING for s in proof.seeds)
+        done = sum(s.status not in ACTIVE for s in proof.seeds)
         return f"🧪 **{label}** over {count} seeds: {done} of {count} done"
     return (
         f"{'✅' if proof.proven else '❌'} **{label}** over {count} seeds: {'proven' if proof.proven else 'not proven'}"
@@ -104,11 +106,11 @@ def proof_headline(label: str, proof: Proof) -> str:
 def seed_line(run: Snapshot) -> str:
     """One seed of a proof in a line: where it is, and whether it was served at once rather than trained."""
     epochs = len(run.epochs)
-    if run.status == "queued":
+    if run.status == Status.QUEUED:
         where = f"queued, {(run.queue_position or 1) - 1} run(s) ahead" + (
             f", paused after epoch {epochs}" * bool(epochs)
         )
-    elif run.status == "running":
+    elif run.status == Status.RUNNING:
         where = f"training epoch {min(epochs + 1, run.config.train.epochs)} of {run.config.train.epochs}"
     else:
         where = run.status + (f": {run.reason}" if run.reason else "")
@@ -116,9 +118,9 @@ def seed_line(run: Snapshot) -> str:
     return f"seed {run.config.train.seed}: {where}{served}"
 
 
-def status_text(status: str, queue_position: int | None, label: str, epochs_done: int = 0) -> str:
+def status_text(status: Status, queue_position: int | None, label: str, epochs_done: int = 0) -> str:
     """The run's status as a headline; a queued run with epochs done is one paused for classmates' first epochs."""
-    if status == "queued":
+    if status == Status.QUEUED:
         ahead = (queue_position or 1) - 1
         if epochs_done:
             return (
@@ -126,9 +128,9 @@ def status_text(status: str, queue_position: int | None, label: str, epochs_done
                 f"first; {ahead} run(s) ahead of it."
             )
         return f"⏳ **{label}** is queued: {ahead} run(s) ahead of it; it starts when a CPU slot frees up."
-    if status == "replaying":
+    if status == Status.REPLAYING:
         return f"▶️ **{label}**: replaying the recorded run, {epochs_done} epoch(s) shown"
-    icons = {"running": "🏃", "finished": "✅", "stopped": "⏹️", "failed": "❌"}
+    icons = {Status.RUNNING: "🏃", Status.FINISHED: "✅", Status.STOPPED: "⏹️", Status.FAILED: "❌"}
     return f"{icons.get(status, '')} **{label}**: {status}"
 
 
@@ -143,7 +145,7 @@ def run_charts(run: Snapshot) -> tuple[dict, dict]:
     few versions of its charts, not one per student per second.
     """
     losses = run.batch_losses
-    if run.status in ("queued", "running", "replaying") and losses:
+    if run.status in (*ACTIVE, Status.REPLAYING) and losses:
         cutoff = math.floor(losses[-1][0] * CHART_UPDATES_PER_EPOCH) / CHART_UPDATES_PER_EPOCH
         losses = tuple(point for point in losses if point[0] <= cutoff + 1e-9)
     total, epochs = run.config.train.epochs, list(run.epochs)
@@ -155,7 +157,7 @@ def run_charts(run: Snapshot) -> tuple[dict, dict]:
 def no_accuracy_note(run: Snapshot) -> str:
     """What stands in for the accuracy chart of a run with batch losses but no epoch ended: an empty chart says
     nothing."""
-    if run.status in ("stopped", "failed"):
+    if run.status in (Status.STOPPED, Status.FAILED):
         return (
             f"It {run.status} before its first epoch ended: there is no test accuracy to show, only the loss of the "
             "batches it trained."
@@ -175,7 +177,7 @@ def sharing_note(run: Snapshot) -> str:
             "⚡ Served at once: this exact config and seed was trained to the end on this server before, and "
             "training is deterministic, so here are its curves."
         )
-    if run.watchers > 1 and run.status in ("queued", "running"):
+    if run.watchers > 1 and run.status in ACTIVE:
         return (
             f"👥 {run.watchers} students asked for this exact config and seed: it trains once and everyone sees "
             "the same curves. Stopping leaves it running for the others."
@@ -183,9 +185,9 @@ def sharing_note(run: Snapshot) -> str:
     return ""
 
 
-def result_line(verdict: Verdict, epochs: list[dict], k: int = LAST_K) -> str:
+def result_line(verdict: Verdict, epochs: list[Epoch], k: int = LAST_K) -> str:
     """The Result of a step, as the write-ups phrase it: params, best train/test and the last K test accuracies."""
-    last = ", ".join(f"{e['test_acc']:.2f}" for e in epochs[-k:]) or "–"
+    last = ", ".join(f"{e.test_acc:.2f}" for e in epochs[-k:]) or "–"
     best_train = "–" if verdict.best_train is None else f"{verdict.best_train:.2f}%"
     best_test = "–" if verdict.best_test is None else f"{verdict.best_test:.2f}%"
     return (

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from drill.data import data_dir
+from drill.run_record import STORED, RunRecord, Status
 
 log = logging.getLogger(__name__)
 
@@ -115,18 +116,13 @@ class NameTaken(ValueError):
 
 @dataclass(frozen=True)
 class RunRow:
-    """A run as stored."""
+    """A run as stored: its record (with no label: labels are the tickets') and what the store adds to it."""
 
     id: str
     key: str
-    source: str
-    config: dict
-    status: str
-    reason: str
-    params: int | None
-    epochs: list[dict]
+    source: str  # 'trained', 'imported' or 'recorded' (drill.jobs.Run)
+    record: RunRecord
     batch_losses: list[tuple[float, float]]
-    seconds: float
     created: float
 
 
@@ -245,17 +241,18 @@ class RunStore:
 
     def save_run(self, row: RunRow, weights: dict[str, torch.Tensor] | None = None) -> None:
         """Insert or update a run (its weights too, when given)."""
+        record = row.record
         values = (
             row.id,
             row.key,
             row.source,
-            json.dumps(row.config),
-            row.status,
-            row.reason,
-            row.params,
-            json.dumps(row.epochs),
+            json.dumps(record.config.to_dict()),
+            str(record.status),
+            record.reason,
+            record.params,
+            json.dumps([epoch.to_dict() for epoch in record.epochs]),
             json.dumps(row.batch_losses),
-            row.seconds,
+            record.seconds,
             row.created,
             pack_weights(weights) if weights is not None else None,
         )
@@ -297,10 +294,10 @@ class RunStore:
             ids = [
                 r[0]
                 for r in self._db.execute(
-                    "SELECT id FROM runs WHERE status IN ('queued', 'running') ORDER BY created"
+                    "SELECT id FROM runs WHERE status IN (?, ?) ORDER BY created", (Status.QUEUED, Status.RUNNING)
                 ).fetchall()
             ]
-        return [self.run(run_id) for run_id in ids]
+        return [row for row in map(self.run, ids) if row is not None]
 
     def tickets_of(self, run_id: str) -> list[TicketRow]:
         """The tickets that follow a run."""
@@ -313,8 +310,8 @@ class RunStore:
     def finished_run(self, key: str) -> RunRow | None:
         """The earliest run trained here to the end with this key, if any."""
         return self._one(
-            "SELECT * FROM runs WHERE key = ? AND status = 'finished' AND source = 'trained' ORDER BY created LIMIT 1",
-            (key,),
+            "SELECT * FROM runs WHERE key = ? AND status = ? AND source = 'trained' ORDER BY created LIMIT 1",
+            (key, Status.FINISHED),
         )
 
     def tickets(self, owner: str) -> list[TicketRow]:
@@ -328,7 +325,18 @@ class RunStore:
                 f"tickets.id WHERE {condition} ORDER BY created",
                 (value,),
             ).fetchall()
-        return [TicketRow(*row[:5], tuple(json.loads(row[5])) if row[5] else None, row[6]) for row in rows]
+        return [
+            TicketRow(
+                id=ticket_id,
+                owner=owner,
+                run_id=run_id,
+                label=label,
+                created=created,
+                cut=tuple(json.loads(cut)) if cut else None,
+                proof=proof,
+            )
+            for ticket_id, owner, run_id, label, created, cut, proof in rows
+        ]
 
     def set_member(self, class_code: str, owner: str, name: str, name_key: str, joined: float) -> None:
         """Put a student in a class under a display name, or rename them (keeping when they joined); raises
@@ -351,7 +359,7 @@ class RunStore:
             rows = self._db.execute(
                 "SELECT class, owner, name, joined FROM members WHERE class = ? ORDER BY joined", (class_code,)
             ).fetchall()
-        return [MemberRow(*row) for row in rows]
+        return [MemberRow(class_code=code, owner=owner, name=name, joined=joined) for code, owner, name, joined in rows]
 
     def classes_of(self, owner: str) -> list[str]:
         """The classes a student is in, the one joined last first."""
@@ -386,12 +394,37 @@ class RunStore:
         return unpack_weights(row[0]) if row and row[0] is not None else None
 
     def _one(self, sql: str, args: tuple) -> RunRow | None:
+        """The run a query finds; None for none, and for a row that is not a valid run (a damaged or hand-edited
+        file), which is left out rather than shown wrong."""
         with self._lock:
-            row = self._db.execute(sql.replace("*", _RUN_COLUMNS, 1), args).fetchone()
-        if row is None:
+            found = self._db.execute(sql.replace("*", _RUN_COLUMNS, 1), args).fetchone()
+        if found is None:
             return None
-        config, epochs, losses = (json.loads(row[i]) for i in (3, 7, 8))
-        return RunRow(*row[:3], config, *row[4:7], epochs, [tuple(p) for p in losses], *row[9:11])
+        run_id, key, source, config, status, reason, params, epochs, losses, seconds, created = found
+        try:
+            record = RunRecord.from_dict(
+                {
+                    "config": json.loads(config),
+                    "status": status,
+                    "reason": reason,
+                    "params": params,
+                    "seconds": seconds,
+                    "epochs": json.loads(epochs),
+                },
+                statuses=STORED,
+                count_params=False,
+            )
+        except ValueError as error:  # a RecordError, or JSON that does not parse
+            log.warning("run %s in the store is left out: %s", run_id, error)
+            return None
+        return RunRow(
+            id=run_id,
+            key=key,
+            source=source,
+            record=record,
+            batch_losses=[tuple(point) for point in json.loads(losses)],
+            created=created,
+        )
 
 
 _RUN_COLUMNS = "id, key, source, config, status, reason, params, epochs, batch_losses, seconds, created"

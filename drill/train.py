@@ -9,7 +9,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +19,7 @@ from drill.checkpoint import Checkpoint
 from drill.config import TRAIN_SIZE, RunConfig, TrainConfig
 from drill.data import MNIST_MEAN, MNIST_STD, Mnist
 from drill.model import build_model, count_params, inference_copy, set_generator
+from drill.run_record import Epoch, RunRecord, Status
 from drill.stack import NUM_CLASSES
 
 log = logging.getLogger(__name__)
@@ -39,19 +39,28 @@ DIVERGED_LOSS = 1000.0
 
 @dataclass
 class RunResult:
-    """What a run produced: its status, every epoch's metrics and the trained model."""
+    """What a training produced, filled in as it goes: its status, every epoch's metrics and the trained model."""
 
     config: RunConfig
-    status: str  # "finished", "stopped", "failed", or "paused" (between epochs, to go on from checkpoint)
-    reason: str  # why it stopped or failed; "" when it finished
+    status: Status  # finished, stopped, failed, or paused (between epochs, to go on from checkpoint)
     params: int
-    epochs: list[dict] = field(default_factory=list)  # one dict per epoch, see EPOCH_KEYS
+    reason: str = ""  # why it stopped or failed; "" when it finished
+    epochs: list[Epoch] = field(default_factory=list)
     seconds: float = 0.0
     model: nn.Module | None = None
     checkpoint: Checkpoint | None = None  # set when paused
 
-
-EPOCH_KEYS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds")
+    def record(self, label: str = "") -> RunRecord:
+        """The run's record, e.g. for `train --out` or the pack."""
+        return RunRecord(
+            config=self.config,
+            status=self.status,
+            reason=self.reason,
+            params=self.params,
+            seconds=self.seconds,
+            epochs=tuple(self.epochs),
+            label=label,
+        )
 
 
 def device_type(name: str) -> str:
@@ -223,7 +232,7 @@ def train(
     {epoch, blob}: the checkpoint's bytes, for a store that lets the run survive its server.
 
     Events: "start" {params, epochs, batches, images, resumed}; "batch" {epoch, batch, batches, loss, lr,
-    images_per_s}; "epoch" {EPOCH_KEYS}; "checkpoint" {epoch, blob}; "end" {status, reason}.
+    images_per_s}; "epoch" Epoch.to_dict(); "checkpoint" {epoch, blob}; "end" {status, reason}.
     """
     report = callback or (lambda event, payload: None)
     stop = stop or threading.Event()
@@ -235,7 +244,7 @@ def train(
     generator = torch.Generator().manual_seed(cfg.train.seed)
     model = build_model(cfg.model, seed=cfg.train.seed)
     set_generator(model, generator)
-    result = RunResult(cfg, "failed", "", count_params(model), model=model)
+    result = RunResult(config=cfg, status=Status.FAILED, params=count_params(model), model=model)
     device = device_type(cfg.train.device)
     if device == "cuda" and not torch.cuda.is_available():
         result.reason = "the Device setting asks for cuda, but this machine has no CUDA GPU: choose auto or cpu"
@@ -257,7 +266,7 @@ def train(
         _run(cfg, data, model, generators, report, stop, pause or (lambda: False), resume, checkpoints, clock, result)
     except Exception as error:  # a run must end with a reason the student can read, whatever went wrong
         log.exception("run failed")
-        result.status, result.reason = "failed", f"{type(error).__name__}: {error}"
+        result.status, result.reason = Status.FAILED, f"{type(error).__name__}: {error}"
     result.seconds = clock()
     model.cpu().eval()  # what comes after (the store, Inspect, predictions) works on the CPU
     report("end", {"status": result.status, "reason": result.reason})
@@ -280,7 +289,7 @@ def _run(cfg, data, model, generators, report, stop, pause, resume, checkpoints,
         if RunConfig.from_dict(resume.config).replace(train={"threads": 0}) != cfg.replace(train={"threads": 0}):
             raise ValueError("the checkpoint is of another config, so this run cannot go on from it")
         _restore(resume, model, optimizer, schedule, generators)
-        result.epochs = [dict(e) for e in resume.epochs]
+        result.epochs = list(resume.epochs)
     done = len(result.epochs)
     report(
         "start",
@@ -294,7 +303,7 @@ def _run(cfg, data, model, generators, report, stop, pause, resume, checkpoints,
         loss_sum, correct, seen = 0.0, 0, 0
         for batch in range(batches):
             if stop.is_set():
-                result.status, result.reason = "stopped", f"stopped during epoch {epoch}"
+                result.status, result.reason = Status.STOPPED, f"stopped during epoch {epoch}"
                 return
             index = order[batch * tc.batch_size : (batch + 1) * tc.batch_size]
             x = augment_batch(to_input(images[index]), cfg.augment, generator)
@@ -303,7 +312,7 @@ def _run(cfg, data, model, generators, report, stop, pause, resume, checkpoints,
             loss = loss_fn(scores, target, cfg.model.log_softmax)
             loss_value = loss.item()
             if diverged(loss_value):
-                result.status, result.reason = "failed", divergence_reason(cfg, loss_value, epoch, batch + 1)
+                result.status, result.reason = Status.FAILED, divergence_reason(cfg, loss_value, epoch, batch + 1)
                 return
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -326,30 +335,30 @@ def _run(cfg, data, model, generators, report, stop, pause, resume, checkpoints,
             )
         train_seconds = time.perf_counter() - epoch_start
         test_loss, test_acc = evaluate(model, data.test_images, data.test_labels)
-        stats = {
-            "epoch": epoch,
-            "train_loss": loss_sum / seen,
-            "train_acc": 100.0 * correct / seen,
-            "test_loss": test_loss,
-            "test_acc": test_acc,
-            "lr": lr,
-            "seconds": train_seconds,
-        }
+        stats = Epoch(
+            epoch=epoch,
+            train_loss=loss_sum / seen,
+            train_acc=100.0 * correct / seen,
+            test_loss=test_loss,
+            test_acc=test_acc,
+            lr=lr,
+            seconds=train_seconds,
+        )
         result.epochs.append(stats)
-        report("epoch", dict(stats))
+        report("epoch", stats.to_dict())
         schedule.after_epoch(test_loss)
         if epoch == tc.epochs:
             break
         pausing = pause()
         if checkpoints or pausing:
             state = _state(model, optimizer, schedule, generators)
-            checkpoint = Checkpoint([dict(e) for e in result.epochs], clock(), state, cfg.to_dict())
+            checkpoint = Checkpoint(epochs=tuple(result.epochs), seconds=clock(), state=state, config=cfg.to_dict())
         if checkpoints:
             report("checkpoint", {"epoch": epoch, "blob": checkpoint.to_bytes()})
         if pausing:
-            result.status, result.checkpoint = "paused", checkpoint
+            result.status, result.checkpoint = Status.PAUSED, checkpoint
             return
-    result.status = "finished"
+    result.status = Status.FINISHED
 
 
 def _state(model, optimizer, schedule, generators) -> dict:
@@ -373,18 +382,6 @@ def _restore(checkpoint: Checkpoint, model, optimizer, schedule, generators) -> 
         schedule.scheduler.load_state_dict(state["schedule"])
     for generator, saved in zip(generators, state["generators"], strict=True):
         generator.set_state(saved)
-
-
-def run_summary(result: RunResult) -> dict[str, Any]:
-    """A JSON-ready record of a run: config, status, params and every epoch."""
-    return {
-        "config": result.config.to_dict(),
-        "status": result.status,
-        "reason": result.reason,
-        "params": result.params,
-        "seconds": round(result.seconds, 2),
-        "epochs": result.epochs,
-    }
 
 
 LR_POINTS_PER_EPOCH = 40  # the LR plot samples each epoch this often: the curve's shape, at a fraction of the cost

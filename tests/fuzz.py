@@ -13,7 +13,6 @@ import json
 import random
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -21,6 +20,7 @@ from drill import records  # noqa: E402
 from drill.config import ConfigError, RunConfig  # noqa: E402
 from drill.gallery import NETWORKS  # noqa: E402
 from drill.presets import PRESETS  # noqa: E402
+from drill.run_record import Epoch, RecordError, RunRecord, Status, model_params  # noqa: E402
 
 URL_CASES = 2000
 IMPORT_CASES = 1000
@@ -118,31 +118,28 @@ def url_cases(count: int = URL_CASES, seed: int = 1) -> list[dict[str, str] | st
 def exported_runs() -> str:
     """A valid runs file as the Compare page exports it: every preset, two epochs each."""
     runs = []
-    for n, preset in enumerate(PRESETS):
-        epochs = [
-            {
-                "epoch": e,
-                "train_loss": 0.3 / e,
-                "train_acc": 95.0 + e,
-                "test_loss": 0.2 / e,
-                "test_acc": 96.0 + e,
-                "lr": 0.01,
-                "seconds": 12.5,
-            }
+    for preset in PRESETS:
+        epochs = tuple(
+            Epoch(
+                epoch=e,
+                train_loss=0.3 / e,
+                train_acc=95.0 + e,
+                test_loss=0.2 / e,
+                test_acc=96.0 + e,
+                lr=0.01,
+                seconds=12.5,
+            )
             for e in (1, 2)
-        ]
+        )
         config = preset.config.replace(train={"epochs": 2})
-        params = records.model_params(config)
         runs.append(
-            SimpleNamespace(
-                id=f"run-{n}",
-                label=preset.title,
+            RunRecord(
                 config=config,
-                status="finished",
-                reason="",
-                params=params,
+                status=Status.FINISHED,
+                params=model_params(config),
                 seconds=25.0,
                 epochs=epochs,
+                label=preset.title,
             )
         )
     return records.records_json(runs)
@@ -225,7 +222,7 @@ def run_url_cases(cases) -> dict[str, int]:
 
 def run_import_cases(cases) -> dict[str, int]:
     """Runs files: clean records or a RecordError."""
-    return run_cases(cases, records.parse_records, records.RecordError)
+    return run_cases(cases, records.parse_records, RecordError)
 
 
 if __name__ == "__main__":

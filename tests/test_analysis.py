@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 
 from drill.analysis import analyse
-from drill.train import EPOCH_KEYS
+from drill.run_record import Epoch
 
 
 def epochs(*pairs: tuple[float, float]) -> list[dict]:
     """Epoch records of (train accuracy, test accuracy) pairs."""
     return [
-        dict(zip(EPOCH_KEYS, (i, 0.1, train, 0.1, test, 0.01, 10.0), strict=True))
+        Epoch(epoch=i, train_loss=0.1, train_acc=train, test_loss=0.1, test_acc=test, lr=0.01, seconds=10.0)
         for i, (train, test) in enumerate(pairs, 1)
     ]
 

@@ -15,8 +15,8 @@ from PIL import Image, ImageDraw
 from streamlit.testing.v1 import AppTest
 
 from drill import records
-from drill.jobs import ACTIVE
 from drill.presets import BY_NAME
+from drill.run_record import ACTIVE
 from views import common
 
 TINY = BY_NAME["quick"].config.replace(train={"subset": 1000, "epochs": 1, "batch_size": 64})
@@ -71,13 +71,11 @@ def test_compare_table_and_markdown_hold_the_run(finished):
     row = table.loc[NAME]  # named as a person would, not by its ticket id
     assert row["Step"] == "tiny run"
     assert row["Params"] == run.params == 7570
-    assert row["Best test"] == round(run.epochs[-1]["test_acc"], 2)
+    assert row["Best test"] == round(run.epochs[-1].test_acc, 2)
     assert row["Status"] == "finished"
     markdown = at.code[0].value
     assert markdown.startswith("| Step | Target | Params | Best train | Best test | Last 4 | Analysis |")
-    assert (
-        f"| tiny run | - | 7,570 | {run.epochs[-1]['train_acc']:.2f}% | {run.epochs[-1]['test_acc']:.2f}% |" in markdown
-    )
+    assert f"| tiny run | - | 7,570 | {run.epochs[-1].train_acc:.2f}% | {run.epochs[-1].test_acc:.2f}% |" in markdown
     labels = [button.proto.label for button in at.get("download_button")]
     assert labels == ["Download the table (Markdown)", "Download the runs (JSON)"]
     # The curves: the run's whole name in the legend, in a categorical palette (the theme's default is blues).
@@ -88,7 +86,7 @@ def test_compare_table_and_markdown_hold_the_run(finished):
 
 def test_importing_exported_runs_restores_them_in_another_session(finished):
     _, run = finished
-    exported = records.records_json([run])
+    exported = records.records_json([run.record()])
     other = open_page(new_session(), "compare")
     assert any("No runs yet" in info.value for info in other.info)
 
@@ -146,11 +144,11 @@ def test_inspect_shows_confusion_matrix_mistakes_and_reads_an_upload(finished):
     at, run = finished
     open_page(at, "inspect")
     assert not at.error
-    assert at.selectbox[0].value == run.id
+    assert at.selectbox[0].value == run.ticket_id
     specs = chart_specs(at)
     assert any("Confusion matrix (test set)" in spec for spec in specs)
     assert any("Accuracy per digit" in spec for spec in specs)
-    assert at.metric[0].value == f"{run.epochs[-1]['test_acc']:.2f}%"
+    assert at.metric[0].value == f"{run.epochs[-1].test_acc:.2f}%"
     labels = [button.proto.label for button in at.get("download_button")]
     assert "Script for the current model" in labels and f"Script for {NAME}" in labels
 

@@ -9,6 +9,7 @@ from drill.analysis import analyse
 from drill.gallery import BY_NAME as GALLERY
 from drill.gallery import NETWORKS
 from drill.presets import BY_NAME, LESSON, PRESETS
+from drill.run_record import RunRecord
 from drill.summary import summarize
 from views import common
 
@@ -92,18 +93,19 @@ def test_a_trained_step_shows_its_result_and_analysis():
     ]
     params = summarize(step.config.model).total_params
     record = {
+        "label": step.title,
         "config": step.config.replace(train={"seed": 7}).to_dict(),
         "status": "finished",
         "params": params,
         "epochs": epochs,
     }
-    common.manager().add_finished(at.session_state["owner"], record, label=step.title)
+    common.manager().add_finished(at.session_state["owner"], RunRecord.from_dict(record))
     at.run()
     results = [m.value for m in at.markdown if m.value.startswith("**Result:**")]
     assert len(results) == 1, results  # only the trained step's card
     assert f"{params:,} parameters" in results[0] and "best test 98.25%" in results[0]
     assert "98.10, 98.15, 98.20, 98.25" in results[0]  # the last four epochs' test accuracy
-    verdict = analyse(epochs, params)
+    verdict = analyse(RunRecord.from_dict(record).epochs, params)
     assert any(verdict.text in box.value for box in [*at.info, *at.success])
 
 

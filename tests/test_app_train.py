@@ -98,7 +98,7 @@ def test_a_tiny_run_streams_to_the_end_and_survives_a_page_switch():
     rerun_until(at, "finished")
     run = only_run(at)
     assert run.status == "finished" and len(run.epochs) == 1
-    test_acc = run.epochs[0]["test_acc"]
+    test_acc = run.epochs[0].test_acc
     assert test_acc in chart_values(at), "the epoch's test accuracy is not in the accuracy chart's data"
     assert run.batch_losses[-1][1] in chart_values(at), "the batch-level loss line is missing"
     assert any(f"best test {test_acc:.2f}%" in m.value for m in at.markdown)
@@ -123,7 +123,7 @@ def test_stop_stops_a_running_run():
         watch_and_stop(at)
     finally:  # never leave minutes of training behind on the shared cores if an assertion failed
         for run in common.manager().snapshots(at.session_state["owner"]):
-            common.manager().stop(run.id)
+            common.manager().stop(run.ticket_id)
 
 
 def watch_and_stop(at: AppTest) -> None:

@@ -5,6 +5,7 @@ sharing identical runs; and what each backend does when the machine under a run 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import socket
@@ -14,8 +15,9 @@ import torch
 from conftest import loopback_only, need, need_module, trained_here, wait_until
 
 from drill.backends import ProcessBackend, ThreadBackend
-from drill.jobs import ACTIVE, MAX_LOSSES, JobManager, Ticket
+from drill.jobs import MAX_LOSSES, JobManager, Ticket
 from drill.presets import get_preset
+from drill.run_record import ACTIVE, Epoch
 from drill.store import RunStore
 
 SMALL = get_preset("quick").config.replace(train={"subset": 512, "epochs": 2, "seed": 5})
@@ -64,8 +66,8 @@ def wait_batches(manager: JobManager, ticket: Ticket, count: int = 2) -> None:
     wait_until(trained, RUN_LIMIT_S, interval=0.05, what=f"{ticket.id} to train {count} batches")
 
 
-def untimed(epochs) -> list[dict]:
-    return [{k: v for k, v in e.items() if k != "seconds"} for e in epochs]
+def untimed(epochs) -> list[Epoch]:
+    return [dataclasses.replace(e, seconds=0.0) for e in epochs]
 
 
 def test_a_run_gives_the_same_epochs_as_training_it_here(manager, mnist):

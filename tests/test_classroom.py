@@ -17,9 +17,8 @@ from test_jobs import FakeRunner, cfg
 from drill import classroom
 from drill.classroom import ClassError
 from drill.jobs import JobManager
-from drill.records import check_record
+from drill.run_record import Epoch, RunRecord, Status
 from drill.store import RunStore
-from drill.train import EPOCH_KEYS
 
 MESSAGE_CAP = 300  # a message quotes at most a short piece of what it refuses
 
@@ -38,10 +37,11 @@ def finished(manager: JobManager, owner: str, tests: list[float], seed: int = 1,
     """A finished run of owner's with these test accuracies, one per epoch (registered as an imported record)."""
     config = cfg(seed).replace(train={"epochs": len(tests)})
     epochs = [
-        dict(zip(EPOCH_KEYS, (i, 0.1, 99.9, 0.05, acc, 0.01, 1.0), strict=True)) for i, acc in enumerate(tests, 1)
+        Epoch(epoch=i, train_loss=0.1, train_acc=99.9, test_loss=0.05, test_acc=acc, lr=0.01, seconds=1.0)
+        for i, acc in enumerate(tests, 1)
     ]
-    record = check_record({"label": label, "config": config.to_dict(), "epochs": epochs})
-    return manager.add_finished(owner, record, label=label)
+    record = RunRecord(config=config, status=Status.FINISHED, params=6_520, epochs=tuple(epochs), label=label)
+    return manager.add_finished(owner, record)
 
 
 # -- class codes -------------------------------------------------------------------------------------------------
@@ -175,9 +175,9 @@ def test_the_leaderboard_holds_the_class_runs_since_joining_and_nobody_elses(man
 
     found = classroom.entries(manager, "ml-101")
     rows = classroom.leaderboard(found)
-    assert {r["id"] for r in rows} == {holds.id, wobbles.id, running.id, queued.id}
-    by_id = {r["id"]: r for r in rows}
-    assert rows[0]["id"] == holds.id  # holds 99.4% in each of its last 4 and is under the budget
+    assert {r["ticket_id"] for r in rows} == {holds.id, wobbles.id, running.id, queued.id}
+    by_id = {r["ticket_id"]: r for r in rows}
+    assert rows[0]["ticket_id"] == holds.id  # holds 99.4% in each of its last 4 and is under the budget
     assert by_id[holds.id][classroom.HOLDS] and by_id[holds.id]["Best test"] == 99.6
     assert by_id[holds.id]["accuracy"] == 99.41 and by_id[holds.id]["accuracy_kind"].startswith("held")
     assert not by_id[wobbles.id][classroom.HOLDS] and by_id[wobbles.id]["accuracy"] == 99.6
@@ -224,7 +224,9 @@ def test_pins_show_the_class_runs_the_teacher_chose_and_clearing_forgets_the_cla
     outsider = finished(manager, "owner-z", [99.9] * 4, seed=4)
     store.pin("ml-101", first.id)
     store.pin("ml-101", outsider.id)  # not the class's: never shown as its pin
-    assert [e.run.id for e in classroom.pinned(store, "ml-101", classroom.entries(manager, "ml-101"))] == [first.id]
+    assert [e.run.ticket_id for e in classroom.pinned(store, "ml-101", classroom.entries(manager, "ml-101"))] == [
+        first.id
+    ]
     store.pin("ml-101", first.id, pinned=False)
     assert classroom.pinned(store, "ml-101", classroom.entries(manager, "ml-101")) == []
     store.clear_class("ml-101")

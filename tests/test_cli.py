@@ -16,8 +16,8 @@ from drill.__main__ import main
 from drill.analysis import TARGET_ACC
 from drill.config import RunConfig
 from drill.presets import PRESETS, get_preset
+from drill.run_record import EPOCH_KEYS
 from drill.summary import summarize
-from drill.train import EPOCH_KEYS
 
 
 def drill(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -179,7 +179,7 @@ def test_the_limit_is_read_from_the_environment_at_each_submission(monkeypatch, 
         assert manager.refusal(seed_1, seeds=2) is not None
         with pytest.raises(Refused):
             manager.prove("cat", seed_1, seeds=2)
-        assert manager.snapshots("cat") == [] and [s.id for s in manager.snapshots("bob")] == [served.id]
+        assert manager.snapshots("cat") == [] and [s.ticket_id for s in manager.snapshots("bob")] == [served.id]
     finally:
         manager.shutdown(timeout=60)
 

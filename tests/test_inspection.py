@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import json
 import re
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,11 +14,10 @@ import torch
 from PIL import Image, ImageDraw
 
 from drill import inspection, records
-from drill.config import RunConfig
 from drill.inspection import EvalReport, UploadError
 from drill.model import build_model, count_params
 from drill.presets import BY_NAME
-from drill.records import RecordError
+from drill.run_record import Epoch, RecordError, RunRecord, Status
 from drill.stack import plan
 from drill.train import evaluate, train
 
@@ -68,7 +67,7 @@ def test_confusion_matrix_covers_the_test_set_and_matches_accuracy(mnist, traine
     assert report.confusion.sum(axis=1).tolist() == TEST_CLASS_COUNTS
     _, accuracy = evaluate(trained.model, mnist.test_images, mnist.test_labels)
     assert report.accuracy == pytest.approx(accuracy)
-    assert report.accuracy == pytest.approx(trained.epochs[-1]["test_acc"])
+    assert report.accuracy == pytest.approx(trained.epochs[-1].test_acc)
     assert report.per_class == pytest.approx(100 * np.diag(report.confusion) / np.array(TEST_CLASS_COUNTS))
     wrong = inspection.mistakes(report, limit=10_000)
     assert len(wrong) == 10_000 - np.trace(report.confusion)
@@ -283,18 +282,16 @@ def epochs_for(accuracies: list[float]) -> list[dict]:
     ]
 
 
-def fake_run(label="tiny", config=TINY, status="finished", reason="", accuracies=(97.5,), run_id="run-1"):
-    """Something shaped like a jobs Snapshot."""
-    params = count_params(build_model(config.model))
-    return SimpleNamespace(
-        id=run_id,
-        label=label,
+def fake_run(label="tiny", config=TINY, status=Status.FINISHED, reason="", accuracies=(97.5,)) -> RunRecord:
+    """A run's record as a student's session holds it."""
+    return RunRecord(
         config=config,
-        status=status,
+        status=Status(status),
         reason=reason,
-        params=params,
+        params=count_params(build_model(config.model)),
         seconds=12.345,
-        epochs=tuple(epochs_for(list(accuracies))),
+        epochs=tuple(Epoch(**epoch) for epoch in epochs_for(list(accuracies))),
+        label=label,
     )
 
 
@@ -319,14 +316,14 @@ def test_table_row_and_markdown_read_like_a_write_up():
 def test_records_round_trip():
     runs = [
         fake_run(),
-        fake_run(label="stopped one", status="stopped", reason="stopped by the student", run_id="r2"),
-        fake_run(label="going", status="running", run_id="r3"),
+        fake_run(label="stopped one", status="stopped", reason="stopped by the student"),
+        fake_run(label="going", status="running"),
     ]
     text = records.records_json(runs)
     loaded = records.parse_records(text.encode())
-    assert [r["label"] for r in loaded] == ["tiny", "stopped one"]  # a running run has nothing to export yet
-    assert loaded[0] == records.to_record(runs[0]) | {"seconds": 12.35}
-    assert RunConfig.from_dict(loaded[0]["config"]) == TINY
+    assert [r.label for r in loaded] == ["tiny", "stopped one"]  # a running run has nothing to export yet
+    assert loaded[0] == dataclasses.replace(runs[0], seconds=12.35)  # seconds are written to the hundredth
+    assert loaded[1] == dataclasses.replace(runs[1], seconds=12.35) and loaded[0].config == TINY
     fresh, repeated = records.split_new(loaded, runs)
     assert fresh == [] and repeated == 2
     fresh, repeated = records.split_new(loaded + loaded, [])
@@ -334,7 +331,7 @@ def test_records_round_trip():
 
 
 def good_record(**changes) -> dict:
-    record = records.to_record(fake_run())
+    record = fake_run().to_dict()
     record.update(changes)
     return record
 

@@ -13,11 +13,12 @@ import torch
 from conftest import drill_threads, wait_until
 
 from drill.checkpoint import Checkpoint
-from drill.config import ConfigError, RunConfig
+from drill.config import RunConfig
 from drill.data import DataUnavailable
 from drill.jobs import MAX_BATCH_POINTS, JobManager, Run, Ticket
 from drill.presets import get_preset
-from drill.train import EPOCH_KEYS, RunResult, train
+from drill.run_record import EPOCH_KEYS, Epoch, RecordError, RunRecord, Status
+from drill.train import RunResult, train
 
 FAKE_PARAMS = 4321
 
@@ -55,12 +56,22 @@ class FakeRunner:
         batch = 0
         while True:
             if stop.is_set():
-                return RunResult(config, "stopped", "stopped during epoch 1", FAKE_PARAMS, seconds=0.25)
+                return RunResult(
+                    config=config,
+                    status=Status.STOPPED,
+                    reason="stopped during epoch 1",
+                    params=FAKE_PARAMS,
+                    seconds=0.25,
+                )
             if gate.is_set():
-                epoch = dict(zip(EPOCH_KEYS, (1, 0.5, 90.0, 0.4, 91.0, 0.01, 1.5), strict=True))
-                callback("epoch", dict(epoch))
-                status, reason = self.results.get(seed, ("finished", ""))
-                return RunResult(config, status, reason, FAKE_PARAMS, [epoch], seconds=1.5)
+                epoch = Epoch(
+                    epoch=1, train_loss=0.5, train_acc=90.0, test_loss=0.4, test_acc=91.0, lr=0.01, seconds=1.5
+                )
+                callback("epoch", epoch.to_dict())
+                status, reason = self.results.get(seed, (Status.FINISHED, ""))
+                return RunResult(
+                    config=config, status=Status(status), reason=reason, params=FAKE_PARAMS, epochs=[epoch], seconds=1.5
+                )
             batch += 1
             callback(
                 "batch",
@@ -118,7 +129,7 @@ def test_jobs_beyond_max_running_wait_in_the_queue(make_manager):
     assert (one.status, one.queue_position, one.label, one.params) == ("running", None, "first", FAKE_PARAMS)
     assert (two.status, two.queue_position, two.label) == ("queued", 1, "second")
     assert manager.running_count() == 1
-    assert [(s.id, s.queue_position) for s in manager.snapshots("ann")] == [(first.id, None), (second.id, 1)]
+    assert [(s.ticket_id, s.queue_position) for s in manager.snapshots("ann")] == [(first.id, None), (second.id, 1)]
     assert runner.started == [1]
 
     runner.release(1)
@@ -153,7 +164,7 @@ def test_one_click_run_twice_at_once_starts_one_run_for_the_student(make_manager
         thread.start()
     for thread in threads:
         thread.join()
-    assert len(set(tickets)) == 1 and [s.id for s in manager.snapshots("bob")] == tickets[:1]
+    assert len(set(tickets)) == 1 and [s.ticket_id for s in manager.snapshots("bob")] == tickets[:1]
     # A later click, or one with other settings, still gets the run that is going.
     assert manager.submit("ann", cfg(3), one_at_a_time=True).id == first.id
     assert len(manager.snapshots("ann")) == 1
@@ -344,16 +355,16 @@ def test_snapshots_are_copies_that_do_not_write_back(make_manager):
     with pytest.raises(dataclasses.FrozenInstanceError):
         snap.status = "running"
     assert isinstance(snap.epochs, tuple) and isinstance(snap.batch_losses, tuple)
-    expected_epoch = dict(snap.epochs[0])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        snap.epochs[0].test_acc = -1.0
+    expected_epoch = snap.epochs[0]
     expected_progress = dict(snap.progress)
-    snap.epochs[0]["test_acc"] = -1.0
-    snap.epochs[0]["extra"] = True
     snap.progress["batch"] = -5
     snap.progress.clear()
     again = manager.snapshot(job.id)
     assert again.epochs[0] == expected_epoch
     assert again.progress == expected_progress
-    assert job.run.epochs[0]["test_acc"] == 91.0
+    assert job.run.epochs[0].test_acc == 91.0
 
 
 def test_job_records_progress_eta_and_thins_batch_losses():
@@ -373,47 +384,53 @@ def test_job_records_progress_eta_and_thins_batch_losses():
         )
     assert len(job.batch_losses) <= MAX_BATCH_POINTS
     assert job.batch_losses[-1][1] >= MAX_BATCH_POINTS  # the newest points survive the thinning
-    job.on_event("epoch", {"epoch": 1})
-    assert job.epochs == [{"epoch": 1}]
+    epoch = Epoch(epoch=1, train_loss=0.5, train_acc=90.0, test_loss=0.4, test_acc=91.0, lr=0.05, seconds=2.0)
+    job.on_event("epoch", epoch.to_dict())
+    assert job.epochs == [epoch]
 
 
 def test_add_finished_registers_an_imported_record(make_manager):
     runner = FakeRunner()
     manager = make_manager(runner, max_running=1)
     config = get_preset("final").config
-    epochs = [dict(zip(EPOCH_KEYS, (e, 0.1, 99.0, 0.02, 99.4 + e / 100, 0.1, 20.0), strict=True)) for e in (1, 2)]
-    record = {
-        "config": config.to_dict(),
-        "status": "finished",
-        "reason": "",
-        "params": 7570,
-        "seconds": 41.5,
-        "epochs": epochs,
-    }
-    job = manager.add_finished("ann", record, label="imported")
+    epochs = [
+        Epoch(epoch=e, train_loss=0.1, train_acc=99.0, test_loss=0.02, test_acc=99.4 + e / 100, lr=0.1, seconds=20.0)
+        for e in (1, 2)
+    ]
+    record = RunRecord(
+        config=config,
+        status=Status.FINISHED,
+        params=7570,
+        seconds=41.5,
+        epochs=tuple(epochs),
+        label="imported",
+    )
+    job = manager.add_finished("ann", record)
     snap = manager.snapshot(job.id)
     assert (snap.status, snap.reason, snap.params, snap.seconds, snap.label) == ("finished", "", 7570, 41.5, "imported")
     assert snap.config == config and list(snap.epochs) == epochs and snap.queue_position is None
+    assert snap.record() == record
     assert not job.run.started and runner.started == [] and manager.running_count() == 0
-    # Changing the imported record afterwards does not reach the registered job.
-    record["epochs"][0]["test_acc"] = 0.0
-    record["epochs"].append({"epoch": 3})
-    assert manager.snapshot(job.id).epochs[0]["test_acc"] == pytest.approx(99.41)
-    assert len(manager.snapshot(job.id).epochs) == 2
+    # The run holds its own list of the record's epochs: a run that goes on appends to it, never to the record.
+    job.run.epochs.append(epochs[0])
+    assert record.epochs == tuple(epochs)
 
     stopped = manager.add_finished(
-        "ann", {"config": config.to_dict(), "epochs": [], "status": "stopped", "reason": "stopped during epoch 1"}
+        "ann",
+        RunRecord.from_dict(
+            {"config": config.to_dict(), "epochs": [], "status": "stopped", "reason": "stopped during epoch 1"}
+        ),
     )
-    assert (stopped.run.status, stopped.run.reason, stopped.run.params) == ("stopped", "stopped during epoch 1", None)
-    minimal = manager.add_finished("ann", {"config": {}, "epochs": []})
-    assert (minimal.run.status, minimal.run.config, minimal.run.seconds) == ("finished", RunConfig(), 0.0)
-    assert [s.id for s in manager.snapshots("ann")] == [job.id, stopped.id, minimal.id]
+    assert (stopped.run.status, stopped.run.reason, stopped.run.params) == ("stopped", "stopped during epoch 1", 7570)
+    minimal = manager.add_finished("ann", RunRecord.from_dict({"config": {}, "epochs": [], "status": "stopped"}))
+    assert (minimal.run.status, minimal.run.config, minimal.run.seconds) == ("stopped", RunConfig(), 0.0)
+    assert [s.ticket_id for s in manager.snapshots("ann")] == [job.id, stopped.id, minimal.id]
     # A new job gets an id of its own, after the imported ones.
     new = manager.submit("ann", cfg(1))
     assert new.id not in {job.id, stopped.id, minimal.id}
 
-    with pytest.raises(ConfigError, match="train.epochs"):
-        manager.add_finished("ann", {"config": {"train": {"epochs": 0}}, "epochs": []})
+    with pytest.raises(RecordError, match="train.epochs"):
+        RunRecord.from_dict({"config": {"train": {"epochs": 0}}, "epochs": []})
     assert len(manager.snapshots("ann")) == 4
 
 
@@ -447,11 +464,11 @@ def test_real_tiny_runs_finish_and_stop_through_the_manager(make_manager, small_
     assert stopped.progress["batch"] == 2 and stopped.epochs == ()
 
     done = wait_status(manager, short, "finished", timeout=120)
-    assert done.params == 6_520 and len(done.epochs) == 1 and set(done.epochs[0]) == set(EPOCH_KEYS)
+    assert done.params == 6_520 and len(done.epochs) == 1 and set(done.epochs[0].to_dict()) == set(EPOCH_KEYS)
     assert [round(p, 2) for p, _ in done.batch_losses] == [0.25, 0.5, 0.75, 1.0]
     assert done.progress["batches"] == 4 and done.progress["batch"] == 4
-    assert 0 <= done.epochs[0]["test_acc"] <= 100 and done.seconds > 0
-    assert short.run.result is not None and short.run.result.status == "finished"
+    assert 0 <= done.epochs[0].test_acc <= 100 and done.seconds > 0
+    assert short.run.model is not None and short.run.status == "finished"
     wait_until(lambda: not drill_threads(), what="the real jobs' threads to end")
 
 
@@ -486,7 +503,12 @@ def test_ended_runs_of_owners_gone_for_an_hour_leave_memory_but_come_back_from_t
     assert manager.get(old.id) is None and old.run.id not in manager._runs
     # The student comes back (a reload, the next day): the run is read back from the store, history and all.
     [back] = manager.snapshots("left")
-    assert (back.id, back.status, back.params, back.epochs[0]["test_acc"]) == (old.id, "finished", FAKE_PARAMS, 91.0)
+    assert (back.ticket_id, back.status, back.params, back.epochs[0].test_acc) == (
+        old.id,
+        "finished",
+        FAKE_PARAMS,
+        91.0,
+    )
 
 
 @pytest.mark.parametrize("text", ["0", "-1", "two", "1.5"])
@@ -533,15 +555,31 @@ class EpochRunner:
             pass
         for epoch in range(len(epochs) + 1, config.train.epochs + 1):
             if stop.is_set():
-                return RunResult(config, "stopped", f"stopped during epoch {epoch}", FAKE_PARAMS, epochs, seconds=0.1)
-            stats = dict(zip(EPOCH_KEYS, (epoch, 0.5, 90.0, 0.4, 91.0, 0.01, 0.1), strict=True))
+                return RunResult(
+                    config=config,
+                    status=Status.STOPPED,
+                    reason=f"stopped during epoch {epoch}",
+                    params=FAKE_PARAMS,
+                    epochs=epochs,
+                    seconds=0.1,
+                )
+            stats = Epoch(
+                epoch=epoch, train_loss=0.5, train_acc=90.0, test_loss=0.4, test_acc=91.0, lr=0.01, seconds=0.1
+            )
             with self.lock:
                 self.log.append((seed, epoch))
             epochs.append(stats)
-            callback("epoch", dict(stats))
+            callback("epoch", stats.to_dict())
             if epoch < config.train.epochs and pause():
-                return RunResult(config, "paused", "", FAKE_PARAMS, epochs, 0.1, checkpoint=Checkpoint(epochs, 0.1))
-        return RunResult(config, "finished", "", FAKE_PARAMS, epochs, seconds=0.3)
+                return RunResult(
+                    config=config,
+                    status=Status.PAUSED,
+                    params=FAKE_PARAMS,
+                    epochs=epochs,
+                    seconds=0.1,
+                    checkpoint=Checkpoint(epochs=tuple(epochs), seconds=0.1),
+                )
+        return RunResult(config=config, status=Status.FINISHED, params=FAKE_PARAMS, epochs=epochs, seconds=0.3)
 
 
 def epochs_cfg(seed: int, epochs: int = 3) -> RunConfig:
@@ -556,7 +594,7 @@ def test_a_run_gives_its_slot_up_after_an_epoch_while_a_new_run_waits(make_manag
     runner.held[1].set()
     for ticket in tickets:
         snap = wait_status(manager, ticket, "finished")
-        assert [e["epoch"] for e in snap.epochs] == [1, 2, 3]
+        assert [e.epoch for e in snap.epochs] == [1, 2, 3]
     # Every student's first epoch before anyone's second; the last new run goes on, then the paused ones in turn.
     assert runner.log == [(1, 1), (2, 1), (3, 1), (3, 2), (3, 3), (1, 2), (1, 3), (2, 2), (2, 3)]
 
@@ -579,12 +617,12 @@ def test_a_paused_run_shows_its_epochs_and_place_and_can_be_stopped(make_manager
     manager = make_manager(runner, max_running=1)
     first, second = paused_pair(manager, runner)
     paused = manager.snapshot(first.id)
-    assert (paused.queue_position, [e["epoch"] for e in paused.epochs]) == (1, [1])
+    assert (paused.queue_position, [e.epoch for e in paused.epochs]) == (1, [1])
     manager.stop(first.id)
     stopped = wait_status(manager, first, "stopped")
     assert (stopped.reason, len(stopped.epochs)) == ("stopped by the student", 1)  # what it trained is kept
     runner.held[2].set()
-    assert [e["epoch"] for e in wait_status(manager, second, "finished").epochs] == [1, 2, 3]
+    assert [e.epoch for e in wait_status(manager, second, "finished").epochs] == [1, 2, 3]
 
 
 def test_the_server_stopping_keeps_a_paused_run_with_its_epochs(make_manager):
@@ -630,8 +668,8 @@ def test_taking_turns_changes_nothing_a_run_computes(small_mnist):
         alone = train(one, data, threads=manager.threads_per_job)  # the thread count the job had: the same sums
     finally:
         torch.set_num_threads(before)
-    assert [e["test_acc"] for e in taken.epochs] == [e["test_acc"] for e in alone.epochs]
-    assert [e["train_loss"] for e in taken.epochs] == pytest.approx([e["train_loss"] for e in alone.epochs], rel=1e-6)
+    assert [e.test_acc for e in taken.epochs] == [e.test_acc for e in alone.epochs]
+    assert [e.train_loss for e in taken.epochs] == pytest.approx([e.train_loss for e in alone.epochs], rel=1e-6)
 
 
 def test_the_sharing_key_holds_the_device_type_a_run_trains_on(make_manager):
@@ -707,7 +745,7 @@ def test_a_proof_shares_seeds_trained_before_and_stop_stops_every_seed(make_mana
     wait_batches(manager, seeds[1])
     for run in manager.snapshots("ann"):  # the Train page's Stop
         if run.status in ("queued", "running"):
-            manager.stop(run.id)
+            manager.stop(run.ticket_id)
     assert wait_status(manager, seeds[1], "stopped").reason == "stopped by the student"
     assert runner.started == [1, 2], "the seed trained before was not trained again"
 

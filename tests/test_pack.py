@@ -16,6 +16,7 @@ from drill.__main__ import main
 from drill.backends import ThreadBackend
 from drill.jobs import JobManager, Snapshot
 from drill.presets import BY_NAME, MEASURED_RUNS, RESULTS, measured
+from drill.run_record import Status
 from drill.store import RunStore
 
 # The quick demo cut to 1 epoch of 1,000 images: a few seconds a run, every part of a real recording.
@@ -54,7 +55,7 @@ def test_record_writes_runs_that_read_back_and_that_todays_code_computes(recorde
     assert problems == [] and [run.name for run in runs] == ["quick-seed1", "quick-seed2"]
     for run in runs:
         assert run.config == TINY.replace(train={"seed": run.config.train.seed})
-        assert run.record["status"] == "finished" and len(run.record["epochs"]) == 1
+        assert run.record.status == "finished" and len(run.record.epochs) == 1
         assert len(run.probe["first_losses"]) == pack.PROBE_BATCHES and run.weights
         assert run.recorded["machine"] == pack.machine_name() and run.recorded["seconds"] > 0
         assert pack.verify(run, mnist) is None
@@ -147,7 +148,7 @@ def test_a_matching_config_is_served_at_once_labelled_and_a_fresh_or_other_one_t
         assert pack.machine_name() in run.recorded and "📼 A recorded run, not trained for you" in runview.sharing_note(
             run
         )
-        assert run.epochs and run.batch_losses and run.params == pack.read(copy)[0][0].record["params"]
+        assert run.epochs and run.batch_losses and run.params == pack.read(copy)[0][0].record.params
         assert manager.model(ticket.id) is not None  # Inspect has its weights
         # A classmate gets the same recorded run; the run of code that computes otherwise is trained.
         assert manager.submit("bob", TINY).run is ticket.run
@@ -181,21 +182,21 @@ def test_recorded_seeds_make_a_proof_at_once(recorded, mnist):
 
 def test_a_replay_streams_the_recorded_epochs_at_a_watchable_pace(recorded):
     (run, *_), _ = pack.read(recorded)
-    epochs = tuple(run.record["epochs"]) * 3  # a 3-epoch run, for the pace
+    epochs = run.record.epochs * 3  # a 3-epoch run, for the pace
     snapshot = Snapshot(
-        "t",
-        "me",
-        "Quick demo",
-        run.config,
-        "finished",
-        "",
-        1,
-        epochs,
-        ((0.5, 2.0), (1.5, 1.0), (2.5, 0.5)),
-        {},
-        None,
-        0.0,
-        1.0,
+        ticket_id="t",
+        owner="me",
+        label="Quick demo",
+        config=run.config,
+        status=Status.FINISHED,
+        reason="",
+        params=1,
+        epochs=epochs,
+        batch_losses=((0.5, 2.0), (1.5, 1.0), (2.5, 0.5)),
+        progress={},
+        queue_position=None,
+        created=0.0,
+        seconds=1.0,
         recorded="recorded on ...",
     )
     first = runview.replayed(snapshot, 0.6 * runview.REPLAY_EPOCH_S)
@@ -229,7 +230,7 @@ def test_the_train_page_labels_a_recorded_run_replays_it_and_trains_it_afresh(
     next(b for b in at.button if b.label == "Train it myself").click().run()
     assert any(m.value.startswith(("⏳", "🏃")) for m in at.markdown)
     for run in common.manager().snapshots(at.session_state["owner"]):
-        common.manager().stop(run.id)
+        common.manager().stop(run.ticket_id)
 
 
 def test_a_pack_that_fails_its_check_is_said_on_the_drill_down_page(copy, tmp_path, monkeypatch, fresh_app_manager):
@@ -252,7 +253,7 @@ def test_the_shipped_pack_is_within_its_budget_and_todays_code_computes_every_ru
     assert runs, "the app ships a pack: `python -m drill record` makes it"
     for run in runs:
         step = BY_NAME[run.name.rsplit("-seed", 1)[0]]
-        assert run.record["label"] == step.title and run.config == step.config.replace(
+        assert run.record.label == step.title and run.config == step.config.replace(
             train={"seed": run.config.train.seed}
         )
         assert pack.verify(run, mnist) is None, run.name

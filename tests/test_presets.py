@@ -81,7 +81,7 @@ def test_runs_are_named_as_a_person_names_them():
 
     def run(number, config, label="", proof=""):
         return SimpleNamespace(
-            id=f"ticket-{number}",
+            ticket_id=f"ticket-{number}",
             config=config,
             label=label,
             proof=proof,

@@ -9,13 +9,14 @@ import pytest
 
 from drill.proof import Proof, Seed, seeds
 from drill.records import markdown_table, write_up
-from drill.train import EPOCH_KEYS
+from drill.run_record import Epoch
 
 
 def epochs(*tests: float, train: float = 99.3) -> tuple[dict, ...]:
     """Epoch records whose test accuracies are these (in epoch order)."""
     return tuple(
-        dict(zip(EPOCH_KEYS, (i, 0.05, train, 0.03, acc, 0.01, 20.0), strict=True)) for i, acc in enumerate(tests, 1)
+        Epoch(epoch=i, train_loss=0.05, train_acc=train, test_loss=0.03, test_acc=acc, lr=0.01, seconds=20.0)
+        for i, acc in enumerate(tests, 1)
     )
 
 
@@ -84,7 +85,7 @@ def test_a_proof_is_one_row_of_the_write_up_beside_the_students_other_runs():
     def run(number, proof="", history=HOLDS):
         config = SimpleNamespace(train=SimpleNamespace(seed=number))
         return SimpleNamespace(
-            id=f"ticket-{number}{proof}",
+            ticket_id=f"ticket-{number}{proof}",
             label="6. Final",
             config=config,
             status="finished",

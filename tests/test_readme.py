@@ -113,15 +113,10 @@ def test_the_figures_quoted_are_the_files_own(file, quoted):
 
 
 def test_the_proof_verdict_quoted_is_the_final_steps_runs():
-    from types import SimpleNamespace
-
-    from drill.config import RunConfig
     from drill.proof import Proof
+    from drill.run_record import RunRecord
 
-    runs = []
-    for seed in (1, 2, 3):
-        run = json.loads((RESULTS / f"final-seed{seed}.json").read_text())
-        runs.append(SimpleNamespace(**{**run, "config": RunConfig.from_dict(run["config"])}))
+    runs = [RunRecord.from_dict(json.loads((RESULTS / f"final-seed{seed}.json").read_text())) for seed in (1, 2, 3)]
     assert f'"{Proof.of(runs).verdict().removesuffix(".")}" for the final step' in FLAT
 
 

@@ -5,6 +5,7 @@ the interruption (same machine, same thread count). A checkpoint that cannot be 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -22,8 +23,9 @@ from conftest import REPO_ROOT, trained_here, wait_until
 from drill.backends import ThreadBackend, usable_cpus
 from drill.checkpoint import Checkpoint
 from drill.data import load_mnist
-from drill.jobs import ACTIVE, JobManager
+from drill.jobs import JobManager
 from drill.presets import get_preset
+from drill.run_record import ACTIVE, Epoch, RunRecord
 from drill.store import RunStore
 from drill.train import train
 
@@ -52,12 +54,12 @@ SERVER = textwrap.dedent(
 )
 
 
-def untimed(epochs) -> list[dict]:
-    return [{k: v for k, v in e.items() if k != "seconds"} for e in epochs]
+def untimed(epochs) -> list[Epoch]:
+    return [dataclasses.replace(e, seconds=0.0) for e in epochs]
 
 
 @functools.cache
-def uninterrupted(config) -> list[dict]:
+def uninterrupted(config) -> list[Epoch]:
     """The run trained start to end here, with the thread count a one-slot server gives it."""
     return untimed(trained_here(config, load_mnist(), usable_cpus()).epochs)
 
@@ -105,7 +107,7 @@ def test_a_server_killed_mid_epoch_7_resumes_the_run_and_it_computes_the_same_15
     store = RunStore(path)
     try:
         [row] = [store.run(r.run_id) for r in store.tickets("ann")]
-        assert untimed(row.epochs) == uninterrupted(RUN)
+        assert untimed(row.record.epochs) == uninterrupted(RUN)
         assert stored(path, "SELECT count(*) FROM checkpoints") == (0,)  # freed when the run ended
     finally:
         store.close()
@@ -227,8 +229,10 @@ def test_a_cli_run_cut_short_by_ctrl_c_goes_on_from_its_checkpoint(tmp_path):
     assert not checkpoint.exists()  # freed when the run finished
     whole = subprocess.run([*base, "--out", str(tmp_path / "whole.json")], env=env, capture_output=True, timeout=600)
     assert whole.returncode == 0
-    resumed, straight = (json.loads((tmp_path / name).read_text()) for name in ("resumed.json", "whole.json"))
-    assert untimed(resumed["epochs"]) == untimed(straight["epochs"]) and len(straight["epochs"]) == 4
+    resumed, straight = (
+        RunRecord.from_dict(json.loads((tmp_path / name).read_text())) for name in ("resumed.json", "whole.json")
+    )
+    assert untimed(resumed.epochs) == untimed(straight.epochs) and len(straight.epochs) == 4
 
 
 def test_a_checkpoint_of_another_config_is_refused_by_the_cli(tmp_path, capsys):

@@ -13,9 +13,10 @@ from conftest import wait_until
 from test_jobs import FAKE_PARAMS, FakeRunner, cfg, wait_batches, wait_status
 
 from drill.backends import ThreadBackend
-from drill.jobs import ACTIVE, JobManager, config_key
+from drill.jobs import JobManager, config_key
 from drill.model import build_model
 from drill.presets import BY_NAME
+from drill.run_record import ACTIVE, Epoch, RunRecord, Status
 from drill.store import (
     DEFAULT_MAX_RUNS,
     RunRow,
@@ -58,7 +59,7 @@ def test_a_class_asking_for_the_same_run_trains_it_once_and_everyone_streams_it(
     runner.release(1)
     for ticket in tickets:
         wait_status(manager, ticket, "finished")
-    assert {tuple(e["test_acc"] for e in manager.snapshot(t.id).epochs) for t in tickets} == {(91.0,)}
+    assert {tuple(e.test_acc for e in manager.snapshot(t.id).epochs) for t in tickets} == {(91.0,)}
     # A different config (here another seed) is a run of its own.
     other = manager.submit("student-0", cfg(2))
     wait_until(lambda: runner.started == [1, 2], what="the second config to start")
@@ -119,8 +120,8 @@ def test_a_students_runs_survive_a_server_restart_and_a_run_going_trains_on(mana
     fresh = FakeRunner()
     restarted = managers(fresh, max_running=1)
     views = restarted.snapshots("ann")
-    assert [(v.id, v.label) for v in views] == [(finished.id, "step 5"), (running.id, "custom")]
-    assert views[0].status == "finished" and views[0].epochs[0]["test_acc"] == 91.0
+    assert [(v.ticket_id, v.label) for v in views] == [(finished.id, "step 5"), (running.id, "custom")]
+    assert views[0].status == "finished" and views[0].epochs[0].test_acc == 91.0
     # The fake reports no checkpoints, so the run that was going starts over, saying why, without a click.
     assert views[1].note == "Started over from epoch 1: the server restarted before its first epoch ended."
     wait_until(lambda: fresh.started == [2], what="the run to train again")
@@ -157,11 +158,15 @@ def test_reopening_the_file_with_a_cap_drops_the_runs_asked_for_longest_ago_and_
     store = RunStore(tmp_path / "runs.sqlite")
     config = cfg(1)
     for n in range(5):
-        row = RunRow(f"run-{n}", config_key(config), "trained", config.to_dict(), "finished", "", 10, [], [], 1.0, n)
+        record = RunRecord(config=config, status=Status.STOPPED, reason="stopped before it started", seconds=1.0)
+        row = RunRow(id=f"run-{n}", key=config_key(config), source="trained", record=record, batch_losses=[], created=n)
         store.save_run(row, {"w": torch.full((2,), float(n))})
-        store.save_ticket(TicketRow(f"ticket-{n}", "ann" if n % 2 else "bob", f"run-{n}", "custom", n, None))
+        owner = "ann" if n % 2 else "bob"
+        store.save_ticket(
+            TicketRow(id=f"ticket-{n}", owner=owner, run_id=f"run-{n}", label="custom", created=n, cut=None)
+        )
     # The oldest run is shared: a classmate asked for it last of all, so it is as new as that ticket.
-    store.save_ticket(TicketRow("ticket-late", "cy", "run-0", "custom", 9, None))
+    store.save_ticket(TicketRow(id="ticket-late", owner="cy", run_id="run-0", label="custom", created=9, cut=None))
     store.close()
     capped = RunStore(tmp_path / "runs.sqlite", max_runs=3)
     assert [capped.run(f"run-{n}") is not None for n in range(5)] == [True, False, False, True, True]
@@ -214,8 +219,8 @@ def test_stopped_failed_and_imported_runs_are_never_served_to_others(managers):
     runner.failures[2] = RuntimeError("boom")
     failed = manager.submit("ann", cfg(2))
     wait_status(manager, failed, "failed")
-    record = {"config": cfg(3).to_dict(), "epochs": [{"epoch": 1, "test_acc": 99.9}], "status": "finished"}
-    manager.add_finished("ann", record, label="imported")
+    epoch = Epoch(epoch=1, train_loss=0.1, train_acc=99.9, test_loss=0.01, test_acc=99.9, lr=0.01, seconds=1.0)
+    manager.add_finished("ann", RunRecord(config=cfg(3), status=Status.FINISHED, epochs=(epoch,), label="imported"))
     del runner.failures[2]
     for seed in (1, 2, 3):
         retry = manager.submit("bob", cfg(seed))
@@ -238,7 +243,7 @@ def test_weights_round_trip_exactly_and_a_stored_model_predicts_as_the_trained_o
 
     restarted = managers(FakeRunner(), max_running=1)
     [view] = restarted.snapshots("ann")
-    rebuilt = restarted.model(view.id)
+    rebuilt = restarted.model(view.ticket_id)
     images = torch.rand(8, 1, 28, 28)
     torch.testing.assert_close(rebuilt(images), trained.eval()(images), rtol=0, atol=0)
 
@@ -255,7 +260,7 @@ def test_damaged_stored_weights_give_no_model_and_no_crash(managers, tmp_path):
     manager.shutdown()
     restarted = managers(FakeRunner(), max_running=1)
     [view] = restarted.snapshots("ann")
-    assert view.status == "finished" and restarted.model(view.id) is None
+    assert view.status == "finished" and restarted.model(view.ticket_id) is None
     with pytest.raises(ValueError, match="cut short"):
         unpack_weights(pack_weights({"w": torch.ones(10)})[:-4])
 
@@ -268,7 +273,7 @@ def test_a_restart_gives_each_student_the_very_runs_it_resumes_whatever_their_or
     shared = first.submit("bob", cfg(1))
     first.submit("ann", cfg(1))
     wait_batches(first, shared)
-    first.stop(first.snapshots("ann")[0].id)
+    first.stop(first.snapshots("ann")[0].ticket_id)
     own = first.submit("ann", cfg(2))
     first.shutdown(timeout=60)
     fresh = FakeRunner()

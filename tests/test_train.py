@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import threading
@@ -14,14 +15,13 @@ from drill.checkpoint import Checkpoint
 from drill.config import RunConfig, TrainConfig
 from drill.data import Mnist
 from drill.presets import get_preset
+from drill.run_record import EPOCH_KEYS, Epoch, RunRecord
 from drill.train import (
-    EPOCH_KEYS,
     Schedule,
     batches_per_epoch,
     evaluate,
     lr_curve,
     predict,
-    run_summary,
     stratified_subset,
     train,
 )
@@ -56,8 +56,8 @@ class Recorder:
         return [payload for event, payload in self.events if event == kind]
 
 
-def without_seconds(epochs: list[dict]) -> list[dict]:
-    return [{k: v for k, v in e.items() if k != "seconds"} for e in epochs]
+def without_seconds(epochs: list[Epoch]) -> list[Epoch]:
+    return [dataclasses.replace(e, seconds=0.0) for e in epochs]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -71,9 +71,9 @@ def test_a_short_real_run_learns(mnist):
     assert result.status == "finished" and result.reason == ""
     assert len(result.epochs) == 1
     epoch = result.epochs[0]
-    assert epoch["test_acc"] > 90.0, epoch  # on all 10,000 test images, after 79 steps on 5,000 images
-    assert epoch["train_acc"] > 60.0
-    assert epoch["test_loss"] < 0.5
+    assert epoch.test_acc > 90.0, epoch  # on all 10,000 test images, after 79 steps on 5,000 images
+    assert epoch.train_acc > 60.0
+    assert epoch.test_loss < 0.5
     losses = [p["loss"] for p in recorder.payloads("batch")]
     assert len(losses) == 79  # ceil(5000 / 64)
     assert sum(losses[-10:]) / 10 < 0.5 * sum(losses[:10]) / 10
@@ -81,8 +81,8 @@ def test_a_short_real_run_learns(mnist):
     # The returned model is the trained one, left in eval mode: evaluating it again gives the epoch's numbers.
     assert not result.model.training
     test_loss, test_acc = evaluate(result.model, mnist.test_images, mnist.test_labels)
-    assert test_acc == epoch["test_acc"]
-    assert test_loss == pytest.approx(epoch["test_loss"], rel=1e-5)
+    assert test_acc == epoch.test_acc
+    assert test_loss == pytest.approx(epoch.test_loss, rel=1e-5)
 
 
 def test_runs_are_reproducible_for_a_seed_and_differ_between_seeds(small_mnist):
@@ -97,7 +97,7 @@ def test_runs_are_reproducible_for_a_seed_and_differ_between_seeds(small_mnist):
     sa, sb = a.model.state_dict(), b.model.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert without_seconds(a.epochs) != without_seconds(c.epochs)
-    assert a.epochs[0]["train_loss"] != c.epochs[0]["train_loss"]
+    assert a.epochs[0].train_loss != c.epochs[0].train_loss
 
 
 def test_the_callback_sees_start_batches_epochs_and_end(small_mnist):
@@ -131,7 +131,7 @@ def test_the_callback_sees_start_batches_epochs_and_end(small_mnist):
 
     epochs = recorder.payloads("epoch")
     assert [set(p) for p in epochs] == [set(EPOCH_KEYS)] * 2
-    assert epochs == result.epochs
+    assert epochs == [epoch.to_dict() for epoch in result.epochs]
     assert [e["epoch"] for e in epochs] == [1, 2]
     assert [e["lr"] for e in epochs] == pytest.approx([0.02, 0.01])
     for epoch in (1, 2):
@@ -143,10 +143,11 @@ def test_the_callback_sees_start_batches_epochs_and_end(small_mnist):
         assert 0 <= epochs[epoch - 1]["test_acc"] <= 100 and epochs[epoch - 1]["seconds"] > 0
 
     assert recorder.events[-1] == ("end", {"status": "finished", "reason": ""})
-    record = run_summary(result)
+    record = result.record().to_dict()
     assert json.loads(json.dumps(record)) == record
     assert RunConfig.from_dict(record["config"]) == cfg
-    assert (record["status"], record["params"], record["epochs"]) == ("finished", 6_520, result.epochs)
+    assert (record["status"], record["params"], record["epochs"]) == ("finished", 6_520, epochs)
+    assert RunRecord.from_dict(record).epochs == tuple(result.epochs)  # the epochs come back exactly
 
 
 def test_stop_from_the_callback_ends_the_run_within_a_batch(small_mnist):
@@ -394,8 +395,8 @@ def test_a_run_paused_after_every_epoch_and_resumed_from_bytes_computes_the_same
         result, parts = train(cfg, small_mnist, recorder, pause=lambda: True, resume=checkpoint), parts + 1
     assert (result.status, parts) == ("finished", 3)  # never paused after the last epoch
     assert [p["resumed"] for p in recorder.payloads("start")] == [0, 1, 2]
-    untimed = [{k: v for k, v in e.items() if k != "seconds"} for e in result.epochs]
-    assert untimed == [{k: v for k, v in e.items() if k != "seconds"} for e in alone.epochs]
+    untimed = [dataclasses.replace(e, seconds=0.0) for e in result.epochs]
+    assert untimed == [dataclasses.replace(e, seconds=0.0) for e in alone.epochs]
     for mine, theirs in zip(result.model.state_dict().values(), alone.model.state_dict().values(), strict=True):
         assert torch.equal(mine, theirs)
 
@@ -428,4 +429,4 @@ def test_a_run_on_the_gpu_trains_pauses_and_resumes_there_and_hands_back_a_cpu_m
     assert alone.status == "finished" and next(alone.model.parameters()).device.type == "cpu"
     paused = train(cfg, small_mnist, pause=lambda: True)
     resumed = train(cfg, small_mnist, resume=Checkpoint.from_bytes(paused.checkpoint.to_bytes()))
-    assert [e["test_acc"] for e in resumed.epochs] == [e["test_acc"] for e in alone.epochs]
+    assert [e.test_acc for e in resumed.epochs] == [e.test_acc for e in alone.epochs]

@@ -18,6 +18,7 @@ from drill.analysis import PARAM_BUDGET
 from drill.config import AugmentConfig
 from drill.data import Mnist
 from drill.presets import BY_NAME
+from drill.run_record import Epoch
 from drill.summary import summarize
 
 QUICK = BY_NAME["quick"].config
@@ -51,7 +52,7 @@ def test_augment_preview_shows_the_first_test_image_of_each_digit():
 
 
 def test_shown_run_is_the_started_run_of_this_student_else_the_latest():
-    mine = [SimpleNamespace(id="run-1", owner="me"), SimpleNamespace(id="run-3", owner="me")]
+    mine = [SimpleNamespace(ticket_id="run-1", owner="me"), SimpleNamespace(ticket_id="run-3", owner="me")]
     assert runview.shown_run("run-1", mine) is mine[0]
     assert runview.shown_run("run-2", mine) is mine[-1]  # someone else's run, or one this session never had
     assert runview.shown_run("", mine) is mine[-1]
@@ -104,9 +105,12 @@ def test_feature_map_caption_and_reading_text():
     assert inspection.reading_text(np.array(one_hot_ish(7, 0.934))) == "The model reads **7** (93.4% sure)."
 
 
+EPOCH = Epoch(epoch=1, train_loss=0.1, train_acc=97.0, test_loss=0.1, test_acc=96.0, lr=0.1, seconds=1.0)
+
+
 def run(run_id: str, status: str, label: str = "tiny run", epochs: int = 1) -> SimpleNamespace:
     return SimpleNamespace(
-        id=run_id, status=status, label=label, config=QUICK, proof="", epochs=({"epoch": 1},) * epochs
+        ticket_id=run_id, status=status, label=label, config=QUICK, proof="", epochs=(EPOCH,) * epochs
     )
 
 
@@ -171,12 +175,20 @@ def chart_rows(spec: dict) -> list[dict]:
 
 def watched(ticket: str, status: str, losses: list[tuple[float, float]], epochs: int = 1) -> SimpleNamespace:
     epoch_rows = [
-        {"epoch": e, "train_loss": 0.5 / e, "train_acc": 90.0 + e, "test_loss": 0.4 / e, "test_acc": 91.0 + e}
+        Epoch(
+            epoch=e, train_loss=0.5 / e, train_acc=90.0 + e, test_loss=0.4 / e, test_acc=91.0 + e, lr=0.1, seconds=1.0
+        )
         for e in range(1, epochs + 1)
     ]
     config = BY_NAME["quick"].config
-    return SimpleNamespace(id=ticket, run_id="run-shared", status=status, config=config, epochs=tuple(epoch_rows),
-                           batch_losses=tuple(losses))  # fmt: skip
+    return SimpleNamespace(
+        ticket_id=ticket,
+        run_id="run-shared",
+        status=status,
+        config=config,
+        epochs=tuple(epoch_rows),
+        batch_losses=tuple(losses),
+    )
 
 
 def test_run_charts_are_made_once_for_everyone_watching_and_advance_in_steps():

@@ -8,9 +8,9 @@ import streamlit as st
 
 from drill import classroom
 from drill.charts import class_chart
-from drill.jobs import ACTIVE
 from drill.liveness import poll_seconds
 from drill.presets import matching_preset
+from drill.run_record import ACTIVE
 from views import common
 
 log = logging.getLogger(__name__)
@@ -76,14 +76,14 @@ def teacher_tools(manager, code: str, rows: list[dict], chosen: dict | None) -> 
     """Stop or pin the chosen run, export the class's table, clear the class: shown only with the teacher key."""
     if chosen is not None:
         left, right = st.columns(2)
-        snapshot = manager.snapshot(chosen["id"])
+        snapshot = manager.snapshot(chosen["ticket_id"])
         if left.button("Stop this run", disabled=snapshot is None or snapshot.status not in ACTIVE, icon="⏹"):
-            manager.stop(chosen["id"], reason=TEACHER_REASON)
+            manager.stop(chosen["ticket_id"], reason=TEACHER_REASON)
             st.session_state.class_msg = ("success", f"Stopped {chosen['Run']} of `{chosen['Student']}`.")
             st.rerun()
-        pinned = chosen["id"] in manager.store.pins(code)
+        pinned = chosen["ticket_id"] in manager.store.pins(code)
         if right.button("Unpin" if pinned else "Pin on everyone's Compare page", icon="📌"):
-            manager.store.pin(code, chosen["id"], pinned=not pinned)
+            manager.store.pin(code, chosen["ticket_id"], pinned=not pinned)
             st.rerun()
     left, right = st.columns(2)
     left.download_button(
@@ -140,7 +140,7 @@ def draw_live(manager, code: str) -> None:
     )
     if not rows:
         return
-    by_id = {row["id"]: row for row in rows}
+    by_id = {row["ticket_id"]: row for row in rows}
     chosen_id = st.selectbox(
         "A run of the class",
         list(by_id),

@@ -19,6 +19,7 @@ from drill.config import ConfigError, RunConfig, field_choices, field_help, fiel
 from drill.jobs import JobManager, make_backend
 from drill.lesson import LESSON_PARAM, Lesson, LessonError, secret_of
 from drill.presets import get_preset
+from drill.run_record import Epoch
 from drill.store import RunStore, StoreInUse, default_max_runs, default_path
 
 DEFAULT_PRESET = "quick"
@@ -357,7 +358,7 @@ def config_error(error: ConfigError, sections: dict[str, dict], kept: str) -> No
     st.error(f"{controls.config_message(error, controls.changed_fields(config(), sections))} {kept}")
 
 
-def show_result(epochs: list[dict], params: int | None) -> None:
+def show_result(epochs: list[Epoch], params: int | None) -> None:
     """A run's Result line and its Analysis, in green once it meets the target."""
     verdict = analyse(epochs, params or 0)
     st.markdown(runview.result_line(verdict, epochs))

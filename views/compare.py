@@ -9,6 +9,7 @@ from drill import classroom, records
 from drill.analysis import LAST_K
 from drill.charts import compare_chart
 from drill.presets import preset_of
+from drill.run_record import ACTIVE, ENDED, RecordError
 from views import common
 
 log = logging.getLogger(__name__)
@@ -29,12 +30,12 @@ def import_pending(manager, me: str) -> None:
     st.session_state.compare_imported = upload.file_id
     try:
         loaded = records.parse_records(upload.getvalue())
-    except records.RecordError as error:
+    except RecordError as error:
         st.session_state.compare_import_msg = ("error", f"Nothing was imported from {upload.name}. {error}")
         return
-    fresh, repeated = records.split_new(loaded, manager.snapshots(me))
+    fresh, repeated = records.split_new(loaded, [run.record() for run in manager.snapshots(me)])
     for record in fresh:
-        manager.add_finished(me, record, label=record["label"])
+        manager.add_finished(me, record)
     note = f" ({repeated} already here, skipped)" if repeated else ""
     st.session_state.compare_import_msg = ("success", f"Imported {len(fresh)} run(s) from {upload.name}{note}.")
 
@@ -44,7 +45,7 @@ def draw(manager, me: str) -> None:
     if not runs:
         st.info("No runs yet: start one on the Train page, or import runs exported from another session below.")
         return
-    going = [run for run in runs if run.status in ("queued", "running")]
+    going = [run for run in runs if run.status in ACTIVE]
     if going:
         st.caption(f"{len(going)} run(s) still going: this table shows them as they were when the page loaded.")
         st.button("Refresh", icon="🔄")
@@ -66,14 +67,14 @@ def draw(manager, me: str) -> None:
     st.subheader("Curves")
     with_epochs = [run for run in runs if run.epochs]
     if with_epochs:
-        ids = [run.id for run in with_epochs]
+        ids = [run.ticket_id for run in with_epochs]
         names = records.run_names(runs)
         # Keyed by the runs there are: when one is added the picker starts over with the newest runs selected.
         chosen = st.multiselect(
             "Runs to overlay", ids, default=ids[-6:], format_func=names.get, key=f"compare_runs_{len(ids)}_{ids[-1]}"
         )
         metric = st.radio("Metric", list(METRICS), horizontal=True, key="compare_metric")
-        picked = [(names[run.id], list(run.epochs)) for run in with_epochs if run.id in chosen]
+        picked = [(names[run.ticket_id], list(run.epochs)) for run in with_epochs if run.ticket_id in chosen]
         if picked:
             st.altair_chart(compare_chart(picked, METRICS[metric]), width="stretch")
     else:
@@ -93,10 +94,10 @@ def draw(manager, me: str) -> None:
         icon="📝",
         on_click="ignore",
     )
-    ended = any(run.status in records.ENDED for run in runs)
+    ended = any(run.status in ENDED for run in runs)
     right.download_button(
         "Download the runs (JSON)",
-        records.records_json(runs),
+        records.records_json([run.record() for run in runs]),
         file_name="drill-down-runs.json",
         mime="application/json",
         icon="💾",
@@ -112,7 +113,7 @@ def draw_pinned(manager) -> None:
     pins = classroom.pinned(manager.store, code, classroom.entries(manager, code)) if code else []
     if pins:
         st.subheader("Pinned by your teacher")
-        rows = [records.table_row(pin.run, preset_of(pin.run)) for pin in pins]
+        rows = [records.table_row(pin.run, preset_of(pin.run), fallback=pin.run.ticket_id) for pin in pins]
         table = pd.DataFrame(rows).assign(Run=[f"{pin.student}: {pin.name}" for pin in pins]).set_index("Run")
         st.dataframe(table, column_order=("Step", "Status", "Params", "Best test", f"Last {LAST_K}", "Analysis"))
 

@@ -6,6 +6,7 @@ from drill.analysis import EPOCH_BUDGET, PARAM_BUDGET, TARGET_ACC
 from drill.gallery import NETWORKS
 from drill.presets import LESSON, matching_preset
 from drill.proof import DEFAULT_SEEDS
+from drill.run_record import Status
 from drill.summary import summarize
 from views import common
 
@@ -35,7 +36,7 @@ manager, me = common.manager(), common.owner()
 finished = {}
 for run in manager.snapshots(me):
     step = matching_preset(run.config)
-    if run.status == "finished" and step:
+    if run.status == Status.FINISHED and step:
         finished[step] = run  # oldest first, so the latest run of a step wins
 
 taught = common.lesson()

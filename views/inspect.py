@@ -17,10 +17,12 @@ def pick_run(manager) -> inspection.Candidate | None:
     if not runs:
         st.info("No finished run yet: train one on the Train page, then come back to look inside it.")
         return None
-    run_id = st.selectbox("Run", list(runs), index=inspection.default_pick(runs), format_func=lambda i: runs[i].title)
-    if runs[run_id].model is None:
-        st.info(runs[run_id].no_model_note)
-    return runs[run_id]
+    ticket_id = st.selectbox(
+        "Run", list(runs), index=inspection.default_pick(runs), format_func=lambda i: runs[i].title
+    )
+    if runs[ticket_id].model is None:
+        st.info(runs[ticket_id].no_model_note)
+    return runs[ticket_id]
 
 
 def show_reading(model, digit) -> None:

@@ -10,9 +10,9 @@ from drill.augment import PREVIEW_CAPTION, augment_preview
 from drill.charts import compare_chart, lr_chart
 from drill.config import AugmentConfig, TrainConfig, field_help
 from drill.data import DataUnavailable, load_mnist
-from drill.jobs import ACTIVE, Refused
+from drill.jobs import Refused
 from drill.proof import DEFAULT_SEEDS, MAX_SEEDS, MIN_SEEDS, Proof
-from drill.records import ENDED
+from drill.run_record import ACTIVE, ENDED, Status
 from drill.train import lr_points
 from views import common
 from views.live import LiveViewWatch
@@ -27,7 +27,9 @@ def start_run(fresh: bool = False) -> None:
     cfg = common.config()
     try:
         # A run already going (started in the student's other tab, or by this very click run twice) is shown instead.
-        st.session_state.train_job = common.manager().submit(common.owner(), cfg, common.run_label(), True, fresh).id
+        st.session_state.train_job = (
+            common.manager().submit(common.owner(), cfg, common.run_label(), one_at_a_time=True, fresh=fresh).id
+        )
     except Refused as error:  # the server's limit changed since the page was drawn
         st.session_state.refused = str(error)
         return
@@ -57,7 +59,7 @@ def stop_runs() -> None:
     manager, me = common.manager(), common.owner()
     for run in manager.snapshots(me):
         if run.status in ACTIVE:
-            manager.stop(run.id)
+            manager.stop(run.ticket_id)
 
 
 # -- title --------------------------------------------------------------------------------------------------------
@@ -158,9 +160,9 @@ prove_note_col.caption(
 
 # Only beside the recorded run of the settings on the page: Train it myself trains what the page holds.
 recorded = shown_run is not None and shown_run.recorded and not shown_run.proof
-if recorded and shown_run.status == "finished" and shown_run.config == new:
+if recorded and shown_run.status == Status.FINISHED and shown_run.config == new:
     replay_col, myself_col, _ = st.columns([1, 1, 4])
-    replay_col.button("▶️ Replay", width="stretch", on_click=replay, args=(shown_run.id,))
+    replay_col.button("▶️ Replay", width="stretch", on_click=replay, args=(shown_run.ticket_id,))
     myself_col.button(
         "Train it myself",
         disabled=bool(active) or bool(manager.refusal(new, fresh=True)),
@@ -168,7 +170,7 @@ if recorded and shown_run.status == "finished" and shown_run.config == new:
         on_click=start_run,
         args=(True,),
     )
-replaying = shown_run is not None and st.session_state.get("replay", ("",))[0] == shown_run.id
+replaying = shown_run is not None and st.session_state.get("replay", ("",))[0] == shown_run.ticket_id
 live = any(run.status in ACTIVE for run in proof_seeds or [shown_run] if run is not None)
 tick = runview.REPLAY_EPOCH_S / 4 if replaying else liveness.poll_seconds(manager.online_count()) if live else None
 
@@ -181,7 +183,7 @@ def polled(was_active: bool, fresh: Callable[[], list], ids: list[str]) -> list:
     if was_active:
         LiveViewWatch.view_drawn()
     runs = st.session_state.pop("train_shown", None)
-    if runs is None or [run.id for run in runs] != ids:
+    if runs is None or [run.ticket_id for run in runs] != ids:
         runs = fresh()
     if was_active and not any(run.status in ACTIVE for run in runs):
         st.rerun()
@@ -189,10 +191,10 @@ def polled(was_active: bool, fresh: Callable[[], list], ids: list[str]) -> list:
 
 
 @st.fragment(run_every=tick)
-def show_run(job_id: str, was_active: bool, was_replaying: bool) -> None:
+def show_run(ticket_id: str, was_active: bool, was_replaying: bool) -> None:
     """The run's status, progress and curves; redrawn every poll (1-4 s, by class size) while it is active, and
     four times an epoch while a recorded run replays."""
-    shown = polled(was_active, lambda: [run for run in [common.manager().snapshot(job_id)] if run], [job_id])
+    shown = polled(was_active, lambda: [run for run in [common.manager().snapshot(ticket_id)] if run], [ticket_id])
     if not shown:
         return
     (run,) = shown
@@ -206,10 +208,10 @@ def show_run(job_id: str, was_active: bool, was_replaying: bool) -> None:
         st.info(run.note, icon="🔁")
     if note := runview.sharing_note(run):
         st.caption(note)
-    if run.status in ("running", "replaying"):
+    if run.status in (Status.RUNNING, Status.REPLAYING):
         st.progress(runview.progress_fraction(run.progress), text=runview.progress_text(run.progress))
-    elif run.status in ("failed", "stopped"):
-        (st.error if run.status == "failed" else st.warning)(f"The run {run.status}: {run.reason}")
+    elif run.status in (Status.FAILED, Status.STOPPED):
+        (st.error if run.status == Status.FAILED else st.warning)(f"The run {run.status}: {run.reason}")
     epochs = list(run.epochs)
     if epochs:
         st.markdown(runview.epoch_line(epochs[-1], run.config.train.epochs))
@@ -241,7 +243,7 @@ def show_proof(proof_id: str, ids: list[str], label: str, was_active: bool) -> N
 
 if proof_seeds:
     st.session_state.train_shown = proof_seeds
-    show_proof(shown_run.proof, [run.id for run in proof_seeds], shown_run.label, live)
+    show_proof(shown_run.proof, [run.ticket_id for run in proof_seeds], shown_run.label, live)
 elif shown_run is not None:
     st.session_state.train_shown = [shown_run]
-    show_run(shown_run.id, live, replaying)
+    show_run(shown_run.ticket_id, live, replaying)
