@@ -1,4 +1,4 @@
-"""Small measurements the README quotes, each written to a file under results/ with its date, machine and command.
+"""Small measurements the README and docs/ quote, each written under results/ with its date, machine and command.
 
     .venv/bin/python scripts/measure.py gc --out results/gc-pause.json
     .venv/bin/python scripts/measure.py dropout --out results/dropout-cost.json

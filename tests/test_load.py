@@ -1,6 +1,6 @@
 """A small class through tests/loadtest.py: real browsers against a real server, both modes, every figure checked.
 
-The 30-session runs that the README reports are made by the same script (see its docstring); here 4 students
+The 30-session runs that docs/class-load.md reports are made by the same script (see its docstring); here 4 students
 train 1-epoch runs on 2,000 images, so CI stays short.
 """
 

@@ -44,7 +44,7 @@ def test_the_measured_text_states_what_its_files_hold(name, tmp_path):
 
 
 def test_the_stretch_text_sets_the_smaller_networks_tried_against_it():
-    # As results/stretch-attempts/ holds them (the README's stretch table): the best config of each size.
+    # As results/stretch-attempts/ holds them (docs/stretch.md's table): the best config of each size.
     expected = "6,204 parameters 1 of 3, 5,738 2 of 3, 4,964 at best 1 of 2, 4,600 0 of 1"
     assert f"seeds that held it with fewer parameters: {expected}" in BY_NAME["stretch"].measured
 
