@@ -255,3 +255,14 @@ def test_a_tampered_lesson_shows_every_control_and_says_why(lesson_link):
 def test_without_the_teacher_key_there_is_no_lesson_link_to_make(lesson_link):
     student = tab(lesson_link)
     assert not any(w.label == "Taught so far" for w in student.sidebar.selectbox)
+
+
+def test_the_readme_names_the_steps_each_topic_comes_in_at():
+    by_step: dict[int, list[str]] = {}
+    for topic in TOPICS:
+        by_step.setdefault(topic.step, []).append(
+            {"Head": "the head", "LR schedule": "the LR schedule"}.get(topic.title, topic.title.lower())
+        )
+    said = ", ".join(f"{' and '.join(titles)} at {step}" for step, titles in by_step.items())
+    readme = " ".join((REPO_ROOT / "README.md").read_text().split())
+    assert f"(the steps bring in: {said})" in readme
