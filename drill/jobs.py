@@ -73,15 +73,7 @@ class Snapshot:
 
     def record(self) -> RunRecord:
         """The run as this student saw it, under their label (what Compare exports)."""
-        return RunRecord(
-            config=self.config,
-            status=self.status,
-            reason=self.reason,
-            params=self.params,
-            seconds=self.seconds,
-            epochs=self.epochs,
-            label=self.label,
-        )
+        return RunRecord.of(self, self.label)
 
 
 @dataclass

@@ -126,6 +126,19 @@ class RunRecord:
     epochs: tuple[Epoch, ...] = ()
     label: str = ""  # what the student called it (an exported run's step)
 
+    @classmethod
+    def of(cls, run: Any, label: str) -> RunRecord:
+        """The record of anything that holds a run's fields (a training's result, a student's snapshot)."""
+        return cls(
+            config=run.config,
+            status=run.status,
+            reason=run.reason,
+            params=run.params,
+            seconds=run.seconds,
+            epochs=tuple(run.epochs),
+            label=label,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """The record as a runs file holds it (the Compare page's export, `train --out`, the pack)."""
         return {

@@ -52,15 +52,7 @@ class RunResult:
 
     def record(self, label: str = "") -> RunRecord:
         """The run's record, e.g. for `train --out` or the pack."""
-        return RunRecord(
-            config=self.config,
-            status=self.status,
-            reason=self.reason,
-            params=self.params,
-            seconds=self.seconds,
-            epochs=tuple(self.epochs),
-            label=label,
-        )
+        return RunRecord.of(self, label)
 
 
 def device_type(name: str) -> str:
