@@ -28,7 +28,9 @@ with st.sidebar:
     taught = common.lesson()
     base = st.session_state.setdefault("preset_name", matching_preset(common.config()) or common.DEFAULT_PRESET)
     # A lesson link offers the steps it has reached (and the presets outside the lesson), not the ones to come.
-    names = [p.name for p in PRESETS if taught is None or p.step <= taught.step or p.name == base]
+    names = [
+        p.name for p in PRESETS if taught is None or not taught.hidden_topics or p.step <= taught.step or p.name == base
+    ]
     picker = f"preset_{common.version()}"
     # Callbacks (here and on Reset) load the preset before the script runs, so the page is drawn once, with it.
     st.selectbox(
@@ -97,6 +99,12 @@ if "link_error" in st.session_state:
 
 page.run()
 
+# A note the page itself caused (a stack whose own settings the lesson dropped) is said at the top, in one redraw.
+said_late = st.session_state.pop("redrawn_for_notes", False)
+if st.session_state.get("lesson_notes") and not said_late:
+    st.session_state.redrawn_for_notes = True
+    st.rerun()
+
 with preset_status:
     base = st.session_state.preset_name
     edited = matching_preset(common.config()) != base
@@ -107,7 +115,7 @@ with preset_status:
         st.caption(f"Edited since *{BY_NAME[base].title}* was loaded.")
 share.code(common.share_link(), language=None, wrap_lines=True)
 
-if common.is_teacher():
+if common.is_teacher() and common.teacher_key():
     with st.sidebar.expander("Lesson link (teacher)"):
         step = st.selectbox(
             "Taught so far",
@@ -120,3 +128,8 @@ if common.is_teacher():
         )
         st.code(common.lesson_link(step), language=None, wrap_lines=True)
         st.caption(Lesson.of(step, common.config()).hidden_note())
+        if matching_preset(common.config()) != LESSON[step - 1].name:
+            st.warning(
+                f"This model is not the preset *{LESSON[step - 1].title}*, so the hidden values above are this "
+                "model's. For the step's own, pick it under **Preset** first."
+            )

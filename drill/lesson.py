@@ -72,10 +72,6 @@ class Lesson:
     def hidden_topics(self) -> tuple[Topic, ...]:
         return tuple(topic for topic in TOPICS if topic.step > self.step)
 
-    @property
-    def shown_topics(self) -> tuple[Topic, ...]:
-        return tuple(topic for topic in TOPICS if topic.step <= self.step)
-
     def shows(self, field: str) -> bool:
         """Whether the page draws this field's control (a dotted name, e.g. "model.dropout")."""
         return all(field not in topic.fields for topic in self.hidden_topics)
@@ -130,7 +126,11 @@ class Lesson:
                 + "."
             )
         if layers != cfg.model.layers:
-            titles = ", ".join(t.title.lower() for t in self.hidden_topics if t.layer_fields)
+            titles = " and ".join(
+                t.title.lower()
+                for t in self.hidden_topics
+                if t.layer_fields and without(cfg.model.layers, *t.layer_fields) != cfg.model.layers
+            )
             notes.append(f"The layer stack's own {titles} settings were dropped: the lesson has not reached them yet.")
         return new, notes
 

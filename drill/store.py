@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from drill.data import data_dir
-from drill.run_record import STORED, RunRecord, Status
+from drill.run_record import MAX_REASON_CHARS, STORED, RunRecord, Status
 
 log = logging.getLogger(__name__)
 
@@ -248,7 +248,7 @@ class RunStore:
             row.source,
             json.dumps(record.config.to_dict()),
             str(record.status),
-            record.reason,
+            record.reason[:MAX_REASON_CHARS],  # an error's text can be a remote traceback; the row must read back
             record.params,
             json.dumps([epoch.to_dict() for epoch in record.epochs]),
             json.dumps(row.batch_losses),
@@ -414,17 +414,11 @@ class RunStore:
                 statuses=STORED,
                 count_params=False,
             )
-        except ValueError as error:  # a RecordError, or JSON that does not parse
+            batch_losses = [tuple(point) for point in json.loads(losses)]
+        except (ValueError, TypeError) as error:  # a RecordError, JSON that does not parse, or a NULL column
             log.warning("run %s in the store is left out: %s", run_id, error)
             return None
-        return RunRow(
-            id=run_id,
-            key=key,
-            source=source,
-            record=record,
-            batch_losses=[tuple(point) for point in json.loads(losses)],
-            created=created,
-        )
+        return RunRow(id=run_id, key=key, source=source, record=record, batch_losses=batch_losses, created=created)
 
 
 _RUN_COLUMNS = "id, key, source, config, status, reason, params, epochs, batch_losses, seconds, created"

@@ -10,13 +10,14 @@ import random
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, wait_until
 from streamlit.testing.v1 import AppTest
 
 from drill import classroom
 from drill.config import RunConfig
 from drill.lesson import LESSON_PARAM, TOPICS, Lesson, LessonError, _sign, secret_of
 from drill.presets import BY_NAME
+from drill.run_record import RunRecord
 
 FINAL = BY_NAME["final"].config
 SECRET = secret_of("teach-42")
@@ -183,20 +184,27 @@ def notes(at: AppTest) -> str:
     return "\n".join(e.value for kind in (at.info, at.warning, at.error, at.caption) for e in kind)
 
 
-@pytest.fixture
-def lesson_link(monkeypatch) -> dict[str, str]:
-    """The query of a lesson link a teacher made at step 3 from the final step's model, in class ml-<random>."""
+def make_lesson_link(monkeypatch, preset: str, step: int) -> dict[str, str]:
+    """The query of a lesson link a teacher made at this step from a preset's model, in class ml-<random>."""
     monkeypatch.setenv(classroom.TEACHER_KEY_ENV, "teach-42")
     code = f"ml-{random.Random().randrange(10**6)}"
     teacher = tab({classroom.CLASS_PARAM: code}, "class_page")
     next(w for w in teacher.text_input if w.label == "Teacher key").input("teach-42").run()
-    next(w for w in teacher.sidebar.selectbox if w.label == "Preset").set_value("final").run()
-    next(w for w in teacher.sidebar.selectbox if w.label == "Taught so far").set_value(3).run()
+    next(w for w in teacher.sidebar.selectbox if w.label == "Preset").set_value(preset).run()
+    next(w for w in teacher.sidebar.selectbox if w.label == "Taught so far").set_value(step).run()
     assert not teacher.exception, teacher.exception
     link = next(c.value for c in teacher.sidebar.code if f"{LESSON_PARAM}=" in c.value)
     assert "teach-42" not in link
     query = dict(parse_qsl(urlsplit(link).query))
-    assert query[classroom.CLASS_PARAM] == code and "drop" not in query
+    assert query[classroom.CLASS_PARAM] == code
+    return query
+
+
+@pytest.fixture
+def lesson_link(monkeypatch) -> dict[str, str]:
+    """A lesson link made at step 3 from the final step's model."""
+    query = make_lesson_link(monkeypatch, "final", 3)
+    assert "drop" not in query
     return query
 
 
@@ -266,3 +274,56 @@ def test_the_readme_names_the_steps_each_topic_comes_in_at():
     said = ", ".join(f"{' and '.join(titles)} at {step}" for step, titles in by_step.items())
     readme = " ".join((REPO_ROOT / "README.md").read_text().split())
     assert f"(the steps bring in: {said})" in readme
+
+
+def test_a_layers_own_setting_the_lesson_has_not_reached_is_dropped_from_the_stack_text_too(monkeypatch):
+    student = tab(make_lesson_link(monkeypatch, "lean", 2), "build")
+    next(w for w in student.text_input if w.label == "Compact stack").input("8:bn=before,12,M,12,16,M").run()
+    assert not student.exception, student.exception
+    assert student.session_state["config"].model.layers == "8,12,M,12,16,M"
+    assert next(w for w in student.text_input if w.label == "Compact stack").value == "8,12,M,12,16,M"
+    assert "batch norm settings were dropped" in notes(student)
+
+
+def test_the_teacher_is_warned_when_the_model_is_not_the_steps_preset(monkeypatch):
+    monkeypatch.setenv(classroom.TEACHER_KEY_ENV, "teach-42")
+    teacher = tab({classroom.CLASS_PARAM: "ml-warn"}, "class_page")
+    next(w for w in teacher.text_input if w.label == "Teacher key").input("teach-42").run()
+    next(w for w in teacher.sidebar.selectbox if w.label == "Taught so far").set_value(2).run()
+    assert "is not the preset *2. A lean skeleton*" in notes(teacher)
+    next(w for w in teacher.sidebar.selectbox if w.label == "Preset").set_value("lean").run()
+    assert "is not the preset" not in notes(teacher)
+
+
+def test_a_lesson_that_has_reached_every_topic_offers_every_preset(monkeypatch):
+    student = tab(make_lesson_link(monkeypatch, "final", 5))
+    presets = next(w for w in student.sidebar.selectbox if w.label == "Preset").options
+    assert len(presets) == len(BY_NAME)
+
+
+def test_proving_a_step_in_a_lesson_proves_it_with_the_lessons_values(lesson_link):
+    from views import common
+
+    student = tab(lesson_link)
+    lean = BY_NAME["lean"].config
+    epochs = [
+        {"epoch": i, "train_loss": 0.1, "train_acc": 98.0, "test_loss": 0.1, "test_acc": 98.2, "lr": 0.01, "seconds": 1}
+        for i in range(1, lean.train.epochs + 1)
+    ]
+    manager = common.manager()
+    manager.add_finished(
+        student.session_state["owner"],
+        RunRecord.from_dict({"label": "Lean", "config": lean.to_dict(), "epochs": epochs}),
+    )
+    switch(student, "drilldown")
+    next(b for b in student.button if b.key == "prove_lean").click().run()
+    assert not student.exception, student.exception
+    proving = manager.snapshot(student.session_state["train_job"])
+    try:
+        expected, _ = Lesson.from_token(lesson_link[LESSON_PARAM], SECRET).apply(lean)
+        assert proving.config.replace(train={"seed": lean.train.seed}) == expected
+        assert proving.config.model.dropout == 0.02 and proving.config.train.schedule == "onecycle"
+    finally:
+        for run in manager.snapshots(student.session_state["owner"]):
+            manager.stop(run.ticket_id)
+    wait_until(lambda: manager.active_count(student.session_state["owner"]) == 0, timeout=300, what="the proof to stop")

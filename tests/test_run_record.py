@@ -12,7 +12,18 @@ from drill import records
 from drill.checkpoint import Checkpoint, CheckpointError
 from drill.jobs import config_key
 from drill.presets import get_preset
-from drill.run_record import ACTIVE, ENDED, EPOCH_KEYS, STORED, Epoch, RecordError, RunRecord, Status, model_params
+from drill.run_record import (
+    ACTIVE,
+    ENDED,
+    EPOCH_KEYS,
+    MAX_REASON_CHARS,
+    STORED,
+    Epoch,
+    RecordError,
+    RunRecord,
+    Status,
+    model_params,
+)
 from drill.store import RunRow, RunStore
 
 CONFIG = get_preset("quick").config.replace(train={"epochs": 2})
@@ -114,6 +125,30 @@ def test_a_store_row_that_is_not_a_valid_run_is_left_out(tmp_path):
         db.execute("UPDATE runs SET epochs = ? WHERE id = 'run-1'", (json.dumps(data["epochs"]),))
     reopened = RunStore(tmp_path / "runs.sqlite")
     assert reopened.run("run-1") is None and reopened.finished_run("k") is None
+    reopened.close()
+
+
+@pytest.mark.parametrize("column", ["batch_losses", "config"])
+def test_a_store_row_whose_json_is_damaged_is_left_out_too(tmp_path, column):
+    store = RunStore(tmp_path / "runs.sqlite")
+    store.save_run(RunRow(id="run-1", key="k", source="trained", record=record(), batch_losses=[], created=1.0))
+    store.close()
+    with sqlite3.connect(tmp_path / "runs.sqlite") as db:
+        db.execute(f"UPDATE runs SET {column} = '[1, 2' WHERE id = 'run-1'")
+    reopened = RunStore(tmp_path / "runs.sqlite")
+    assert reopened.run("run-1") is None
+    reopened.close()
+
+
+def test_a_failed_run_whose_reason_is_a_whole_traceback_still_reads_back_from_the_store(tmp_path):
+    store = RunStore(tmp_path / "runs.sqlite")
+    failed = record(status=Status.FAILED, reason="RayTaskError: " + "x" * 50_000, epochs=())
+    store.save_run(RunRow(id="run-1", key="k", source="trained", record=failed, batch_losses=[], created=1.0))
+    store.close()
+    reopened = RunStore(tmp_path / "runs.sqlite")
+    kept = reopened.run("run-1")
+    assert kept is not None and kept.record.status == Status.FAILED
+    assert kept.record.reason.startswith("RayTaskError: xxx") and len(kept.record.reason) == MAX_REASON_CHARS
     reopened.close()
 
 

@@ -66,9 +66,10 @@ def pick_name(manager, code: str) -> None:
 def load_into_builder(row: dict) -> None:
     """A classmate's config becomes this student's current model (every widget reset to it)."""
     cfg = row["config"]
+    if not common.set_config(cfg, from_widgets=False):  # the lesson can't take it: the page says why
+        return
     if name := matching_preset(cfg):
         st.session_state.preset_name = name
-    common.set_config(cfg, from_widgets=False)
     st.session_state.class_msg = ("success", f"Loaded {row['Run']} of `{row['Student']}` into your builder.")
 
 

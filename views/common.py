@@ -84,7 +84,7 @@ def share_link() -> str:
 def lesson_link(step: int) -> str:
     """The link to the current config and class as a lesson taught up to this step: the teacher's."""
     taught = Lesson.of(step, config())
-    return _link(taught.visible_params(config()) | _class_params() | {LESSON_PARAM: taught.token(_secret())})
+    return _link(_params(config(), taught, taught.token(_secret())))
 
 
 def _link(params: dict[str, str]) -> str:
@@ -149,12 +149,19 @@ def _in_lesson(cfg: RunConfig) -> RunConfig:
     return cfg
 
 
-def _params(cfg: RunConfig) -> dict[str, str]:
-    """The link's query for cfg: its settings (in a lesson, the visible ones), the class and the lesson."""
-    taught = lesson()
+def link_params() -> dict[str, str]:
+    """The query of this tab's link to its current config: what a page switch puts in the address bar."""
+    return _params(config())
+
+
+def _params(cfg: RunConfig, taught: Lesson | None = None, token: str = "") -> dict[str, str]:
+    """The link's query for cfg: its settings (in a lesson, the visible ones), the class and the lesson (this tab's
+    unless given)."""
+    if taught is None:
+        taught, token = lesson(), st.session_state.get("lesson_token", "")
     if taught is None:
         return cfg.to_query_params() | _class_params()
-    return taught.visible_params(cfg) | _class_params() | {LESSON_PARAM: st.session_state.lesson_token}
+    return taught.visible_params(cfg) | _class_params() | {LESSON_PARAM: token}
 
 
 def class_code() -> str | None:
@@ -195,12 +202,12 @@ def init_config() -> None:
     lesson()  # read before the URL is rewritten below
     # Every value of every key, so a setting given twice is refused as it is on every other path, not taken once.
     pairs = [(key, value) for key in st.query_params if key not in NOT_CONFIG for value in st.query_params.get_all(key)]
-    cfg = get_preset(DEFAULT_PRESET).config
-    try:
-        cfg = _in_lesson(RunConfig.from_query(urlencode(pairs)) if pairs else cfg)
-    except ConfigError as error:
-        st.session_state.link_error = controls.config_message(error, {})
-        cfg = _default_in_lesson()
+    cfg = _default_in_lesson()
+    if pairs:
+        try:
+            cfg = _in_lesson(RunConfig.from_query(urlencode(pairs)))
+        except ConfigError as error:
+            st.session_state.link_error = controls.config_message(error, {})
     st.session_state.config = cfg
     st.session_state.config_version = 0
     _sync_url(cfg)
@@ -227,19 +234,20 @@ def version() -> int:
     return st.session_state.get("config_version", 0)
 
 
-def set_config(cfg: RunConfig, from_widgets: bool = True) -> None:
+def set_config(cfg: RunConfig, from_widgets: bool = True) -> bool:
     """Make cfg current (as the lesson allows it) and put it in the URL; from_widgets=False also resets the widgets
-    to it. A config the lesson can't take leaves the current one, and says why."""
+    to it. A config the lesson can't take leaves the current one, says why, and gives False."""
     try:
         cfg = _in_lesson(cfg)
     except ConfigError as error:
         message = controls.config_message(error, {})
         st.session_state.lesson_notes = [f"That model can't be loaded in this lesson: {message} The model stays."]
-        return
+        return False
     st.session_state.config = cfg
     if not from_widgets:
         st.session_state.config_version = version() + 1
     _sync_url(cfg)
+    return True
 
 
 def run_label() -> str:
@@ -247,10 +255,13 @@ def run_label() -> str:
     return presets.run_label(config(), st.session_state.get("preset_name"))
 
 
-def load_preset(name: str) -> None:
-    """Make a preset the current config and the sidebar's base, resetting every widget to it."""
+def load_preset(name: str) -> bool:
+    """Make a preset the current config and the sidebar's base, resetting every widget to it; False when the lesson
+    can't take it (and says why)."""
+    if not set_config(get_preset(name).config, from_widgets=False):
+        return False
     st.session_state.preset_name = name
-    set_config(get_preset(name).config, from_widgets=False)
+    return True
 
 
 def _sync_url(cfg: RunConfig) -> None:
@@ -273,7 +284,8 @@ def apply_config(**sections) -> tuple[RunConfig | None, ConfigError | None]:
         new = _in_lesson(cfg.replace(**sections))
     except ConfigError as error:
         return None, error
-    if new != cfg:
+    # A stack whose own settings the lesson dropped resets the editors to it, even when the model is unchanged.
+    if new != cfg or new.model.layers != given:
         set_config(new, from_widgets=new.model.layers == given)
     return new, None
 

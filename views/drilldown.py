@@ -58,8 +58,8 @@ for preset in LESSON:
             if preset.name in later:
                 st.caption("Later in the lesson: your teacher's link has not reached this step.")
             elif st.button("Load into the builder", key=f"load_{preset.name}", type="primary", width="stretch"):
-                common.load_preset(preset.name)
-                st.switch_page("views/build.py", query_params=preset.config.to_query_params())
+                if common.load_preset(preset.name):
+                    st.switch_page("views/build.py", query_params=common.link_params())
         run = finished.get(preset.name)
         if run is not None:
             common.show_result(list(run.epochs), run.params)
@@ -76,9 +76,9 @@ for preset in LESSON:
                 or "Your run of this step is one seed: train seeds 1-3 of it (seeds trained before are served at "
                 "once).",
             ):
-                common.load_preset(preset.name)
-                st.session_state.train_job = manager.prove(me, preset.config, preset.title)[0].id
-                st.switch_page("views/train.py", query_params=preset.config.to_query_params())
+                if common.load_preset(preset.name):  # the step as the lesson has it, which is what trains
+                    st.session_state.train_job = manager.prove(me, common.config(), preset.title)[0].id
+                    st.switch_page("views/train.py", query_params=common.link_params())
 
 # -- the write-ups' networks, rebuilt exactly: not steps of the lesson, but networks to load, read and compare ------
 st.header("From the write-ups")
@@ -98,5 +98,5 @@ for network in NETWORKS:
         with side:
             st.metric("Parameters", f"{summarize(network.config.model).total_params:,}")
             if st.button("Load into the builder", key=f"load_{network.name}", width="stretch"):
-                common.set_config(network.config, from_widgets=False)
-                st.switch_page("views/build.py", query_params=network.config.to_query_params())
+                if common.set_config(network.config, from_widgets=False):
+                    st.switch_page("views/build.py", query_params=common.link_params())

@@ -71,9 +71,10 @@ common.lesson_note()
 cfg, v = common.config(), common.version()
 augment_col, train_col = st.columns(2, gap="large")
 augment = {}  # a lesson that has not reached augmentation keeps its locked values: no field changes
+augmenting = common.shows("augment.rotation")  # the lesson's Augmentation topic holds every augment field
 with augment_col:
     st.subheader("Augmentation")
-    if not common.shows("augment.rotation"):
+    if not augmenting:
         st.caption("Comes later in the lesson: the lesson link keeps it as its note above says.")
     else:
         left, right = st.columns(2)
@@ -119,13 +120,14 @@ if config_error:
     common.config_error(config_error, {"augment": augment, "train": train}, "The last valid settings stay current.")
 with augment_col:
     try:
-        if common.shows("augment.rotation"):
+        if augmenting:
             st.image(augment_preview(load_mnist(), (new or cfg).augment), caption=PREVIEW_CAPTION)
     except DataUnavailable as error:
         st.warning(f"MNIST is not available, so there is no preview (and no training): {error}")
-with train_col:
-    rates, per_epoch = lr_points((new or cfg).train)
-    st.altair_chart(lr_chart(rates, per_epoch), width="stretch")
+if common.shows("train.schedule"):  # the plot is the schedule's: a lesson that hides it hides its plot too
+    with train_col:
+        rates, per_epoch = lr_points((new or cfg).train)
+        st.altair_chart(lr_chart(rates, per_epoch), width="stretch")
 
 
 # A run the server would refuse (too long an epoch for its limit) is said here, and its buttons are off.
