@@ -86,23 +86,19 @@ def teacher_tools(manager, code: str, rows: list[dict], chosen: dict | None) -> 
         if right.button("Unpin" if pinned else "Pin on everyone's Compare page", icon="📌"):
             manager.store.pin(code, chosen["ticket_id"], pinned=not pinned)
             st.rerun()
-    left, right = st.columns(2)
-    left.download_button(
-        "Download the class's table (Markdown)",
-        classroom.markdown(rows),
-        file_name=f"class-{code}.md",
-        mime="text/markdown",
-        on_click="ignore",
-        icon="📝",
+    exports = (
+        ("Markdown", classroom.markdown(rows), "md", "text/markdown", "📝"),
+        ("CSV", classroom.csv_text(rows), "csv", "text/csv", "📊"),
     )
-    right.download_button(
-        "Download the class's table (CSV)",
-        classroom.csv_text(rows),
-        file_name=f"class-{code}.csv",
-        mime="text/csv",
-        on_click="ignore",
-        icon="📊",
-    )
+    for column, (kind, text, suffix, mime, icon) in zip(st.columns(2), exports, strict=True):
+        column.download_button(
+            f"Download the class's table ({kind})",
+            text,
+            file_name=f"class-{code}.{suffix}",
+            mime=mime,
+            on_click="ignore",
+            icon=icon,
+        )
 
 
 def clear_class(manager, code: str) -> None:
